@@ -1,0 +1,167 @@
+//! Per-connection bookkeeping shared by every role: what the peer is, the message-id
+//! counter, and idle detection.
+//!
+//! NEO relies on TCP keepalive to notice dead peers; we detect them in the actor instead
+//! (ping after `PING_AFTER` of silence, close after `DEAD_AFTER`), so that the simulator
+//! exercises it and a partitioned peer is noticed within a bound we choose.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{ConnId, Ctx};
+use crate::proto::{Message, Packet};
+
+/// Send a Ping on a connection that has been silent this long.
+pub const PING_AFTER: Duration = Duration::from_secs(4);
+/// Close a connection on which nothing arrived for this long.
+pub const DEAD_AFTER: Duration = Duration::from_secs(12);
+
+pub struct Link<P> {
+    pub peer: P,
+    next_id: u32,
+    last_rx: Duration,
+    last_tx: Duration,
+}
+
+/// The connections of one node, keyed by id, each with the role's description `P` of its
+/// peer.
+pub struct Links<P> {
+    map: BTreeMap<ConnId, Link<P>>,
+}
+
+impl<P> Default for Links<P> {
+    fn default() -> Self {
+        Links {
+            map: BTreeMap::new(),
+        }
+    }
+}
+
+impl<P> Links<P> {
+    pub fn insert(&mut self, cx: &Ctx, conn: ConnId, peer: P) {
+        let now = cx.elapsed();
+        self.map.insert(
+            conn,
+            Link {
+                peer,
+                next_id: 0,
+                last_rx: now,
+                last_tx: now,
+            },
+        );
+    }
+
+    pub fn get(&self, conn: ConnId) -> Option<&P> {
+        self.map.get(&conn).map(|l| &l.peer)
+    }
+
+    pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut P> {
+        self.map.get_mut(&conn).map(|l| &mut l.peer)
+    }
+
+    pub fn contains(&self, conn: ConnId) -> bool {
+        self.map.contains_key(&conn)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ConnId, &P)> {
+        self.map.iter().map(|(c, l)| (*c, &l.peer))
+    }
+
+    /// Forget a connection the host reported closed.
+    pub fn remove(&mut self, conn: ConnId) -> Option<P> {
+        self.map.remove(&conn).map(|l| l.peer)
+    }
+
+    /// Close a connection and forget it.
+    pub fn close(&mut self, cx: &mut Ctx, conn: ConnId) -> Option<P> {
+        let peer = self.remove(conn)?;
+        cx.close(conn);
+        Some(peer)
+    }
+
+    pub fn close_all(&mut self, cx: &mut Ctx) {
+        for conn in std::mem::take(&mut self.map).into_keys() {
+            cx.close(conn);
+        }
+    }
+
+    fn send(&mut self, cx: &mut Ctx, conn: ConnId, id: Option<u32>, packet: Packet) -> Option<u32> {
+        let link = self.map.get_mut(&conn)?;
+        let id = id.unwrap_or_else(|| {
+            let id = link.next_id;
+            link.next_id = link.next_id.wrapping_add(1);
+            id
+        });
+        link.last_tx = cx.elapsed();
+        cx.send(conn, Message { id, packet });
+        Some(id)
+    }
+
+    /// Send a request; returns its message id (None if the connection is gone).
+    pub fn ask(&mut self, cx: &mut Ctx, conn: ConnId, packet: Packet) -> Option<u32> {
+        self.send(cx, conn, None, packet)
+    }
+
+    pub fn notify(&mut self, cx: &mut Ctx, conn: ConnId, packet: Packet) {
+        self.send(cx, conn, None, packet);
+    }
+
+    /// Answer the request whose message id was `id`.
+    pub fn answer(&mut self, cx: &mut Ctx, conn: ConnId, id: u32, packet: Packet) {
+        self.send(cx, conn, Some(id), packet);
+    }
+
+    /// Note traffic from the peer and handle what every role handles alike (Ping, Pong).
+    /// Returns the message if the role still has to handle it.
+    pub fn receive(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) -> Option<Message> {
+        let link = self.map.get_mut(&conn)?;
+        link.last_rx = cx.elapsed();
+        match msg.packet {
+            Packet::Ping => {
+                self.answer(cx, conn, msg.id, Packet::Pong);
+                None
+            }
+            Packet::Pong => None,
+            _ => Some(msg),
+        }
+    }
+
+    /// Ping quiet connections and close silent ones. Returns the closed connections with
+    /// their peers, for the role to react as to any other loss.
+    pub fn check_idle(&mut self, cx: &mut Ctx) -> Vec<(ConnId, P)> {
+        let now = cx.elapsed();
+        let dead: Vec<ConnId> = self
+            .map
+            .iter()
+            .filter(|(_, l)| now.saturating_sub(l.last_rx) >= DEAD_AFTER)
+            .map(|(c, _)| *c)
+            .collect();
+        let mut closed = Vec::with_capacity(dead.len());
+        for conn in dead {
+            if let Some(peer) = self.close(cx, conn) {
+                closed.push((conn, peer));
+            }
+        }
+        let quiet: Vec<ConnId> = self
+            .map
+            .iter()
+            .filter(|(_, l)| {
+                now.saturating_sub(l.last_rx) >= PING_AFTER
+                    && now.saturating_sub(l.last_tx) >= PING_AFTER / 2
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in quiet {
+            self.ask(cx, conn, Packet::Ping);
+        }
+        closed
+    }
+}

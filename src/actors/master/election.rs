@@ -1,0 +1,328 @@
+//! Master election and the secondary role (NEO's algorithm since 1.8: "the oldest claimant
+//! wins, during RECOVERING").
+//!
+//! A master playing primary in RECOVERING is a *claimant*: its claim is (election timestamp,
+//! address). It connects to every known master and asks to be identified with its claim. A
+//! claimant that receives an older claim yields and follows the older one; otherwise it
+//! accepts, and the requester follows the acceptor. A primary past RECOVERING accepts
+//! everyone, so it always wins. A secondary answers every identification with
+//! `NotPrimaryMaster`, keeps one connection to its primary, and when that primary is gone
+//! it tries the other masters, then claims again with a fresh timestamp.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+
+use super::{Master, Peer};
+use crate::actors::{CloseReason, ConnId, Ctx, Observation};
+use crate::proto::{Address, ClusterState, Message, Nid, NodeInfo, NodeState, NodeType, Packet, WallTime};
+
+/// A claim to the primary role: older wins, ties broken by the smaller address.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct Claim {
+    pub ts: WallTime,
+    pub address: Address,
+}
+
+/// What a master is doing.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// Before `start`.
+    Starting,
+    Primary(Primary),
+    Secondary(Secondary),
+}
+
+#[derive(Clone, Debug)]
+pub struct Primary {
+    pub claim: Claim,
+    pub cluster_state: ClusterState,
+}
+
+impl Primary {
+    /// The claim, while it still counts (in RECOVERING).
+    pub fn electing(&self) -> Option<&Claim> {
+        (self.cluster_state == ClusterState::Recovering).then_some(&self.claim)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Secondary {
+    /// The master we follow, or try to.
+    pub primary: Address,
+    pub primary_nid: Option<Nid>,
+    /// Whether that master accepted us.
+    pub identified: bool,
+    conn: Option<ConnId>,
+    /// Masters tried since we last had a primary.
+    tried: BTreeSet<Address>,
+}
+
+impl Master {
+    /// Claim the primary role with a fresh timestamp.
+    pub(super) fn play_primary(&mut self, cx: &mut Ctx) {
+        self.links.close_all(cx);
+        let ts = self.monotonic_time(cx);
+        let address = self.cfg.bind.clone();
+        let nid = self
+            .nodes
+            .allocate_nid(NodeType::Master, self.nid, Some(&address), None);
+        self.nid = Some(nid);
+        // Other masters count as down until they identify to us.
+        let others: Vec<Nid> = self
+            .nodes
+            .of_type(NodeType::Master)
+            .filter_map(|n| n.nid)
+            .filter(|n| *n != nid)
+            .collect();
+        for other in others {
+            self.nodes.set_state(other, NodeState::Down);
+        }
+        self.nodes.upsert(NodeInfo {
+            node_type: NodeType::Master,
+            address: Some(address.clone()),
+            nid: Some(nid),
+            state: NodeState::Running,
+            id_timestamp: Some(ts),
+        });
+        info!("role: primary {nid} (claim at {ts:?})");
+        self.role = Role::Primary(Primary {
+            claim: Claim { ts, address },
+            cluster_state: ClusterState::Recovering,
+        });
+        self.election_tick(cx);
+    }
+
+    /// Periodic work of the election and of the secondary role.
+    pub(super) fn election_tick(&mut self, cx: &mut Ctx) {
+        match &self.role {
+            Role::Primary(p) => {
+                let Some(claim) = p.electing().cloned() else {
+                    return;
+                };
+                let targets: Vec<Address> = self
+                    .known
+                    .iter()
+                    .filter(|a| **a != self.cfg.bind && !self.linked_to(a))
+                    .cloned()
+                    .collect();
+                for address in targets {
+                    if self.may_connect(cx, &address) {
+                        let conn = cx.connect(&address);
+                        self.links.insert(cx, conn, Peer::Election(address));
+                        let req = self.identification(Some(claim.ts));
+                        self.links.ask(cx, conn, req);
+                    }
+                }
+            }
+            Role::Secondary(s) if s.conn.is_none() => self.connect_to_primary(cx),
+            _ => {}
+        }
+    }
+
+    /// Whether some connection already links us to the master at `address`.
+    fn linked_to(&self, address: &Address) -> bool {
+        self.links.iter().any(|(_, p)| match p {
+            Peer::Election(a) | Peer::ToPrimary(a) => a == address,
+            Peer::Node(nid) => self.nodes.get(*nid).and_then(|n| n.address.as_ref()) == Some(address),
+            Peer::Incoming => false,
+        })
+    }
+
+    /// Whether the master at `address` is identified as our own secondary.
+    fn is_our_secondary(&self, address: &Address) -> bool {
+        self.links.iter().any(|(_, p)| match p {
+            Peer::Node(nid) => self.nodes.get(*nid).and_then(|n| n.address.as_ref()) == Some(address),
+            _ => false,
+        })
+    }
+
+    /// An older claimant asked us to identify it: give up our claim and follow it.
+    pub(super) fn yield_to(&mut self, cx: &mut Ctx, conn: ConnId, own: Claim, to: Claim) {
+        info!("{}: yielding to the older claim of {}", self.me(), to.address);
+        cx.observe(Observation::Yielded {
+            own,
+            to: to.clone(),
+        });
+        self.links.close(cx, conn);
+        self.become_secondary(cx, to.address, None);
+    }
+
+    /// The answer of a master we claimed to.
+    pub(super) fn on_election_answer(&mut self, cx: &mut Ctx, conn: ConnId, address: Address, msg: Message) {
+        match msg.packet {
+            Packet::AcceptIdentification {
+                node_type: NodeType::Master,
+                nid,
+                your_nid,
+            } => {
+                // It did not yield: it is older, or past RECOVERING. Follow it on this link.
+                if your_nid.is_some() {
+                    self.nid = your_nid;
+                }
+                self.become_secondary(cx, address, Some((conn, nid)));
+            }
+            Packet::NotPrimaryMaster {
+                primary,
+                known_masters,
+            } => {
+                for m in &known_masters {
+                    self.learn_master(m);
+                }
+                self.links.close(cx, conn);
+                // Follow its primary, unless the hint is stale: us, or one of our secondaries.
+                if let Some(p) = primary {
+                    if p != self.cfg.bind && !self.is_our_secondary(&p) {
+                        self.become_secondary(cx, p, None);
+                    }
+                }
+            }
+            other => {
+                let why = format!("unexpected {} in answer to an election claim", other.name());
+                self.protocol_error(cx, conn, msg.id, why);
+            }
+        }
+    }
+
+    /// Follow the master at `primary`; `via` is a connection on which it already accepted
+    /// us (with its nid), otherwise we connect to it.
+    fn become_secondary(&mut self, cx: &mut Ctx, primary: Address, via: Option<(ConnId, Option<Nid>)>) {
+        let keep = via.map(|(c, _)| c);
+        let others: Vec<ConnId> = self
+            .links
+            .iter()
+            .map(|(c, _)| c)
+            .filter(|c| Some(*c) != keep)
+            .collect();
+        for c in others {
+            self.links.close(cx, c);
+        }
+        self.role = Role::Secondary(Secondary {
+            primary: primary.clone(),
+            primary_nid: None,
+            identified: false,
+            conn: keep,
+            tried: BTreeSet::new(),
+        });
+        match via {
+            Some((conn, primary_nid)) => {
+                *self.links.get_mut(conn).expect("kept link") = Peer::ToPrimary(primary);
+                self.identified_by_primary(cx, primary_nid, self.nid);
+            }
+            None => self.connect_to_primary(cx),
+        }
+    }
+
+    fn connect_to_primary(&mut self, cx: &mut Ctx) {
+        let Role::Secondary(s) = &self.role else {
+            return;
+        };
+        if s.conn.is_some() {
+            return;
+        }
+        let address = s.primary.clone();
+        if !self.may_connect(cx, &address) {
+            return; // the tick tries again
+        }
+        let conn = cx.connect(&address);
+        self.links.insert(cx, conn, Peer::ToPrimary(address));
+        let req = self.identification(None);
+        self.links.ask(cx, conn, req);
+        if let Role::Secondary(s) = &mut self.role {
+            s.conn = Some(conn);
+        }
+    }
+
+    pub(super) fn identified_by_primary(&mut self, cx: &mut Ctx, primary_nid: Option<Nid>, your_nid: Option<Nid>) {
+        if your_nid.is_some() {
+            self.nid = your_nid;
+        }
+        self.last_notification = None;
+        let me = self.me();
+        let Role::Secondary(s) = &mut self.role else {
+            return;
+        };
+        s.identified = true;
+        s.primary_nid = primary_nid;
+        s.tried.clear();
+        let primary = primary_nid.map_or_else(|| s.primary.to_string(), |n| n.to_string());
+        info!("role: secondary of {primary} (this node is {me})");
+        let _ = cx;
+    }
+
+    /// Our connection to the primary (or to the master we tried) is gone.
+    pub(super) fn primary_lost(&mut self, cx: &mut Ctx, conn: ConnId, reason: CloseReason) {
+        let me = self.me();
+        let Role::Secondary(s) = &mut self.role else {
+            return;
+        };
+        if s.conn != Some(conn) {
+            return;
+        }
+        s.conn = None;
+        if s.identified {
+            // It was up a moment ago: try it again first.
+            info!("{me}: lost the primary {} ({reason:?})", s.primary);
+            s.identified = false;
+            s.primary_nid = None;
+            s.tried.clear();
+            self.connect_to_primary(cx);
+        } else {
+            debug!("{me}: {} is not reachable ({reason:?})", s.primary);
+            s.tried.insert(s.primary.clone());
+            self.try_next_master(cx);
+        }
+    }
+
+    /// The master we asked is a secondary; `hint` is who it follows.
+    pub(super) fn redirected(&mut self, cx: &mut Ctx, from: Address, hint: Option<Address>) {
+        let bind = self.cfg.bind.clone();
+        let Role::Secondary(s) = &mut self.role else {
+            return;
+        };
+        s.conn = None;
+        s.identified = false;
+        s.tried.insert(from);
+        match hint {
+            Some(h) if h != bind && !s.tried.contains(&h) => {
+                s.primary = h;
+                self.connect_to_primary(cx);
+            }
+            _ => self.try_next_master(cx),
+        }
+    }
+
+    /// Try the next known master we have not tried since we lost the primary; when none is
+    /// left, nobody is primary: claim the role.
+    fn try_next_master(&mut self, cx: &mut Ctx) {
+        let bind = self.cfg.bind.clone();
+        let Role::Secondary(s) = &mut self.role else {
+            return;
+        };
+        // Round robin, starting after the master we tried last.
+        let after = s.primary.clone();
+        let untried = |a: &&Address| **a != bind && !s.tried.contains(*a);
+        let next = self
+            .known
+            .range(after..)
+            .skip(1)
+            .find(untried)
+            .or_else(|| self.known.iter().find(untried))
+            .cloned();
+        match next {
+            Some(next) => {
+                s.primary = next;
+                self.connect_to_primary(cx);
+            }
+            None if cx.mutant("election-no-reelect") => {
+                s.tried.clear();
+                self.connect_to_primary(cx);
+            }
+            None => {
+                info!("{}: no primary among the known masters: claiming", self.me());
+                self.play_primary(cx);
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The actor contract every node role implements, and the roles themselves.
+//!
+//! A role is a state machine: it reacts to an [`Event`] and acts on the world only through
+//! [`Ctx`], which records [`Effect`]s for the host to carry out after the call returns. The
+//! same role code runs in two hosts: `sim` (virtual time, simulated network, faults) and
+//! `runtime` (actix, TCP, the system clock). Role code never reads a clock, opens a socket,
+//! spawns a thread, draws OS randomness or iterates a `HashMap`; clippy.toml enforces it.
+//!
+//! Contract: the host calls [`Actor::start`] once per process start (also after a crash),
+//! then [`Actor::handle`] for each event, one at a time, and applies the effects of each call
+//! in order before the next event. Messages may be sent on a connection as soon as
+//! [`Ctx::connect`] returns its id; the host queues them until the connection is up and
+//! drops them if it fails (the actor then gets `Closed`).
+
+pub mod link;
+pub mod master;
+pub mod nodes;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::proto::{Address, Message, WallTime};
+use crate::rng::{self, ChaCha8Rng};
+
+pub use master::election::Claim;
+
+/// A connection, numbered by the host, unique for the life of the node's host (never
+/// reused, even across restarts).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ConnId(pub u64);
+
+/// A timer, numbered by the host like connections.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct TimerId(pub u64);
+
+/// Why a connection ended.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum CloseReason {
+    /// The peer closed it.
+    PeerClosed,
+    /// Reset by the peer or the network (the peer process died, the route broke).
+    Reset,
+    /// Nobody accepts connections at that address.
+    Refused,
+    /// The connection attempt did not complete in time.
+    TimedOut,
+    /// The peer's bytes were not our protocol (handshake, framing or decoding).
+    Protocol(String),
+}
+
+/// What happens to a node.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum Event {
+    /// A peer connected to our listening address.
+    Accepted { conn: ConnId },
+    /// A connection we asked for is up.
+    Connected { conn: ConnId },
+    /// A connection ended; no more events will name it.
+    Closed { conn: ConnId, reason: CloseReason },
+    Received { conn: ConnId, msg: Message },
+    Timer { id: TimerId, token: u64 },
+    /// A request from the process itself (an operator's signal, a client library call).
+    Local(Command),
+}
+
+/// Requests a node gets from its own process.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum Command {
+    /// Stop cleanly (SIGINT/SIGTERM).
+    Shutdown,
+}
+
+/// What a node asks its host to do, in order.
+#[derive(Clone, PartialEq, Debug)]
+pub enum Effect {
+    Connect { conn: ConnId, to: Address },
+    Send { conn: ConnId, msg: Message },
+    Close { conn: ConnId },
+    SetTimer { id: TimerId, after: Duration, token: u64 },
+    CancelTimer { id: TimerId },
+    /// A fact for the simulator's checkers; production hosts ignore it.
+    Observe(Observation),
+    /// The process should end (told to stop by the cluster, or a fatal condition).
+    Exit { reason: String, success: bool },
+}
+
+/// Facts a node reports about decisions the checkers judge (see `sim::check`).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum Observation {
+    /// A primary master accepted another master's identification; `own` is its claim if
+    /// it was still electing (RECOVERING), `peer` the claim the peer sent, if any.
+    AcceptedMaster { own: Option<Claim>, peer: Option<Claim> },
+    /// A claimant gave up its claim to an older one.
+    Yielded { own: Claim, to: Claim },
+}
+
+/// A node role.
+pub trait Actor {
+    /// The process (re)starts: arm timers, start connecting.
+    fn start(&mut self, cx: &mut Ctx);
+    fn handle(&mut self, cx: &mut Ctx, ev: Event);
+}
+
+/// Per-node state the host keeps for the actor across calls: its random generator, the id
+/// counter for connections and timers, and the simulator's fault hooks.
+pub struct NodeEnv {
+    pub rng: ChaCha8Rng,
+    next_id: u64,
+    buggify: Option<Buggify>,
+    mutant: Option<&'static str>,
+}
+
+impl NodeEnv {
+    /// A production environment: no buggify, no mutant.
+    pub fn production(rng: ChaCha8Rng) -> NodeEnv {
+        NodeEnv {
+            rng,
+            next_id: 1,
+            buggify: None,
+            mutant: None,
+        }
+    }
+
+    /// A simulated environment with fault injection hooks.
+    pub fn simulated(rng: ChaCha8Rng, buggify: Option<Buggify>, mutant: Option<&'static str>) -> NodeEnv {
+        NodeEnv {
+            rng,
+            next_id: 1,
+            buggify,
+            mutant,
+        }
+    }
+
+    /// A fresh id for a connection the host creates itself (an accepted one).
+    pub fn next_conn(&mut self) -> ConnId {
+        self.next_id += 1;
+        ConnId(self.next_id)
+    }
+
+    /// Re-seed after a simulated restart: a new process draws new numbers, but ids keep
+    /// counting so that nothing from the previous life can be mistaken for a new one.
+    pub fn reseed(&mut self, rng: ChaCha8Rng) {
+        self.rng = rng;
+    }
+}
+
+/// The simulator's rare-path switch: each call site is enabled for a run or not (decided at
+/// its first use), and an enabled site fires now and then. Production nodes have none.
+pub struct Buggify {
+    rng: ChaCha8Rng,
+    sites: BTreeMap<&'static str, bool>,
+}
+
+impl Buggify {
+    pub fn new(rng: ChaCha8Rng) -> Buggify {
+        Buggify {
+            rng,
+            sites: BTreeMap::new(),
+        }
+    }
+
+    fn fire(&mut self, site: &'static str) -> bool {
+        let rng = &mut self.rng;
+        let enabled = *self.sites.entry(site).or_insert_with(|| rng::chance(rng, 0.25));
+        enabled && rng::chance(&mut self.rng, 0.05)
+    }
+}
+
+/// The world as one call of an actor sees it.
+pub struct Ctx<'a> {
+    now: WallTime,
+    elapsed: Duration,
+    env: &'a mut NodeEnv,
+    effects: &'a mut Vec<Effect>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(now: WallTime, elapsed: Duration, env: &'a mut NodeEnv, effects: &'a mut Vec<Effect>) -> Ctx<'a> {
+        Ctx {
+            now,
+            elapsed,
+            env,
+            effects,
+        }
+    }
+
+    /// This node's wall clock (TIDs and election timestamps come from it). It may jump,
+    /// backwards too.
+    pub fn now(&self) -> WallTime {
+        self.now
+    }
+
+    /// This node's monotonic clock: time since the process started.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    pub fn connect(&mut self, to: &Address) -> ConnId {
+        let conn = self.env.next_conn();
+        self.effects.push(Effect::Connect {
+            conn,
+            to: to.clone(),
+        });
+        conn
+    }
+
+    pub fn send(&mut self, conn: ConnId, msg: Message) {
+        self.effects.push(Effect::Send { conn, msg });
+    }
+
+    /// Close a connection; no event will name it afterwards.
+    pub fn close(&mut self, conn: ConnId) {
+        self.effects.push(Effect::Close { conn });
+    }
+
+    pub fn set_timer(&mut self, after: Duration, token: u64) -> TimerId {
+        self.env.next_id += 1;
+        let id = TimerId(self.env.next_id);
+        self.effects.push(Effect::SetTimer { id, after, token });
+        id
+    }
+
+    pub fn cancel_timer(&mut self, id: TimerId) {
+        self.effects.push(Effect::CancelTimer { id });
+    }
+
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.env.rng
+    }
+
+    /// True now and then in simulation, to push a rare path; always false in production.
+    pub fn buggify(&mut self, site: &'static str) -> bool {
+        match &mut self.env.buggify {
+            Some(b) => b.fire(site),
+            None => false,
+        }
+    }
+
+    /// Whether this run re-introduces the named bug (simulation only), to prove that the
+    /// checkers catch it.
+    pub fn mutant(&self, name: &str) -> bool {
+        self.env.mutant == Some(name)
+    }
+
+    pub fn observe(&mut self, o: Observation) {
+        self.effects.push(Effect::Observe(o));
+    }
+
+    pub fn exit(&mut self, reason: impl Into<String>, success: bool) {
+        self.effects.push(Effect::Exit {
+            reason: reason.into(),
+            success,
+        });
+    }
+}

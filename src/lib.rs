@@ -1,0 +1,23 @@
+//! NEO, the distributed, redundant and scalable storage for ZODB, as a
+//! deterministic-simulation actor system.
+//!
+//! The map of the crate:
+//! - [`proto`]: identifiers (node ids, TIDs, OIDs), states, the packet catalogue, framing.
+//! - [`actors`]: the node roles as sans-IO state machines, and the contract (`Actor`, `Ctx`,
+//!   `Event`, `Effect`) through which they act on the world.
+//! - [`sim`]: the deterministic simulator: whole clusters in one thread from a seed, with
+//!   faults, invariant checks, traces and the scenarios `neosim` and `sim-tests` run.
+//! - [`runtime`]: production wiring: actix, TCP, timers and the system clock.
+//! - [`config`]: `neo.conf` and the command lines of the node programs.
+//! - [`rng`]: the seeded random draws every component uses.
+//!
+//! Code under `actors`, `proto` (and later `pt`, `db`) never touches the clock, sockets,
+//! threads, OS randomness or `HashMap` order; `clippy.toml` enforces it, and only `runtime`,
+//! `bin` and the simulator's sweep driver are allowed exceptions.
+
+pub mod actors;
+pub mod config;
+pub mod proto;
+pub mod rng;
+pub mod runtime;
+pub mod sim;

@@ -1,0 +1,119 @@
+//! The packet catalogue: one `Packet` enum, one variant per NEO packet (names and fields as
+//! NEO's, encoding our own), and the `Message` that carries it with its per-connection id.
+//!
+//! Variants are appended, never reordered: postcard encodes a variant by its index, so the
+//! order is part of the wire format (bump `frame::PROTOCOL_VERSION` when it changes).
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{Address, Nid, WallTime};
+use super::states::{ClusterState, ErrorCode, NodeState, NodeType};
+
+/// What a packet is to the connection carrying it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// Expects an answer carrying the same message id.
+    Request,
+    /// Answers the request with the same message id.
+    Answer,
+    /// Expects nothing back.
+    Notification,
+}
+
+/// One packet on a connection. `id` is the sender's counter for requests and notifications;
+/// an answer carries the id of the request it answers.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Message {
+    pub id: u32,
+    pub packet: Packet,
+}
+
+/// A node as the primary master describes it in `NotifyNodeInformation` and neoctl prints it.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct NodeInfo {
+    pub node_type: NodeType,
+    pub address: Option<Address>,
+    pub nid: Option<Nid>,
+    pub state: NodeState,
+    /// When the primary identified it; lets storages tell incarnations of a client apart.
+    pub id_timestamp: Option<WallTime>,
+}
+
+/// `RequestIdentification`'s optional extras (NEO's `extra` map).
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Debug, Default)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct IdentificationExtra {
+    /// A client that will not write.
+    pub read_only: bool,
+    /// A storage's place in the topology (machine, disk, ...), for spreading replicas.
+    pub devpath: Vec<String>,
+}
+
+macro_rules! packets {
+    ($( $(#[$doc:meta])* $kind:ident $name:ident $({ $($(#[$fdoc:meta])* $field:ident : $ty:ty),* $(,)? })? ),* $(,)?) => {
+        /// Every packet of the protocol.
+        #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+        #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+        pub enum Packet {
+            $( $(#[$doc])* $name $({ $($(#[$fdoc])* $field: $ty),* })? ),*
+        }
+
+        impl Packet {
+            /// The packet's NEO name, for logs and traces.
+            pub fn name(&self) -> &'static str {
+                match self { $( Packet::$name { .. } => stringify!($name) ),* }
+            }
+
+            pub fn kind(&self) -> Kind {
+                match self { $( Packet::$name { .. } => Kind::$kind ),* }
+            }
+        }
+    };
+}
+
+packets! {
+    /// The generic answer: an error, or ACK for requests that have no answer of their own.
+    Answer Error { code: ErrorCode, message: String },
+    /// The first packet on every node-to-node connection.
+    Request RequestIdentification {
+        node_type: NodeType,
+        nid: Option<Nid>,
+        /// The requester's listening address (none for clients and neoctl).
+        address: Option<Address>,
+        cluster_name: String,
+        /// Master to master: the election timestamp of a claimant (none from a secondary).
+        id_timestamp: Option<WallTime>,
+        extra: IdentificationExtra,
+    },
+    Answer AcceptIdentification { node_type: NodeType, nid: Option<Nid>, your_nid: Option<Nid> },
+    /// A network barrier, and our idle-connection heartbeat.
+    Request Ping,
+    Answer Pong,
+    /// "You may close this connection if you are done with me."
+    Notification CloseClient,
+    Request AskPrimary,
+    Answer AnswerPrimary { primary_nid: Option<Nid> },
+    /// A secondary master's answer to any identification: who it believes is primary and
+    /// the masters it knows. The connection is closed after it.
+    Answer NotPrimaryMaster { primary: Option<Address>, known_masters: Vec<Address> },
+    /// Node changes, sent by the primary; `timestamp` strictly increases per primary.
+    Notification NotifyNodeInformation { timestamp: WallTime, nodes: Vec<NodeInfo> },
+    Notification NotifyClusterInformation { state: ClusterState },
+    Request AskClusterState,
+    Answer AnswerClusterState { state: Option<ClusterState> },
+}
+
+impl Packet {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Packet {
+        Packet::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn ack(message: impl Into<String>) -> Packet {
+        Packet::error(ErrorCode::Ack, message)
+    }
+}
