@@ -24,6 +24,10 @@ use crate::rng::{self, ChaCha8Rng};
 
 pub use master::election::Claim;
 
+/// A host gives up on a connection attempt that has not completed after this long (the
+/// actor then gets `Closed` with `TimedOut`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A connection, numbered by the host, unique for the life of the node's host (never
 /// reused, even across restarts).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]

@@ -1,1 +1,21 @@
-//! sim
+//! The deterministic simulator: whole clusters in one thread, in virtual time, from a seed.
+//!
+//! - `world`: nodes, the event queue, and the controls faults use;
+//! - `net`: TCP-like connections, latency, partitions, clogging;
+//! - `clock`: per-node wall clocks with offset, drift and jumps;
+//! - `faults`: the swarm (each seed's fault mix) and its injector;
+//! - `check`: invariants and convergence conditions;
+//! - `trace`: the rolling hash and the printed trace;
+//! - `scenario`: what a run of a seed does; `sweep`: many seeds, benchmarks.
+
+pub mod check;
+pub mod clock;
+pub mod faults;
+pub mod net;
+pub mod scenario;
+pub mod sweep;
+pub mod trace;
+pub mod world;
+
+pub use scenario::{run, RunOptions, RunReport, Scenario, MUTANTS};
+pub use world::{Failure, World};

@@ -171,9 +171,10 @@ impl Master {
                     self.learn_master(m);
                 }
                 self.links.close(cx, conn);
-                // Follow its primary, unless the hint is stale: us, or one of our secondaries.
+                // Follow its primary, unless the hint is stale: it names us or one of our
+                // secondaries, or it comes from a master that follows us by now.
                 if let Some(p) = primary {
-                    if p != self.cfg.bind && !self.is_our_secondary(&p) {
+                    if p != self.cfg.bind && !self.is_our_secondary(&p) && !self.is_our_secondary(&address) {
                         self.become_secondary(cx, p, None);
                     }
                 }

@@ -278,14 +278,23 @@ impl Master {
         let nid = self
             .nodes
             .allocate_nid(NodeType::Master, proposed, Some(&address), self.nid);
-        // A connection left from the same node's previous life is stale.
+        // A connection left from the same node's previous life (same id or same address)
+        // is stale: the new identification wins, as a restarted process must.
         let stale: Vec<ConnId> = self
             .links
             .iter()
-            .filter(|(c, p)| *c != conn && **p == Peer::Node(nid))
+            .filter(|(c, p)| match p {
+                Peer::Node(n) => {
+                    *c != conn
+                        && (*n == nid
+                            || self.nodes.get(*n).and_then(|i| i.address.as_ref()) == Some(&address))
+                }
+                _ => false,
+            })
             .map(|(c, _)| c)
             .collect();
         for c in stale {
+            debug!("{}: closing the previous connection {c:?} of {address}", self.me());
             self.links.close(cx, c);
         }
         let ts = self.monotonic_time(cx);
@@ -296,9 +305,7 @@ impl Master {
             state: NodeState::Running,
             id_timestamp: Some(ts),
         };
-        if let Some(replaced) = self.nodes.upsert(info.clone()) {
-            debug!("{address} was {:?} before", replaced.nid, address = info.address.as_ref().unwrap());
-        }
+        self.nodes.upsert(info.clone());
         *self.links.get_mut(conn).expect("identifying link") = Peer::Node(nid);
         info!("{}: accepted master {nid} at {}", self.me(), info.address.as_ref().unwrap());
         self.links.answer(
@@ -354,6 +361,26 @@ impl Master {
                     .notify(cx, conn, Packet::NotifyNodeInformation { timestamp, nodes });
             }
         }
+    }
+
+    /// Internal consistency, checked by the simulator after every step: every identified
+    /// link has a running entry in the node table, and a primary lists itself.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (conn, peer) in self.links.iter() {
+            if let Peer::Node(nid) = peer {
+                match self.nodes.get(*nid) {
+                    Some(n) if n.state == NodeState::Running => {}
+                    other => return Err(format!("{}: {conn:?} links {nid}, listed as {other:?}", self.me())),
+                }
+            }
+        }
+        if let Role::Primary(_) = &self.role {
+            let own = self.nid.and_then(|nid| self.nodes.get(nid));
+            if !own.is_some_and(|n| n.state == NodeState::Running && n.address.as_ref() == Some(&self.cfg.bind)) {
+                return Err(format!("{}: a primary that does not list itself as running", self.me()));
+            }
+        }
+        Ok(())
     }
 
     /// The cluster state, if we are primary.

@@ -1,0 +1,77 @@
+//! The invariants the simulator checks: judgements of the decisions nodes report
+//! (`Observation`s, checked as they happen), safety properties of the global state
+//! (checked after every step), and the convergence conditions of the liveness phase.
+
+use super::world::World;
+use crate::actors::master::election::Role;
+use crate::actors::Observation;
+use crate::proto::{ClusterState, NodeState};
+
+
+/// Judge one reported decision.
+pub fn judge(o: &Observation) -> Result<(), String> {
+    match o {
+        Observation::AcceptedMaster {
+            own: Some(own),
+            peer: Some(peer),
+        } if peer < own => Err(format!(
+            "election: a recovering master claiming {own:?} accepted the older claim {peer:?} instead of yielding"
+        )),
+        Observation::Yielded { own, to } if to >= own => {
+            Err(format!("election: the claim {own:?} yielded to the younger claim {to:?}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Safety of the election, after every step.
+pub fn election_safety(w: &World) -> Result<(), String> {
+    let mut past_recovering = vec![];
+    for (i, m) in w.masters() {
+        m.check_invariants().map_err(|e| format!("{}: {e}", w.label(i)))?;
+        match m.role() {
+            Role::Secondary(s) if &s.primary == m.address() => {
+                return Err(format!("election: {} follows itself", w.label(i)));
+            }
+            Role::Primary(p) if p.cluster_state != ClusterState::Recovering => {
+                past_recovering.push(w.label(i));
+            }
+            _ => {}
+        }
+    }
+    if past_recovering.len() > 1 {
+        return Err(format!("two primaries past RECOVERING: {past_recovering:?}"));
+    }
+    Ok(())
+}
+
+/// Whether the election converged: among running masters exactly one primary, every other
+/// one an identified secondary naming it, and the primary listing them all as running.
+/// The error says what is still missing.
+pub fn election_converged(w: &World) -> Result<(), String> {
+    let up: Vec<_> = w.masters().filter(|(i, _)| w.nodes[*i].is_up()).collect();
+    if up.is_empty() {
+        return Ok(());
+    }
+    let primaries: Vec<_> = up.iter().filter(|(_, m)| matches!(m.role(), Role::Primary(_))).collect();
+    let [(pi, p)] = primaries.as_slice() else {
+        let labels: Vec<&str> = primaries.iter().map(|(i, _)| w.label(*i)).collect();
+        return Err(format!("{} primaries among {} running masters: {labels:?}", primaries.len(), up.len()));
+    };
+    for (i, m) in &up {
+        if i == pi {
+            continue;
+        }
+        match m.role() {
+            Role::Secondary(s) if s.identified && &s.primary == p.address() && s.primary_nid == p.nid() => {}
+            other => {
+                return Err(format!("{} is not an identified secondary of {}: {other:?}", w.label(*i), w.label(*pi)));
+            }
+        }
+        let listed = p.nodes().by_address(m.address());
+        if !listed.is_some_and(|n| n.state == NodeState::Running && n.nid == m.nid()) {
+            return Err(format!("primary {} does not list {} as running: {listed:?}", w.label(*pi), w.label(*i)));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,716 @@
+//! The world: nodes, the network and an event queue in virtual time, run in one thread.
+//!
+//! Events are ordered by (time, sequence number), so a run is a pure function of the seed.
+//! Every queue event that reaches an actor is traced and hashed, then the scenario's
+//! invariants are checked. The world also offers the controls that faults and scripted
+//! tests use: crash, restart, pause, partition, clog, reset, clock jumps.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::time::Duration;
+
+use super::clock::NodeClock;
+use super::faults::Injector;
+use super::net::{Latency, Net, NodeIdx, SimConnId, State, Wire};
+use super::trace::Trace;
+use super::check;
+use crate::actors::master::Master;
+use crate::actors::{Actor, Buggify, CloseReason, ConnId, Ctx, Effect, Event, NodeEnv, TimerId, CONNECT_TIMEOUT};
+use crate::proto::{Address, WallTime};
+use crate::rng::{self, ChaCha8Rng};
+
+/// The role a simulated node plays (one variant per actor type, so checkers can look
+/// inside).
+pub enum NodeActor {
+    Master(Master),
+}
+
+impl NodeActor {
+    fn actor(&mut self) -> &mut dyn Actor {
+        match self {
+            NodeActor::Master(m) => m,
+        }
+    }
+}
+
+/// Whether a node's process runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Proc {
+    /// Not started yet, or crashed.
+    Down,
+    Up,
+    /// Ended by itself (told to stop).
+    Exited(String),
+}
+
+pub struct SimNode {
+    /// A name for traces (`m1`, `s2`, ...): the simulator's, not a node id.
+    pub label: String,
+    pub address: Address,
+    pub actor: Option<NodeActor>,
+    make: Box<dyn Fn() -> NodeActor>,
+    pub proc: Proc,
+    pub incarnation: u32,
+    started_at: Duration,
+    pub paused_until: Option<Duration>,
+    pub clock: NodeClock,
+    env: NodeEnv,
+    timers: BTreeSet<TimerId>,
+}
+
+impl SimNode {
+    pub fn master(&self) -> Option<&Master> {
+        match &self.actor {
+            Some(NodeActor::Master(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.proc == Proc::Up
+    }
+}
+
+/// Why a run failed, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub at: Duration,
+    pub what: String,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Start { node: NodeIdx },
+    Timer { node: NodeIdx, inc: u32, id: TimerId, token: u64 },
+    Syn { conn: SimConnId },
+    ConnectDone { conn: SimConnId, result: Result<(), CloseReason> },
+    Deliver { conn: SimConnId, dir: usize },
+    FaultTick,
+    HealPartition,
+}
+
+struct Scheduled {
+    at: Duration,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    // BinaryHeap is a max-heap: reverse, so the earliest (then first scheduled) pops first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+pub type Invariant = fn(&World) -> Result<(), String>;
+
+pub struct World {
+    now: Duration,
+    seq: u64,
+    queue: BinaryHeap<Scheduled>,
+    pub nodes: Vec<SimNode>,
+    by_address: BTreeMap<Address, NodeIdx>,
+    pub net: Net,
+    latency: Latency,
+    /// True time at virtual time zero.
+    epoch: WallTime,
+    seed: u64,
+    mutant: Option<&'static str>,
+    rng: ChaCha8Rng,
+    pub trace: Trace,
+    invariants: Vec<Invariant>,
+    failure: Option<Failure>,
+    injector: Option<Injector>,
+    /// Nodes that must not be restarted (left down for the liveness phase).
+    keep_down: BTreeSet<NodeIdx>,
+    effects: Vec<Effect>,
+}
+
+impl World {
+    pub fn new(seed: u64, latency: Latency, mutant: Option<&'static str>, print_trace: bool) -> World {
+        let mut rng = rng::stream(seed, 10);
+        // Somewhere in 2026, so TIDs look like real ones.
+        let epoch = WallTime::from_secs(1_767_225_600 + rng::below(&mut rng, 365 * 86_400));
+        World {
+            now: Duration::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes: Vec::new(),
+            by_address: BTreeMap::new(),
+            net: Net::default(),
+            latency,
+            epoch,
+            seed,
+            mutant,
+            rng,
+            trace: Trace::new(print_trace),
+            invariants: Vec::new(),
+            failure: None,
+            injector: None,
+            keep_down: BTreeSet::new(),
+            effects: Vec::new(),
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failure.as_ref()
+    }
+
+    pub fn add_invariant(&mut self, inv: Invariant) {
+        self.invariants.push(inv);
+    }
+
+    /// Add a node whose process starts at `start_at`; `make` builds a fresh actor for each
+    /// (re)start.
+    pub fn add_node(
+        &mut self,
+        label: impl Into<String>,
+        address: Address,
+        make: Box<dyn Fn() -> NodeActor>,
+        clock: NodeClock,
+        start_at: Duration,
+        buggify: bool,
+    ) -> NodeIdx {
+        let idx = self.nodes.len();
+        let env_rng = rng::stream(self.seed, 1000 + idx as u64 * 1000);
+        let buggify = buggify.then(|| Buggify::new(rng::stream(self.seed, 1001 + idx as u64 * 1000)));
+        self.nodes.push(SimNode {
+            label: label.into(),
+            address: address.clone(),
+            actor: None,
+            make,
+            proc: Proc::Down,
+            incarnation: 0,
+            started_at: Duration::ZERO,
+            paused_until: None,
+            clock,
+            env: NodeEnv::simulated(env_rng, buggify, self.mutant),
+            timers: BTreeSet::new(),
+        });
+        self.by_address.insert(address, idx);
+        self.schedule(start_at, Ev::Start { node: idx });
+        idx
+    }
+
+    fn schedule(&mut self, at: Duration, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Scheduled {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn fail(&mut self, what: String) {
+        if self.failure.is_none() {
+            self.failure = Some(Failure { at: self.now, what });
+        }
+    }
+
+    /// Run until virtual time `deadline`, a failure, or `until` holds (checked after each
+    /// step that reached a node). Returns whether `until` held.
+    pub fn run_until(&mut self, deadline: Duration, mut until: impl FnMut(&World) -> bool) -> Result<bool, Failure> {
+        loop {
+            if let Some(f) = &self.failure {
+                return Err(f.clone());
+            }
+            match self.queue.peek() {
+                Some(s) if s.at <= deadline => {}
+                _ => {
+                    self.now = self.now.max(deadline);
+                    return Ok(until(self));
+                }
+            }
+            if self.step() && self.failure.is_none() {
+                for inv in &self.invariants {
+                    if let Err(e) = inv(self) {
+                        self.failure = Some(Failure { at: self.now, what: e });
+                        break;
+                    }
+                }
+                if self.failure.is_none() && until(self) {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// Run for a span of virtual time.
+    pub fn run_for(&mut self, span: Duration) -> Result<(), Failure> {
+        self.run_until(self.now + span, |_| false).map(|_| ())
+    }
+
+    /// Process the next event; returns whether it reached a node.
+    fn step(&mut self) -> bool {
+        let Some(s) = self.queue.pop() else {
+            return false;
+        };
+        debug_assert!(s.at >= self.now, "time went backwards");
+        self.now = s.at;
+        match s.ev {
+            Ev::Start { node } => self.start(node),
+            Ev::Timer { node, inc, id, token } => {
+                let n = &self.nodes[node];
+                if n.incarnation != inc || !n.timers.contains(&id) || !n.is_up() {
+                    return false;
+                }
+                if let Some(t) = self.paused(node) {
+                    self.schedule(t, Ev::Timer { node, inc, id, token });
+                    return false;
+                }
+                self.nodes[node].timers.remove(&id);
+                self.dispatch(node, Event::Timer { id, token }, None)
+            }
+            Ev::Syn { conn } => self.on_syn(conn),
+            Ev::ConnectDone { conn, result } => self.on_connect_done(conn, result),
+            Ev::Deliver { conn, dir } => self.on_deliver(conn, dir),
+            Ev::FaultTick => {
+                if let Some(mut inj) = self.injector.take() {
+                    inj.tick(self);
+                    let next = self.now + inj.period();
+                    self.injector = Some(inj);
+                    self.schedule(next, Ev::FaultTick);
+                }
+                false
+            }
+            Ev::HealPartition => {
+                self.heal_partitions();
+                false
+            }
+        }
+    }
+
+    fn paused(&self, node: NodeIdx) -> Option<Duration> {
+        self.nodes[node].paused_until.filter(|t| *t > self.now)
+    }
+
+    /// Hand one event to a node's actor and carry out what it asks.
+    fn dispatch(&mut self, node: NodeIdx, ev: Event, from: Option<NodeIdx>) -> bool {
+        if !self.nodes[node].is_up() {
+            return false;
+        }
+        let from_label = from.map(|f| self.nodes[f].label.clone());
+        let n = &mut self.nodes[node];
+        let label = &n.label;
+        self.trace.step(self.now, (node, &ev), || match (&ev, &from_label) {
+            (Event::Received { conn, msg }, Some(f)) => {
+                format!("{label} <- {f} c{} #{} {:?}", conn.0, msg.id, msg.packet)
+            }
+            _ => format!("{label} {ev:?}"),
+        });
+        let wall = n.clock.wall(self.epoch, self.now);
+        let elapsed = self.now - n.started_at;
+        let mut effects = std::mem::take(&mut self.effects);
+        {
+            let mut cx = Ctx::new(wall, elapsed, &mut n.env, &mut effects);
+            n.actor.as_mut().expect("a running node has an actor").actor().handle(&mut cx, ev);
+        }
+        self.apply(node, &mut effects);
+        self.effects = effects;
+        true
+    }
+
+    fn start(&mut self, node: NodeIdx) -> bool {
+        if self.nodes[node].proc == Proc::Up || self.keep_down.contains(&node) {
+            return false;
+        }
+        let now = self.now;
+        let seed = self.seed;
+        let n = &mut self.nodes[node];
+        n.incarnation += 1;
+        n.proc = Proc::Up;
+        n.started_at = now;
+        n.paused_until = None;
+        n.timers.clear();
+        n.env.reseed(rng::stream(seed, 1000 + node as u64 * 1000 + 2 + n.incarnation as u64));
+        n.actor = Some((n.make)());
+        let label = n.label.clone();
+        let inc = n.incarnation;
+        self.trace.step(now, (node, "start", inc), || format!("{label} start (incarnation {inc})"));
+        let n = &mut self.nodes[node];
+        let wall = n.clock.wall(self.epoch, now);
+        let mut effects = std::mem::take(&mut self.effects);
+        {
+            let mut cx = Ctx::new(wall, Duration::ZERO, &mut n.env, &mut effects);
+            n.actor.as_mut().expect("just built").actor().start(&mut cx);
+        }
+        self.apply(node, &mut effects);
+        self.effects = effects;
+        true
+    }
+
+    fn apply(&mut self, node: NodeIdx, effects: &mut Vec<Effect>) {
+        for e in effects.drain(..) {
+            if !self.nodes[node].is_up() {
+                break; // it exited: the rest is moot
+            }
+            match e {
+                Effect::Connect { conn, to } => self.net_connect(node, conn, to),
+                Effect::Send { conn, msg } => {
+                    if let Some((id, side)) = self.net.lookup(node, conn) {
+                        self.push(id, side, Wire::Msg(msg));
+                    }
+                }
+                Effect::Close { conn } => {
+                    if let Some((id, side)) = self.net.lookup(node, conn) {
+                        self.net.close_end(id, side);
+                        if self.net.conns[&id].state == State::Open {
+                            self.push(id, side, Wire::Fin);
+                        }
+                        self.net.remove_if_dead(id);
+                    }
+                }
+                Effect::SetTimer { id, after, token } => {
+                    let n = &mut self.nodes[node];
+                    n.timers.insert(id);
+                    let inc = n.incarnation;
+                    self.schedule(self.now + after, Ev::Timer { node, inc, id, token });
+                }
+                Effect::CancelTimer { id } => {
+                    self.nodes[node].timers.remove(&id);
+                }
+                Effect::Observe(o) => {
+                    let label = &self.nodes[node].label;
+                    self.trace.step(self.now, (node, &o), || format!("{label} observed {o:?}"));
+                    if let Err(e) = check::judge(&o) {
+                        let what = format!("{label}: {e}");
+                        self.fail(what);
+                    }
+                }
+                Effect::Exit { reason, success } => {
+                    let label = self.nodes[node].label.clone();
+                    self.trace.step(self.now, (node, "exit", &reason), || format!("{label} exit: {reason} (success: {success})"));
+                    self.stop_process(node, Proc::Exited(reason), Wire::Fin);
+                }
+            }
+        }
+    }
+
+    /// End a node's process: its connections are closed (Fin) or reset (Rst) to peers.
+    fn stop_process(&mut self, node: NodeIdx, proc: Proc, how: Wire) {
+        let n = &mut self.nodes[node];
+        n.proc = proc;
+        n.actor = None;
+        n.timers.clear();
+        n.paused_until = None;
+        for (id, side) in self.net.ends_of(node) {
+            self.net.close_end(id, side);
+            if self.net.conns[&id].state == State::Open {
+                if matches!(how, Wire::Rst) {
+                    // A dead process's unsent data is lost, and so is what was on its way to it.
+                    let c = self.net.conns.get_mut(&id).expect("live");
+                    c.dirs[side].queue.clear();
+                    c.dirs[1 - side].queue.clear();
+                }
+                self.push(id, side, how.clone());
+            }
+            self.net.remove_if_dead(id);
+        }
+    }
+
+    // ---- network ----
+
+    fn net_connect(&mut self, node: NodeIdx, conn: ConnId, to: Address) {
+        let id = self.net.open(node, conn, to.clone());
+        let target = self.by_address.get(&to).copied();
+        if target.is_some_and(|t| self.net.is_cut(node, t)) {
+            self.connect_across_partition(id);
+        } else {
+            let lat = self.latency.draw(&mut self.rng);
+            self.schedule(self.now + lat, Ev::Syn { conn: id });
+        }
+    }
+
+    /// A connect into a partition: the SYN is lost (the host gives up after its timeout) or
+    /// an ICMP error comes back.
+    fn connect_across_partition(&mut self, id: SimConnId) {
+        if rng::chance(&mut self.rng, 0.5) {
+            self.schedule(self.now + CONNECT_TIMEOUT, Ev::ConnectDone { conn: id, result: Err(CloseReason::TimedOut) });
+        } else {
+            let lat = self.latency.draw(&mut self.rng);
+            self.schedule(self.now + lat, Ev::ConnectDone { conn: id, result: Err(CloseReason::Refused) });
+        }
+    }
+
+    fn on_syn(&mut self, id: SimConnId) -> bool {
+        let Some(c) = self.net.conns.get(&id) else {
+            return false;
+        };
+        if !c.ends[0].open {
+            self.net.conns.remove(&id);
+            return false;
+        }
+        let from = c.ends[0].node;
+        let target = self.by_address.get(&c.target).copied();
+        let lat = self.latency.draw(&mut self.rng);
+        let Some(t) = target.filter(|t| self.nodes[*t].is_up()) else {
+            self.schedule(self.now + lat, Ev::ConnectDone { conn: id, result: Err(CloseReason::Refused) });
+            return false;
+        };
+        if self.net.is_cut(from, t) {
+            self.connect_across_partition(id);
+            return false;
+        }
+        if let Some(until) = self.paused(t) {
+            self.schedule(until, Ev::Syn { conn: id });
+            return false;
+        }
+        let conn = self.nodes[t].env.next_conn();
+        self.net.accept(id, t, conn);
+        // The initiator learns it is connected before any answer reaches it.
+        let done_at = self.now + lat;
+        let c = self.net.conns.get_mut(&id).expect("accepted");
+        c.dirs[1].last_ready = done_at;
+        // What the initiator sent while connecting leaves now.
+        let queued: Vec<Wire> = c.dirs[0].queue.drain(..).map(|(_, w)| w).collect();
+        c.dirs[0].last_ready = self.now;
+        self.schedule(done_at, Ev::ConnectDone { conn: id, result: Ok(()) });
+        let reached = self.dispatch(t, Event::Accepted { conn }, Some(from));
+        for w in queued {
+            self.push(id, 0, w);
+        }
+        reached
+    }
+
+    fn on_connect_done(&mut self, id: SimConnId, result: Result<(), CloseReason>) -> bool {
+        let Some(c) = self.net.conns.get(&id) else {
+            return false;
+        };
+        let end = c.ends[0].clone();
+        if !end.open {
+            return false;
+        }
+        if let Some(until) = self.paused(end.node) {
+            self.schedule(until, Ev::ConnectDone { conn: id, result });
+            return false;
+        }
+        let conn = end.conn.expect("initiator end has an id");
+        match result {
+            Ok(()) => self.dispatch(end.node, Event::Connected { conn }, None),
+            Err(reason) => {
+                self.net.close_end(id, 0);
+                self.net.conns.remove(&id);
+                self.dispatch(end.node, Event::Closed { conn, reason }, None)
+            }
+        }
+    }
+
+    /// Queue `wire` from `side` of a connection towards the other side.
+    fn push(&mut self, id: SimConnId, side: usize, wire: Wire) {
+        let lat = self.latency.draw(&mut self.rng);
+        let now = self.now;
+        let held = self.net.held.contains(&(id, side));
+        let Some(c) = self.net.conns.get_mut(&id) else {
+            return;
+        };
+        let open = c.state == State::Open;
+        let d = &mut c.dirs[side];
+        let ready = (now + lat).max(d.last_ready);
+        d.last_ready = ready;
+        d.queue.push_back((ready, wire));
+        if open && !d.scheduled && !held {
+            d.scheduled = true;
+            let at = d.queue.front().expect("just pushed").0;
+            self.schedule(at, Ev::Deliver { conn: id, dir: side });
+        }
+    }
+
+    fn on_deliver(&mut self, id: SimConnId, dir: usize) -> bool {
+        let now = self.now;
+        let Some(c) = self.net.conns.get_mut(&id) else {
+            return false;
+        };
+        c.dirs[dir].scheduled = false;
+        let (from, to) = (c.ends[dir].node, c.ends[1 - dir].node);
+        if c.dirs[dir].queue.is_empty() {
+            return false;
+        }
+        if self.net.is_blocked(from, to) {
+            self.net.held.insert((id, dir));
+            return false;
+        }
+        let hold = self.net.clogged_until(from, to, now).or_else(|| self.paused(to));
+        let c = self.net.conns.get_mut(&id).expect("checked");
+        if let Some(until) = hold {
+            c.dirs[dir].scheduled = true;
+            self.schedule(until, Ev::Deliver { conn: id, dir });
+            return false;
+        }
+        let (_, wire) = c.dirs[dir].queue.pop_front().expect("non-empty");
+        if let Some(&(next, _)) = c.dirs[dir].queue.front() {
+            c.dirs[dir].scheduled = true;
+            self.schedule(next.max(now), Ev::Deliver { conn: id, dir });
+        }
+        let c = &self.net.conns[&id];
+        let recv = c.ends[1 - dir].clone();
+        let reached = if !recv.open {
+            false
+        } else {
+            let conn = recv.conn.expect("open end has an id");
+            match wire {
+                Wire::Msg(msg) => self.dispatch(to, Event::Received { conn, msg }, Some(from)),
+                Wire::Fin | Wire::Rst => {
+                    let reason = if matches!(wire, Wire::Fin) { CloseReason::PeerClosed } else { CloseReason::Reset };
+                    self.net.close_end(id, 1 - dir);
+                    self.dispatch(to, Event::Closed { conn, reason }, Some(from))
+                }
+            }
+        };
+        self.net.remove_if_dead(id);
+        reached
+    }
+
+    // ---- controls (faults and scripted tests) ----
+
+    pub fn label(&self, node: NodeIdx) -> &str {
+        &self.nodes[node].label
+    }
+
+    fn note(&mut self, what: String) {
+        self.trace.step(self.now, ("fault", &what), || format!("fault: {what}"));
+    }
+
+    /// Kill a node's process: memory gone, connections reset.
+    pub fn crash(&mut self, node: NodeIdx) {
+        if !self.nodes[node].is_up() {
+            return;
+        }
+        let what = format!("crash {}", self.nodes[node].label);
+        self.note(what);
+        self.stop_process(node, Proc::Down, Wire::Rst);
+    }
+
+    /// Start a crashed node again after `after`.
+    pub fn restart_after(&mut self, node: NodeIdx, after: Duration) {
+        self.schedule(self.now + after, Ev::Start { node });
+    }
+
+    /// Stall a node's process: nothing reaches it until `until` (its timers fire late).
+    pub fn pause(&mut self, node: NodeIdx, span: Duration) {
+        if !self.nodes[node].is_up() {
+            return;
+        }
+        let what = format!("pause {} for {span:?}", self.nodes[node].label);
+        self.note(what);
+        let until = self.now + span;
+        let n = &mut self.nodes[node];
+        n.paused_until = Some(n.paused_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// Cut `side` off from every other node; one way: only `side`'s outgoing traffic.
+    pub fn partition(&mut self, side: &[NodeIdx], one_way: bool) {
+        let labels: Vec<&str> = side.iter().map(|n| self.nodes[*n].label.as_str()).collect();
+        let what = format!("partition {labels:?}{}", if one_way { " (one way: outgoing lost)" } else { "" });
+        self.note(what);
+        for &a in side {
+            for b in 0..self.nodes.len() {
+                if side.contains(&b) {
+                    continue;
+                }
+                self.net.block(a, b);
+                if !one_way {
+                    self.net.block(b, a);
+                }
+            }
+        }
+    }
+
+    /// Lift partitions after `after`.
+    pub fn heal_partitions_after(&mut self, after: Duration) {
+        self.schedule(self.now + after, Ev::HealPartition);
+    }
+
+    pub fn heal_partitions(&mut self) {
+        if !self.net.partitioned() {
+            return;
+        }
+        self.note("heal partitions".into());
+        for (id, dir) in self.net.heal_partitions() {
+            if let Some(c) = self.net.conns.get_mut(&id) {
+                let d = &mut c.dirs[dir];
+                if let (false, Some(&(at, _))) = (d.scheduled, d.queue.front()) {
+                    d.scheduled = true;
+                    self.schedule(at.max(self.now), Ev::Deliver { conn: id, dir });
+                }
+            }
+        }
+    }
+
+    /// Hold a node's traffic, both ways, for a while.
+    pub fn clog(&mut self, node: NodeIdx, span: Duration) {
+        let what = format!("clog {} for {span:?}", self.nodes[node].label);
+        self.note(what);
+        self.net.clog(node, self.now + span);
+    }
+
+    /// Reset one open connection, chosen at random.
+    pub fn reset_random_connection(&mut self) {
+        let open = self.net.open_conns();
+        if open.is_empty() {
+            return;
+        }
+        let id = *rng::pick(&mut self.rng, &open);
+        let c = &self.net.conns[&id];
+        let what = format!("reset {} - {}", self.nodes[c.ends[0].node].label, self.nodes[c.ends[1].node].label);
+        self.note(what);
+        let c = self.net.conns.get_mut(&id).expect("open");
+        c.dirs[0].queue.clear();
+        c.dirs[1].queue.clear();
+        self.push(id, 0, Wire::Rst);
+        self.push(id, 1, Wire::Rst);
+    }
+
+    pub fn jump_clock(&mut self, node: NodeIdx, by_ns: i64) {
+        let what = format!("clock of {} jumps {:+.3}s", self.nodes[node].label, by_ns as f64 / 1e9);
+        self.note(what);
+        self.nodes[node].clock.jump(by_ns);
+    }
+
+    pub fn start_faults(&mut self, injector: Injector) {
+        let first = self.now + injector.period();
+        self.injector = Some(injector);
+        self.schedule(first, Ev::FaultTick);
+    }
+
+    /// The liveness phase: no more faults, partitions heal, and every node that is down
+    /// starts again, except `keep_down`. Pauses and clogs run out by themselves (they are
+    /// short); returns when the last one ends.
+    pub fn heal_all(&mut self, keep_down: &[NodeIdx]) -> Duration {
+        self.injector = None;
+        self.heal_partitions();
+        for &k in keep_down {
+            self.crash(k);
+        }
+        self.keep_down = keep_down.iter().copied().collect();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].proc == Proc::Down && !self.keep_down.contains(&i) {
+                self.schedule(self.now, Ev::Start { node: i });
+            }
+        }
+        let paused = self.nodes.iter().filter_map(|n| n.paused_until).max();
+        [Some(self.now), paused, self.net.clogs_end()].into_iter().flatten().max().expect("now")
+    }
+
+    pub fn masters(&self) -> impl Iterator<Item = (NodeIdx, &Master)> {
+        self.nodes.iter().enumerate().filter_map(|(i, n)| n.master().map(|m| (i, m)))
+    }
+}
