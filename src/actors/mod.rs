@@ -257,3 +257,65 @@ impl<'a> Ctx<'a> {
         });
     }
 }
+
+/// Drive one actor by hand in unit tests: feed events, look at the effects.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub struct Harness<A: Actor> {
+        pub actor: A,
+        env: NodeEnv,
+        pub now: WallTime,
+        pub elapsed: Duration,
+    }
+
+    impl<A: Actor> Harness<A> {
+        pub fn new(actor: A) -> Harness<A> {
+            Harness {
+                actor,
+                env: NodeEnv::production(rng::stream(0, 0)),
+                now: WallTime::from_secs(1_767_225_600),
+                elapsed: Duration::ZERO,
+            }
+        }
+
+        pub fn start(&mut self) -> Vec<Effect> {
+            let mut out = vec![];
+            let mut cx = Ctx::new(self.now, self.elapsed, &mut self.env, &mut out);
+            self.actor.start(&mut cx);
+            out
+        }
+
+        pub fn handle(&mut self, ev: Event) -> Vec<Effect> {
+            let mut out = vec![];
+            let mut cx = Ctx::new(self.now, self.elapsed, &mut self.env, &mut out);
+            self.actor.handle(&mut cx, ev);
+            out
+        }
+
+        /// A peer connects and sends `packet`.
+        pub fn incoming(&mut self, conn: ConnId, packet: crate::proto::Packet) -> Vec<Effect> {
+            self.handle(Event::Accepted { conn });
+            self.handle(Event::Received {
+                conn,
+                msg: Message { id: 0, packet },
+            })
+        }
+    }
+
+    /// The packets sent on `conn`, in order.
+    pub fn sent(effects: &[Effect], conn: ConnId) -> Vec<crate::proto::Packet> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { conn: c, msg } if *c == conn => Some(msg.packet.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn closed(effects: &[Effect], conn: ConnId) -> bool {
+        effects.iter().any(|e| matches!(e, Effect::Close { conn: c } if *c == conn))
+    }
+}

@@ -49,7 +49,13 @@ pub fn election_safety(w: &World) -> Result<(), String> {
 /// one an identified secondary naming it, and the primary listing them all as running.
 /// The error says what is still missing.
 pub fn election_converged(w: &World) -> Result<(), String> {
-    let up: Vec<_> = w.masters().filter(|(i, _)| w.nodes[*i].is_up()).collect();
+    election_converged_among(w, |_| true)
+}
+
+/// `election_converged`, counting only the running masters that `member` selects (the side
+/// of a partition, say).
+pub fn election_converged_among(w: &World, member: impl Fn(usize) -> bool) -> Result<(), String> {
+    let up: Vec<_> = w.masters().filter(|(i, _)| w.nodes[*i].is_up() && member(*i)).collect();
     if up.is_empty() {
         return Ok(());
     }

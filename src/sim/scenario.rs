@@ -199,11 +199,15 @@ pub fn converged_for(span: Duration, converged: fn(&World) -> Result<(), String>
 }
 
 fn run_election(opts: &RunOptions) -> RunReport {
+    run_election_with(opts, Swarm::draw(&mut rng::stream(opts.seed, 2)))
+}
+
+/// The election scenario with a given fault mix (tests that want only some faults).
+pub fn run_election_with(opts: &RunOptions, swarm: Swarm) -> RunReport {
     let seed = opts.seed;
     let masters = opts
         .masters
         .unwrap_or_else(|| *rng::pick(&mut rng::stream(seed, 1), &[1usize, 2, 3, 5]));
-    let swarm = Swarm::draw(&mut rng::stream(seed, 2));
     let mut w = election_world(seed, masters, &swarm, opts.mutant, opts.trace);
     let mut rng = rng::stream(seed, 4);
     let safety = Duration::from_secs(30) + rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(90));

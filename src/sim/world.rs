@@ -51,7 +51,8 @@ pub struct SimNode {
     make: Box<dyn Fn() -> NodeActor>,
     pub proc: Proc,
     pub incarnation: u32,
-    started_at: Duration,
+    /// When the current process started (virtual time).
+    pub started_at: Duration,
     pub paused_until: Option<Duration>,
     pub clock: NodeClock,
     env: NodeEnv,

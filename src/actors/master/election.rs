@@ -146,6 +146,7 @@ impl Master {
             to: to.clone(),
         });
         self.links.close(cx, conn);
+        self.learn_master(&to.address);
         self.become_secondary(cx, to.address, None);
     }
 

@@ -495,3 +495,99 @@ impl Actor for Master {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::testing::{closed, sent, Harness};
+    use crate::actors::Effect;
+
+    fn config(port: u16) -> MasterConfig {
+        MasterConfig {
+            cluster: "prod".into(),
+            bind: Address::new("10.0.0.1", port),
+            masters: vec![Address::new("10.0.0.1", 1), Address::new("10.0.0.1", 2)],
+            autostart: None,
+            replicas: 0,
+            partitions: 12,
+            nid: None,
+        }
+    }
+
+    fn identification(cluster: &str, node_type: NodeType, port: u16, ts: Option<WallTime>) -> Packet {
+        Packet::RequestIdentification {
+            node_type,
+            nid: None,
+            address: Some(Address::new("10.0.0.1", port)),
+            cluster_name: cluster.into(),
+            id_timestamp: ts,
+            extra: IdentificationExtra::default(),
+        }
+    }
+
+    #[test]
+    fn a_claimant_claims_to_every_other_known_master() {
+        let mut h = Harness::new(Master::new(config(1)));
+        let out = h.start();
+        let connects: Vec<&Address> = out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Connect { to, .. } => Some(to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(connects, vec![&Address::new("10.0.0.1", 2)]);
+        assert!(matches!(h.actor.role(), Role::Primary(p) if p.cluster_state == ClusterState::Recovering));
+        assert_eq!(h.actor.nid(), Some(Nid::new(NodeType::Master, 1)));
+    }
+
+    #[test]
+    fn a_wrong_cluster_name_is_refused_with_a_protocol_error() {
+        let mut h = Harness::new(Master::new(config(1)));
+        h.start();
+        let out = h.incoming(ConnId(100), identification("other", NodeType::Master, 2, None));
+        let answers = sent(&out, ConnId(100));
+        assert!(
+            matches!(&answers[..], [Packet::Error { code: ErrorCode::ProtocolError, message }] if message.contains("\"other\"") && message.contains("\"prod\"")),
+            "{answers:?}"
+        );
+        assert!(closed(&out, ConnId(100)));
+        assert!(h.actor.nodes().by_address(&Address::new("10.0.0.1", 2)).is_none());
+    }
+
+    #[test]
+    fn an_older_claimant_makes_a_claimant_yield_and_a_younger_one_is_accepted() {
+        let mut h = Harness::new(Master::new(config(1)));
+        h.start();
+        let own = h.actor.role().clone();
+        let Role::Primary(p) = own else { panic!() };
+        // Younger: accepted, told its nid, the node list (its own entry first) and the state.
+        let younger = WallTime(p.claim.ts.0 + 1);
+        let out = h.incoming(ConnId(100), identification("prod", NodeType::Master, 2, Some(younger)));
+        let answers = sent(&out, ConnId(100));
+        assert!(matches!(&answers[0], Packet::AcceptIdentification { your_nid: Some(n), .. } if *n == Nid::new(NodeType::Master, 2)));
+        assert!(matches!(&answers[1], Packet::NotifyNodeInformation { nodes, .. } if nodes[0].nid == Some(Nid::new(NodeType::Master, 2)) && nodes.len() == 2));
+        assert_eq!(answers[2], Packet::NotifyClusterInformation { state: ClusterState::Recovering });
+        assert!(matches!(h.actor.role(), Role::Primary(_)));
+        // Older: we yield and go follow it.
+        let older = WallTime(p.claim.ts.0 - 1);
+        let out = h.incoming(ConnId(101), identification("prod", NodeType::Master, 3, Some(older)));
+        assert!(sent(&out, ConnId(101)).is_empty());
+        assert!(closed(&out, ConnId(101)));
+        assert!(matches!(h.actor.role(), Role::Secondary(s) if s.primary == Address::new("10.0.0.1", 3)));
+        assert!(out.iter().any(|e| matches!(e, Effect::Connect { to, .. } if *to == Address::new("10.0.0.1", 3))));
+        // Now a secondary: any identification gets NotPrimaryMaster and a close.
+        let out = h.incoming(ConnId(102), identification("prod", NodeType::Storage, 4, None));
+        assert!(matches!(&sent(&out, ConnId(102))[..], [Packet::NotPrimaryMaster { primary: None, known_masters }] if known_masters.len() == 3));
+        assert!(closed(&out, ConnId(102)));
+    }
+
+    #[test]
+    fn a_message_before_identification_is_a_protocol_error() {
+        let mut h = Harness::new(Master::new(config(1)));
+        h.start();
+        let out = h.incoming(ConnId(100), Packet::AskClusterState);
+        assert!(matches!(&sent(&out, ConnId(100))[..], [Packet::Error { code: ErrorCode::ProtocolError, .. }]));
+        assert!(closed(&out, ConnId(100)));
+    }
+}
