@@ -11,12 +11,17 @@ use std::time::Duration;
 use neo::actors::master::election::Role;
 use neo::sim::check::{election_converged, election_converged_among};
 use neo::sim::faults::Swarm;
-use neo::sim::scenario::{self, converged_for, election_world, primary, run_election_with, RunOptions, Scenario};
+use neo::sim::scenario::{
+    self, converged_for, election_world, primary, run_election_with, RunOptions, Scenario,
+};
 use neo::sim::sweep::{run_checked, sweep, SweepOptions};
 use neo::sim::{World, MUTANTS};
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The seed range of a test: `NEO_SIM_SEEDS` (or `default`) seeds from `NEO_SIM_SEED_START`.
@@ -39,12 +44,22 @@ fn fail(seed: u64, masters: usize, what: &str) -> ! {
 
 /// Run until `cond` holds, within `bound` of virtual time; the world's invariants are
 /// checked at every step.
-fn expect(w: &mut World, masters: usize, bound: Duration, what: &str, cond: impl FnMut(&World) -> bool) {
+fn expect(
+    w: &mut World,
+    masters: usize,
+    bound: Duration,
+    what: &str,
+    cond: impl FnMut(&World) -> bool,
+) {
     let deadline = w.now() + bound;
     match w.run_until(deadline, cond) {
         Ok(true) => {}
         Ok(false) => fail(w.seed(), masters, &format!("not within {bound:?}: {what}")),
-        Err(f) => fail(w.seed(), masters, &format!("{} at {:.3}s", f.what, f.at.as_secs_f64())),
+        Err(f) => fail(
+            w.seed(),
+            masters,
+            &format!("{} at {:.3}s", f.what, f.at.as_secs_f64()),
+        ),
     }
 }
 
@@ -52,7 +67,13 @@ fn expect(w: &mut World, masters: usize, bound: Duration, what: &str, cond: impl
 /// times within 10 s).
 fn calm_world(seed: u64, masters: usize) -> World {
     let mut w = election_world(seed, masters, &Swarm::calm(), None, false);
-    expect(&mut w, masters, Duration::from_secs(11), "every master started", |w| w.nodes.iter().all(|n| n.is_up()));
+    expect(
+        &mut w,
+        masters,
+        Duration::from_secs(11),
+        "every master started",
+        |w| w.nodes.iter().all(|n| n.is_up()),
+    );
     w
 }
 
@@ -72,7 +93,13 @@ fn swarm_sweep_finds_no_failure() {
     if let Some(f) = &report.first {
         panic!(
             "{} of {} seeds failed; first: seed {}: {}\n  shape: {}; swarm: {}\n  replay: {}",
-            report.failed, report.run, f.opts.seed, f.what, f.report.shape, f.report.swarm, f.opts.replay_command()
+            report.failed,
+            report.run,
+            f.opts.seed,
+            f.what,
+            f.report.shape,
+            f.report.swarm,
+            f.opts.replay_command()
         );
     }
     assert_eq!(report.run, range.end - range.start);
@@ -84,17 +111,45 @@ fn swarm_sweep_finds_no_failure() {
     );
 }
 
+/// Seeds that once found a bug (see BUGS.md). The code has changed since, so they no longer
+/// replay the same run, but they stay in every test run.
+const REGRESSIONS: &[u64] = &[15, 1286, 7097, 38168];
+
+#[test]
+fn regression_seeds_pass() {
+    for &seed in REGRESSIONS {
+        let opts = RunOptions::new(Scenario::Election, seed);
+        let (report, failed) = run_checked(&opts, true);
+        if let Some(what) = failed {
+            panic!(
+                "seed {seed}: {what}\n  swarm: {}\n  replay: {}",
+                report.swarm,
+                opts.replay_command()
+            );
+        }
+    }
+}
+
 #[test]
 fn one_two_three_and_five_masters_elect_exactly_one_primary() {
     for masters in [1, 2, 3, 5] {
         for seed in seeds(50) {
             let mut w = calm_world(seed, masters);
-            expect(&mut w, masters, Duration::from_secs(30), "one primary, every other master its secondary", converged_for(STABLE, election_converged));
+            expect(
+                &mut w,
+                masters,
+                Duration::from_secs(30),
+                "one primary, every other master its secondary",
+                converged_for(STABLE, election_converged),
+            );
             let p = primary(&w).expect("converged");
             // With true clocks and no faults the oldest claim is the first master to start,
             // and it must win.
             let first = (0..masters).min_by_key(|i| w.nodes[*i].started_at).unwrap();
-            assert_eq!(p, first, "seed {seed}: the primary is not the oldest claimant");
+            assert_eq!(
+                p, first,
+                "seed {seed}: the primary is not the oldest claimant"
+            );
         }
     }
 }
@@ -104,23 +159,44 @@ fn crashed_primary_is_replaced_and_rejoins_as_secondary() {
     for masters in [2, 3, 5] {
         for seed in seeds(40) {
             let mut w = calm_world(seed, masters);
-            expect(&mut w, masters, Duration::from_secs(40), "a first primary", converged_for(STABLE, election_converged));
+            expect(
+                &mut w,
+                masters,
+                Duration::from_secs(40),
+                "a first primary",
+                converged_for(STABLE, election_converged),
+            );
             let old = primary(&w).expect("converged");
             w.crash(old);
             // The others notice at once (connections reset), try the old primary and each
             // other, then claim: a new primary among them within a few seconds.
-            expect(&mut w, masters, Duration::from_secs(15), "a new primary among the survivors", |w| {
-                primary(w).is_some_and(|p| p != old) && election_converged(w).is_ok()
-            });
+            expect(
+                &mut w,
+                masters,
+                Duration::from_secs(15),
+                "a new primary among the survivors",
+                |w| primary(w).is_some_and(|p| p != old) && election_converged(w).is_ok(),
+            );
             let new = primary(&w).unwrap();
             // Back with a fresh, younger claim, the old primary must follow the new one.
             w.restart_after(old, Duration::from_secs(1));
-            expect(&mut w, masters, Duration::from_secs(30), "the old primary rejoins as a secondary", |w| {
-                w.nodes[old].is_up() && election_converged(w).is_ok()
-            });
-            assert_eq!(primary(&w), Some(new), "seed {seed}: the restarted master took over");
+            expect(
+                &mut w,
+                masters,
+                Duration::from_secs(30),
+                "the old primary rejoins as a secondary",
+                |w| w.nodes[old].is_up() && election_converged(w).is_ok(),
+            );
+            assert_eq!(
+                primary(&w),
+                Some(new),
+                "seed {seed}: the restarted master took over"
+            );
             let role = w.nodes[old].master().unwrap().role().clone();
-            assert!(matches!(role, Role::Secondary(s) if s.identified), "seed {seed}");
+            assert!(
+                matches!(role, Role::Secondary(s) if s.identified),
+                "seed {seed}"
+            );
         }
     }
 }
@@ -130,19 +206,38 @@ fn partitioned_primary_is_replaced_and_the_cluster_reunites() {
     for masters in [3, 5] {
         for seed in seeds(40) {
             let mut w = calm_world(seed, masters);
-            expect(&mut w, masters, Duration::from_secs(40), "a first primary", converged_for(STABLE, election_converged));
+            expect(
+                &mut w,
+                masters,
+                Duration::from_secs(40),
+                "a first primary",
+                converged_for(STABLE, election_converged),
+            );
             let old = primary(&w).expect("converged");
             w.partition(&[old], false);
             // The majority notices through idle detection (a dozen seconds), then elects.
-            expect(&mut w, masters, Duration::from_secs(45), "a new primary on the majority side", |w| {
-                let others = |i: usize| i != old;
-                election_converged_among(w, others).is_ok()
-                    && w.masters().any(|(i, m)| i != old && matches!(m.role(), Role::Primary(_)))
-            });
+            expect(
+                &mut w,
+                masters,
+                Duration::from_secs(45),
+                "a new primary on the majority side",
+                |w| {
+                    let others = |i: usize| i != old;
+                    election_converged_among(w, others).is_ok()
+                        && w.masters()
+                            .any(|(i, m)| i != old && matches!(m.role(), Role::Primary(_)))
+                },
+            );
             // The isolated master still claims with its old timestamp, so once the
             // partition heals the older claim wins again; either way, exactly one primary.
             w.heal_partitions();
-            expect(&mut w, masters, Duration::from_secs(60), "one primary after healing", converged_for(STABLE, election_converged));
+            expect(
+                &mut w,
+                masters,
+                Duration::from_secs(60),
+                "one primary after healing",
+                converged_for(STABLE, election_converged),
+            );
         }
     }
 }
@@ -156,11 +251,14 @@ fn partitions_and_clogs_heal_into_one_primary() {
         swarm.crash = None;
         swarm.pause = None;
         swarm.clock_jump = None;
-        swarm.partition = swarm.partition.or(defaults.partition).or(Some(neo::sim::faults::Rate {
-            per_tick: 0.05,
-            min: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-        }));
+        swarm.partition = swarm
+            .partition
+            .or(defaults.partition)
+            .or(Some(neo::sim::faults::Rate {
+                per_tick: 0.05,
+                min: Duration::from_millis(500),
+                max: Duration::from_secs(30),
+            }));
         swarm.clog = swarm.clog.or(Some(neo::sim::faults::Rate {
             per_tick: 0.05,
             min: Duration::from_millis(50),
@@ -169,7 +267,13 @@ fn partitions_and_clogs_heal_into_one_primary() {
         let opts = RunOptions::new(Scenario::Election, seed);
         let report = run_election_with(&opts, swarm);
         if let Some(f) = report.failure {
-            panic!("seed {seed}: {} at {:.3}s\n  shape: {}; swarm: {}", f.what, f.at.as_secs_f64(), report.shape, report.swarm);
+            panic!(
+                "seed {seed}: {} at {:.3}s\n  shape: {}; swarm: {}",
+                f.what,
+                f.at.as_secs_f64(),
+                report.shape,
+                report.swarm
+            );
         }
     }
 }
@@ -180,16 +284,28 @@ fn runs_are_deterministic() {
     for seed in seeds(30) {
         let opts = RunOptions::new(Scenario::Election, seed);
         let (report, failed) = run_checked(&opts, true);
-        assert_eq!(failed, None, "seed {seed}; replay: {}", opts.replay_command());
+        assert_eq!(
+            failed,
+            None,
+            "seed {seed}; replay: {}",
+            opts.replay_command()
+        );
         hashes.insert(report.trace_hash);
     }
     // Different seeds are different runs.
-    assert!(hashes.len() > 25, "only {} distinct trace hashes", hashes.len());
+    assert!(
+        hashes.len() > 25,
+        "only {} distinct trace hashes",
+        hashes.len()
+    );
 }
 
 #[test]
 fn each_election_mutant_is_caught_within_1000_seeds() {
-    for (name, sc, what) in MUTANTS.iter().filter(|(_, sc, _)| *sc == Scenario::Election) {
+    for (name, sc, what) in MUTANTS
+        .iter()
+        .filter(|(_, sc, _)| *sc == Scenario::Election)
+    {
         let mutant = scenario::mutant(name).unwrap();
         let mut base = RunOptions::new(*sc, env("NEO_SIM_SEED_START", 0));
         base.mutant = Some(mutant);
@@ -201,7 +317,12 @@ fn each_election_mutant_is_caught_within_1000_seeds() {
             determinism_every: 0,
             progress: false,
         });
-        let first = report.first.unwrap_or_else(|| panic!("mutant {name} ({what}) survived 1000 seeds"));
-        eprintln!("mutant {name} caught by seed {}: {}", first.opts.seed, first.what);
+        let first = report
+            .first
+            .unwrap_or_else(|| panic!("mutant {name} ({what}) survived 1000 seeds"));
+        eprintln!(
+            "mutant {name} caught by seed {}: {}",
+            first.opts.seed, first.what
+        );
     }
 }

@@ -56,13 +56,26 @@ pub enum CloseReason {
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Event {
     /// A peer connected to our listening address.
-    Accepted { conn: ConnId },
+    Accepted {
+        conn: ConnId,
+    },
     /// A connection we asked for is up.
-    Connected { conn: ConnId },
+    Connected {
+        conn: ConnId,
+    },
     /// A connection ended; no more events will name it.
-    Closed { conn: ConnId, reason: CloseReason },
-    Received { conn: ConnId, msg: Message },
-    Timer { id: TimerId, token: u64 },
+    Closed {
+        conn: ConnId,
+        reason: CloseReason,
+    },
+    Received {
+        conn: ConnId,
+        msg: Message,
+    },
+    Timer {
+        id: TimerId,
+        token: u64,
+    },
     /// A request from the process itself (an operator's signal, a client library call).
     Local(Command),
 }
@@ -77,15 +90,32 @@ pub enum Command {
 /// What a node asks its host to do, in order.
 #[derive(Clone, PartialEq, Debug)]
 pub enum Effect {
-    Connect { conn: ConnId, to: Address },
-    Send { conn: ConnId, msg: Message },
-    Close { conn: ConnId },
-    SetTimer { id: TimerId, after: Duration, token: u64 },
-    CancelTimer { id: TimerId },
+    Connect {
+        conn: ConnId,
+        to: Address,
+    },
+    Send {
+        conn: ConnId,
+        msg: Message,
+    },
+    Close {
+        conn: ConnId,
+    },
+    SetTimer {
+        id: TimerId,
+        after: Duration,
+        token: u64,
+    },
+    CancelTimer {
+        id: TimerId,
+    },
     /// A fact for the simulator's checkers; production hosts ignore it.
     Observe(Observation),
     /// The process should end (told to stop by the cluster, or a fatal condition).
-    Exit { reason: String, success: bool },
+    Exit {
+        reason: String,
+        success: bool,
+    },
 }
 
 /// Facts a node reports about decisions the checkers judge (see `sim::check`).
@@ -93,7 +123,10 @@ pub enum Effect {
 pub enum Observation {
     /// A primary master accepted another master's identification; `own` is its claim if
     /// it was still electing (RECOVERING), `peer` the claim the peer sent, if any.
-    AcceptedMaster { own: Option<Claim>, peer: Option<Claim> },
+    AcceptedMaster {
+        own: Option<Claim>,
+        peer: Option<Claim>,
+    },
     /// A claimant gave up its claim to an older one.
     Yielded { own: Claim, to: Claim },
 }
@@ -126,7 +159,11 @@ impl NodeEnv {
     }
 
     /// A simulated environment with fault injection hooks.
-    pub fn simulated(rng: ChaCha8Rng, buggify: Option<Buggify>, mutant: Option<&'static str>) -> NodeEnv {
+    pub fn simulated(
+        rng: ChaCha8Rng,
+        buggify: Option<Buggify>,
+        mutant: Option<&'static str>,
+    ) -> NodeEnv {
         NodeEnv {
             rng,
             next_id: 1,
@@ -165,7 +202,10 @@ impl Buggify {
 
     fn fire(&mut self, site: &'static str) -> bool {
         let rng = &mut self.rng;
-        let enabled = *self.sites.entry(site).or_insert_with(|| rng::chance(rng, 0.25));
+        let enabled = *self
+            .sites
+            .entry(site)
+            .or_insert_with(|| rng::chance(rng, 0.25));
         enabled && rng::chance(&mut self.rng, 0.05)
     }
 }
@@ -179,7 +219,12 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(now: WallTime, elapsed: Duration, env: &'a mut NodeEnv, effects: &'a mut Vec<Effect>) -> Ctx<'a> {
+    pub fn new(
+        now: WallTime,
+        elapsed: Duration,
+        env: &'a mut NodeEnv,
+        effects: &'a mut Vec<Effect>,
+    ) -> Ctx<'a> {
         Ctx {
             now,
             elapsed,
@@ -316,6 +361,8 @@ pub(crate) mod testing {
     }
 
     pub fn closed(effects: &[Effect], conn: ConnId) -> bool {
-        effects.iter().any(|e| matches!(e, Effect::Close { conn: c } if *c == conn))
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Close { conn: c } if *c == conn))
     }
 }

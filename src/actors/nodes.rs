@@ -16,7 +16,9 @@ impl NodeTable {
     }
 
     pub fn by_address(&self, address: &Address) -> Option<&NodeInfo> {
-        self.nodes.values().find(|n| n.address.as_ref() == Some(address))
+        self.nodes
+            .values()
+            .find(|n| n.address.as_ref() == Some(address))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &NodeInfo> {
@@ -85,11 +87,20 @@ impl NodeTable {
     /// NEO's node-id allocation: keep the id a node proposes if it is of the right type,
     /// not `own`, and either unknown or known with the same address; otherwise the lowest
     /// free number of the type.
-    pub fn allocate_nid(&self, ty: NodeType, proposed: Option<Nid>, address: Option<&Address>, own: Option<Nid>) -> Nid {
+    pub fn allocate_nid(
+        &self,
+        ty: NodeType,
+        proposed: Option<Nid>,
+        address: Option<&Address>,
+        own: Option<Nid>,
+    ) -> Nid {
         if let Some(p) = proposed {
             let keep = p.node_type() == Some(ty)
                 && Some(p) != own
-                && self.nodes.get(&p).is_none_or(|n| n.address.as_ref() == address);
+                && self
+                    .nodes
+                    .get(&p)
+                    .is_none_or(|n| n.address.as_ref() == address);
             if keep {
                 return p;
             }
@@ -132,20 +143,48 @@ mod tests {
         let m = |n| Nid::new(NodeType::Master, n);
         let a1 = Address::new("h", 1);
         // Empty table: the proposal is kept, or the lowest number is used.
-        assert_eq!(t.allocate_nid(NodeType::Master, None, Some(&a1), None), m(1));
-        assert_eq!(t.allocate_nid(NodeType::Master, Some(m(5)), Some(&a1), None), m(5));
+        assert_eq!(
+            t.allocate_nid(NodeType::Master, None, Some(&a1), None),
+            m(1)
+        );
+        assert_eq!(
+            t.allocate_nid(NodeType::Master, Some(m(5)), Some(&a1), None),
+            m(5)
+        );
         t.upsert(master(1, 1));
         t.upsert(master(2, 2));
         // Known with the same address: kept; with another address: a fresh number.
-        assert_eq!(t.allocate_nid(NodeType::Master, Some(m(1)), Some(&a1), None), m(1));
-        assert_eq!(t.allocate_nid(NodeType::Master, Some(m(1)), Some(&Address::new("h", 3)), None), m(3));
-        // Never the allocator's own id, never another type's id.
-        assert_eq!(t.allocate_nid(NodeType::Master, Some(m(4)), None, Some(m(4))), m(3));
         assert_eq!(
-            t.allocate_nid(NodeType::Master, Some(Nid::new(NodeType::Storage, 9)), None, None),
+            t.allocate_nid(NodeType::Master, Some(m(1)), Some(&a1), None),
+            m(1)
+        );
+        assert_eq!(
+            t.allocate_nid(
+                NodeType::Master,
+                Some(m(1)),
+                Some(&Address::new("h", 3)),
+                None
+            ),
             m(3)
         );
-        assert_eq!(t.allocate_nid(NodeType::Storage, None, None, None), Nid::new(NodeType::Storage, 1));
+        // Never the allocator's own id, never another type's id.
+        assert_eq!(
+            t.allocate_nid(NodeType::Master, Some(m(4)), None, Some(m(4))),
+            m(3)
+        );
+        assert_eq!(
+            t.allocate_nid(
+                NodeType::Master,
+                Some(Nid::new(NodeType::Storage, 9)),
+                None,
+                None
+            ),
+            m(3)
+        );
+        assert_eq!(
+            t.allocate_nid(NodeType::Storage, None, None, None),
+            Nid::new(NodeType::Storage, 1)
+        );
     }
 
     #[test]

@@ -12,7 +12,11 @@ use neo::sim::scenario::{self, RunOptions, Scenario};
 use neo::sim::sweep::{self, SweepOptions};
 
 #[derive(Parser)]
-#[command(name = "neosim", about = "Deterministic simulation of NEO clusters", version)]
+#[command(
+    name = "neosim",
+    about = "Deterministic simulation of NEO clusters",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -108,17 +112,29 @@ fn log_nodes() {
         .with_target(false)
         .with_writer(std::io::stdout)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NEO_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("NEO_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
 }
 
 fn run_one(opts: &RunOptions) -> ExitCode {
-    println!("scenario: {}, seed: {}{}", opts.scenario, opts.seed, opts.mutant.map(|m| format!(", mutant: {m}")).unwrap_or_default());
+    println!(
+        "scenario: {}, seed: {}{}",
+        opts.scenario,
+        opts.seed,
+        opts.mutant
+            .map(|m| format!(", mutant: {m}"))
+            .unwrap_or_default()
+    );
     let report = scenario::run(opts);
     println!("shape: {}", report.shape);
     println!("swarm: {}", report.swarm);
-    println!("simulated: {:.3}s in {} steps", report.sim_time.as_secs_f64(), report.steps);
+    println!(
+        "simulated: {:.3}s in {} steps",
+        report.sim_time.as_secs_f64(),
+        report.steps
+    );
     let code = match &report.failure {
         None => {
             println!("outcome: ok");
@@ -137,13 +153,21 @@ fn run_one(opts: &RunOptions) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { common, seed, trace } => {
+        Cmd::Run {
+            common,
+            seed,
+            trace,
+        } => {
             if trace {
                 log_nodes();
             }
             run_one(&options(&common, seed.unwrap_or_else(random_seed), trace))
         }
-        Cmd::Replay { common, seed, trace } => {
+        Cmd::Replay {
+            common,
+            seed,
+            trace,
+        } => {
             if trace {
                 log_nodes();
             }
@@ -163,12 +187,15 @@ fn main() -> ExitCode {
                 base.scenario,
                 start,
                 start.saturating_add(seeds),
-                base.mutant.map(|m| format!(", mutant {m}")).unwrap_or_default()
+                base.mutant
+                    .map(|m| format!(", mutant {m}"))
+                    .unwrap_or_default()
             );
             let opts = SweepOptions {
                 base,
                 count: seeds,
-                jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                jobs: jobs
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 stop_at_first,
                 determinism_every: 50,
                 progress: true,
@@ -195,7 +222,11 @@ fn main() -> ExitCode {
         Cmd::Bench { common, seconds } => {
             let base = options(&common, 1, false);
             let r = sweep::bench(&base, Duration::from_secs_f64(seconds));
-            let shape = base.masters.map_or("masters drawn per seed".to_string(), |n| format!("{n} masters"));
+            let shape = base
+                .masters
+                .map_or("masters drawn per seed".to_string(), |n| {
+                    format!("{n} masters")
+                });
             println!(
                 "{} ({shape}): {:.0} simulated s per wall s, {:.0} seeds per minute per core ({} seeds, {:.1}s simulated each, {:.2}s wall, {:.0} steps/s)",
                 base.scenario,

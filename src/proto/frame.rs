@@ -21,7 +21,9 @@ pub const MAX_FRAME_SIZE: usize = 64 * 1024 * 1024 + 64 * 1024;
 pub enum FrameError {
     #[error("peer is not a NEO node of this implementation (first bytes {0:02x?}){hint}", hint = not_neo_hint(.0))]
     NotNeo(Vec<u8>),
-    #[error("protocol version mismatch: peer speaks version {theirs}, this node speaks version {ours}")]
+    #[error(
+        "protocol version mismatch: peer speaks version {theirs}, this node speaks version {ours}"
+    )]
     VersionMismatch { ours: u16, theirs: u16 },
     #[error("frame of {size} bytes exceeds the maximum of {max} bytes")]
     TooLarge { size: usize, max: usize },
@@ -64,12 +66,11 @@ pub fn check_handshake(h: &[u8]) -> Result<(), FrameError> {
 pub fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    let body = postcard::to_extend(msg, std::mem::take(out)).map_err(|e| {
-        FrameError::Malformed {
+    let body =
+        postcard::to_extend(msg, std::mem::take(out)).map_err(|e| FrameError::Malformed {
             size: 0,
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     *out = body;
     let size = out.len() - start - 4;
     if size > MAX_FRAME_SIZE {
@@ -253,7 +254,16 @@ mod tests {
         h[HANDSHAKE_LEN - 1] ^= 0xff;
         d.feed(&h);
         let e = d.next_message().unwrap_err();
-        assert!(matches!(e, FrameError::VersionMismatch { ours: PROTOCOL_VERSION, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                FrameError::VersionMismatch {
+                    ours: PROTOCOL_VERSION,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("protocol version mismatch"));
 
         let mut d = Decoder::new();
@@ -263,7 +273,11 @@ mod tests {
 
         let mut d = Decoder::new();
         d.feed(&[0x92, 0xa3, b'N', b'E', b'O', 5]);
-        assert!(d.next_message().unwrap_err().to_string().contains("Python NEO"));
+        assert!(d
+            .next_message()
+            .unwrap_err()
+            .to_string()
+            .contains("Python NEO"));
         // The error sticks.
         d.feed(&handshake());
         assert!(d.next_message().is_err());
@@ -276,17 +290,31 @@ mod tests {
         d.feed(&((MAX_FRAME_SIZE as u32) + 1).to_be_bytes());
         assert_eq!(
             d.next_message().unwrap_err(),
-            FrameError::TooLarge { size: MAX_FRAME_SIZE + 1, max: MAX_FRAME_SIZE }
+            FrameError::TooLarge {
+                size: MAX_FRAME_SIZE + 1,
+                max: MAX_FRAME_SIZE
+            }
         );
-        let big = Message { id: 1, packet: Packet::error(ErrorCode::Ack, "x".repeat(MAX_FRAME_SIZE)) };
+        let big = Message {
+            id: 1,
+            packet: Packet::error(ErrorCode::Ack, "x".repeat(MAX_FRAME_SIZE)),
+        };
         let mut out = vec![];
-        assert!(matches!(encode(&big, &mut out), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            encode(&big, &mut out),
+            Err(FrameError::TooLarge { .. })
+        ));
         assert!(out.is_empty());
     }
 
     #[test]
     fn trailing_bytes_in_a_frame_are_malformed() {
-        let msg = Message { id: 7, packet: Packet::AnswerPrimary { primary_nid: Some(Nid::new(NodeType::Master, 1)) } };
+        let msg = Message {
+            id: 7,
+            packet: Packet::AnswerPrimary {
+                primary_nid: Some(Nid::new(NodeType::Master, 1)),
+            },
+        };
         let mut body = postcard::to_stdvec(&msg).unwrap();
         body.push(0);
         let mut bytes = handshake().to_vec();
@@ -294,7 +322,10 @@ mod tests {
         bytes.extend_from_slice(&body);
         let mut d = Decoder::new();
         d.feed(&bytes);
-        assert!(matches!(d.next_message(), Err(FrameError::Malformed { .. })));
+        assert!(matches!(
+            d.next_message(),
+            Err(FrameError::Malformed { .. })
+        ));
         let _ = Address::new("h", 1);
     }
 }

@@ -103,7 +103,10 @@ impl Nid {
 
     /// The `n`th id of a node type; `n` is in `1..=0xffffff`.
     pub fn new(ty: NodeType, n: u32) -> Nid {
-        assert!((1..=Self::MAX_NUMBER).contains(&n), "node number {n} out of range");
+        assert!(
+            (1..=Self::MAX_NUMBER).contains(&n),
+            "node number {n} out of range"
+        );
         Nid((Self::namespace(ty) << 24) + n as i32)
     }
 
@@ -139,7 +142,9 @@ impl FromStr for Nid {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Nid, String> {
-        let bad = || format!("invalid node id {s:?} (expected a type letter and a number, like S1 or M2)");
+        let bad = || {
+            format!("invalid node id {s:?} (expected a type letter and a number, like S1 or M2)")
+        };
         let mut chars = s.chars();
         let letter = chars.next().ok_or_else(bad)?;
         let ty = NodeType::ALL
@@ -212,8 +217,8 @@ impl Tid {
     pub fn from_wall(t: WallTime) -> Tid {
         let secs = (t.0 / WallTime::NANOS_PER_SEC) as i64;
         let minute = Self::unix_to_minute(secs);
-        let in_minute = (secs.rem_euclid(60) as u128) * 1_000_000_000
-            + (t.0 % WallTime::NANOS_PER_SEC) as u128;
+        let in_minute =
+            (secs.rem_euclid(60) as u128) * 1_000_000_000 + (t.0 % WallTime::NANOS_PER_SEC) as u128;
         let low = ((in_minute << 32) / 60_000_000_000).min(u32::MAX as u128) as u64;
         Tid(((Self::pack_high(minute) as u64) << 32) | low)
     }
@@ -227,7 +232,7 @@ impl Tid {
     }
 
     /// NEO's `addTID`: add `n` units to the low word, carrying whole minutes into the date.
-    pub fn add(self, n: u64) -> Tid {
+    pub fn add_units(self, n: u64) -> Tid {
         let total = self.low() as u128 + n as u128;
         let carry = (total >> 32) as i64;
         let low = (total & 0xffff_ffff) as u64;
@@ -245,7 +250,7 @@ impl Tid {
         if self > other {
             self
         } else {
-            other.add(1)
+            other.add_units(1)
         }
     }
 
@@ -390,7 +395,10 @@ mod tests {
         assert_eq!(Nid::new(NodeType::Client, 3).to_string(), "C3");
         assert_eq!(Nid::new(NodeType::Admin, 1).to_string(), "A1");
         assert_eq!(m1.to_string(), "M1");
-        assert_eq!("S12".parse::<Nid>().unwrap(), Nid::new(NodeType::Storage, 12));
+        assert_eq!(
+            "S12".parse::<Nid>().unwrap(),
+            Nid::new(NodeType::Storage, 12)
+        );
         assert_eq!("m2".parse::<Nid>().unwrap(), Nid::new(NodeType::Master, 2));
         assert!("X1".parse::<Nid>().is_err());
         assert!("S0".parse::<Nid>().is_err());
@@ -425,7 +433,7 @@ mod tests {
         #[test]
         fn tid_add_is_time_addition(secs in 0u64..8_000_000_000, n in 0u64..(1u64 << 40)) {
             let tid = Tid::from_wall(WallTime(secs * 1_000_000_000));
-            let added = tid.add(n);
+            let added = tid.add_units(n);
             prop_assert!(added > tid || n == 0);
             // Adding n units moves the wall time by n * 60 / 2^32 seconds (within a unit).
             let expect = tid.to_wall().0 as u128 + ((n as u128 * 60_000_000_000) >> 32);
@@ -451,28 +459,47 @@ mod tests {
         assert_eq!(Tid::from_wall(t), Tid((53_568_000u64 << 32) | 0x8000_0000));
         // 2026-03-01: the 31-day calendar skips Feb 29-31, so the day after Feb 28 is 3 * 1440
         // minutes further in the packed form, not one.
-        let feb28 = Tid::from_wall(WallTime::from_secs(days_from_civil(2026, 2, 28) as u64 * 86_400));
-        let mar1 = Tid::from_wall(WallTime::from_secs(days_from_civil(2026, 3, 1) as u64 * 86_400));
+        let feb28 = Tid::from_wall(WallTime::from_secs(
+            days_from_civil(2026, 2, 28) as u64 * 86_400,
+        ));
+        let mar1 = Tid::from_wall(WallTime::from_secs(
+            days_from_civil(2026, 3, 1) as u64 * 86_400,
+        ));
         assert_eq!(mar1.high() - feb28.high(), 4 * 1440);
-        assert_eq!(WallTime::from_secs(86_400 * 365).to_datetime_string(), "1971-01-01 00:00:00.000000");
+        assert_eq!(
+            WallTime::from_secs(86_400 * 365).to_datetime_string(),
+            "1971-01-01 00:00:00.000000"
+        );
     }
 
     #[test]
     fn tid_add_carries_across_month_end() {
         let last = WallTime::from_secs(days_from_civil(2026, 2, 28) as u64 * 86_400 + 86_399);
         let tid = Tid::from_wall(last);
-        let next = tid.add((1u64 << 32) / 60 + 1);
-        assert_eq!(&next.to_wall().to_datetime_string()[..19], "2026-03-01 00:00:00");
-        assert_eq!(tid.later_than(tid), tid.add(1));
+        let next = tid.add_units((1u64 << 32) / 60 + 1);
+        assert_eq!(
+            &next.to_wall().to_datetime_string()[..19],
+            "2026-03-01 00:00:00"
+        );
+        assert_eq!(tid.later_than(tid), tid.add_units(1));
         assert_eq!(Tid(5).later_than(Tid(2)), Tid(5));
     }
 
     #[test]
     fn addresses_parse() {
-        assert_eq!("127.0.0.1:10000".parse::<Address>().unwrap(), Address::new("127.0.0.1", 10000));
-        assert_eq!("[::1]:5".parse::<Address>().unwrap(), Address::new("::1", 5));
+        assert_eq!(
+            "127.0.0.1:10000".parse::<Address>().unwrap(),
+            Address::new("127.0.0.1", 10000)
+        );
+        assert_eq!(
+            "[::1]:5".parse::<Address>().unwrap(),
+            Address::new("::1", 5)
+        );
         assert_eq!(Address::new("::1", 5).to_string(), "[::1]:5");
-        assert_eq!(Address::parse_with_default("localhost", Some(0)).unwrap(), Address::new("localhost", 0));
+        assert_eq!(
+            Address::parse_with_default("localhost", Some(0)).unwrap(),
+            Address::new("localhost", 0)
+        );
         assert!("localhost".parse::<Address>().is_err());
         assert!("h:99999".parse::<Address>().is_err());
         assert!(":1".parse::<Address>().is_err());

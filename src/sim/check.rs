@@ -7,7 +7,6 @@ use crate::actors::master::election::Role;
 use crate::actors::Observation;
 use crate::proto::{ClusterState, NodeState};
 
-
 /// Judge one reported decision.
 pub fn judge(o: &Observation) -> Result<(), String> {
     match o {
@@ -28,7 +27,8 @@ pub fn judge(o: &Observation) -> Result<(), String> {
 pub fn election_safety(w: &World) -> Result<(), String> {
     let mut past_recovering = vec![];
     for (i, m) in w.masters() {
-        m.check_invariants().map_err(|e| format!("{}: {e}", w.label(i)))?;
+        m.check_invariants()
+            .map_err(|e| format!("{}: {e}", w.label(i)))?;
         match m.role() {
             Role::Secondary(s) if &s.primary == m.address() => {
                 return Err(format!("election: {} follows itself", w.label(i)));
@@ -40,7 +40,9 @@ pub fn election_safety(w: &World) -> Result<(), String> {
         }
     }
     if past_recovering.len() > 1 {
-        return Err(format!("two primaries past RECOVERING: {past_recovering:?}"));
+        return Err(format!(
+            "two primaries past RECOVERING: {past_recovering:?}"
+        ));
     }
     Ok(())
 }
@@ -55,28 +57,47 @@ pub fn election_converged(w: &World) -> Result<(), String> {
 /// `election_converged`, counting only the running masters that `member` selects (the side
 /// of a partition, say).
 pub fn election_converged_among(w: &World, member: impl Fn(usize) -> bool) -> Result<(), String> {
-    let up: Vec<_> = w.masters().filter(|(i, _)| w.nodes[*i].is_up() && member(*i)).collect();
+    let up: Vec<_> = w
+        .masters()
+        .filter(|(i, _)| w.nodes[*i].is_up() && member(*i))
+        .collect();
     if up.is_empty() {
         return Ok(());
     }
-    let primaries: Vec<_> = up.iter().filter(|(_, m)| matches!(m.role(), Role::Primary(_))).collect();
+    let primaries: Vec<_> = up
+        .iter()
+        .filter(|(_, m)| matches!(m.role(), Role::Primary(_)))
+        .collect();
     let [(pi, p)] = primaries.as_slice() else {
         let labels: Vec<&str> = primaries.iter().map(|(i, _)| w.label(*i)).collect();
-        return Err(format!("{} primaries among {} running masters: {labels:?}", primaries.len(), up.len()));
+        return Err(format!(
+            "{} primaries among {} running masters: {labels:?}",
+            primaries.len(),
+            up.len()
+        ));
     };
     for (i, m) in &up {
         if i == pi {
             continue;
         }
         match m.role() {
-            Role::Secondary(s) if s.identified && &s.primary == p.address() && s.primary_nid == p.nid() => {}
+            Role::Secondary(s)
+                if s.identified && &s.primary == p.address() && s.primary_nid == p.nid() => {}
             other => {
-                return Err(format!("{} is not an identified secondary of {}: {other:?}", w.label(*i), w.label(*pi)));
+                return Err(format!(
+                    "{} is not an identified secondary of {}: {other:?}",
+                    w.label(*i),
+                    w.label(*pi)
+                ));
             }
         }
         let listed = p.nodes().by_address(m.address());
         if !listed.is_some_and(|n| n.state == NodeState::Running && n.nid == m.nid()) {
-            return Err(format!("primary {} does not list {} as running: {listed:?}", w.label(*pi), w.label(*i)));
+            return Err(format!(
+                "primary {} does not list {} as running: {listed:?}",
+                w.label(*pi),
+                w.label(*i)
+            ));
         }
     }
     Ok(())

@@ -19,7 +19,10 @@ impl NodeClock {
     /// `epoch`.
     pub fn wall(&self, epoch: WallTime, now: Duration) -> WallTime {
         let now_ns = now.as_nanos() as i128;
-        let t = epoch.0 as i128 + now_ns + now_ns * self.drift_ppm as i128 / 1_000_000 + self.offset_ns as i128;
+        let t = epoch.0 as i128
+            + now_ns
+            + now_ns * self.drift_ppm as i128 / 1_000_000
+            + self.offset_ns as i128;
         WallTime(t.clamp(0, u64::MAX as i128) as u64)
     }
 
@@ -36,8 +39,14 @@ mod tests {
     #[test]
     fn offset_drift_and_jumps() {
         let epoch = WallTime::from_secs(1_000);
-        let mut c = NodeClock { offset_ns: -500, drift_ppm: 100 };
-        assert_eq!(c.wall(epoch, Duration::from_secs(10)).0, 1_010_000_000_000 + 1_000_000 - 500);
+        let mut c = NodeClock {
+            offset_ns: -500,
+            drift_ppm: 100,
+        };
+        assert_eq!(
+            c.wall(epoch, Duration::from_secs(10)).0,
+            1_010_000_000_000 + 1_000_000 - 500
+        );
         let before = c.wall(epoch, Duration::from_secs(10));
         c.jump(-2_000_000_000);
         // A second later, the clock reads a second less than before the jump back.

@@ -21,7 +21,13 @@ pub struct Rate {
 }
 
 impl Rate {
-    fn draw(rng: &mut ChaCha8Rng, on: f64, per_tick: (f64, f64), min: Duration, max: Duration) -> Option<Rate> {
+    fn draw(
+        rng: &mut ChaCha8Rng,
+        on: f64,
+        per_tick: (f64, f64),
+        min: Duration,
+        max: Duration,
+    ) -> Option<Rate> {
         rng::chance(rng, on).then(|| Rate {
             per_tick: per_tick.0 + rng::unit(rng) * (per_tick.1 - per_tick.0),
             min,
@@ -32,7 +38,13 @@ impl Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:.0}%/s {:?}..{:?}", self.per_tick * 100.0, self.min, self.max)
+        write!(
+            f,
+            "{:.0}%/s {:?}..{:?}",
+            self.per_tick * 100.0,
+            self.min,
+            self.max
+        )
     }
 }
 
@@ -98,9 +110,21 @@ impl Swarm {
             partition: Rate::draw(rng, 0.5, (0.005, 0.05), ms(500), s(40)),
             one_way: rng::unit(rng) * 0.5,
             clog: Rate::draw(rng, 0.3, (0.005, 0.05), ms(50), s(10)),
-            reset: if rng::chance(rng, 0.3) { rng::unit(rng) * 0.05 } else { 0.0 },
-            clock_offset: if skewed { rng::duration(rng, Duration::ZERO, s(30)) } else { Duration::ZERO },
-            drift_ppm: if skewed { rng::between(rng, 0, 200) as i64 } else { 0 },
+            reset: if rng::chance(rng, 0.3) {
+                rng::unit(rng) * 0.05
+            } else {
+                0.0
+            },
+            clock_offset: if skewed {
+                rng::duration(rng, Duration::ZERO, s(30))
+            } else {
+                Duration::ZERO
+            },
+            drift_ppm: if skewed {
+                rng::between(rng, 0, 200) as i64
+            } else {
+                0
+            },
             clock_jump: Rate::draw(rng, 0.25, (0.002, 0.02), ms(1), s(120)),
             buggify: rng::chance(rng, 0.5),
         }
@@ -194,7 +218,11 @@ impl Injector {
         if let Some(size) = self.strikes(&swarm.clock_jump) {
             let n = self.any_node(w);
             let ns = size.as_nanos() as i64;
-            let by = if rng::chance(&mut self.rng, 0.5) { ns } else { -ns };
+            let by = if rng::chance(&mut self.rng, 0.5) {
+                ns
+            } else {
+                -ns
+            };
             w.jump_clock(n, by);
         }
     }

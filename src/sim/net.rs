@@ -131,7 +131,10 @@ impl Net {
     }
 
     pub fn accept(&mut self, id: SimConnId, node: NodeIdx, conn: ConnId) {
-        let c = self.conns.get_mut(&id).expect("accepting a live connection");
+        let c = self
+            .conns
+            .get_mut(&id)
+            .expect("accepting a live connection");
         c.state = State::Open;
         c.ends[1] = End {
             node,

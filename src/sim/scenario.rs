@@ -18,8 +18,16 @@ use crate::rng;
 /// Re-introduced bugs (simulation only) that a scenario's sweep must catch:
 /// (name, scenario, what it breaks).
 pub const MUTANTS: &[(&str, Scenario, &str)] = &[
-    ("election-no-yield", Scenario::Election, "a recovering master never yields to an older claimant"),
-    ("election-no-reelect", Scenario::Election, "secondaries never elect again after losing the primary"),
+    (
+        "election-no-yield",
+        Scenario::Election,
+        "a recovering master never yields to an older claimant",
+    ),
+    (
+        "election-no-reelect",
+        Scenario::Election,
+        "secondaries never elect again after losing the primary",
+    ),
 ];
 
 /// The mutant's canonical name (the world keeps `&'static str`s).
@@ -59,10 +67,14 @@ impl std::str::FromStr for Scenario {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Scenario, String> {
-        Scenario::ALL.iter().copied().find(|sc| sc.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-            format!("unknown scenario {s:?} (one of {})", names.join(", "))
-        })
+        Scenario::ALL
+            .iter()
+            .copied()
+            .find(|sc| sc.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown scenario {s:?} (one of {})", names.join(", "))
+            })
     }
 }
 
@@ -91,7 +103,10 @@ impl RunOptions {
 
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
-        let mut cmd = format!("neosim replay --scenario {} --seed {}", self.scenario, self.seed);
+        let mut cmd = format!(
+            "neosim replay --scenario {} --seed {}",
+            self.scenario, self.seed
+        );
         if let Some(m) = self.mutant {
             cmd += &format!(" --mutant {m}");
         }
@@ -132,7 +147,13 @@ pub fn master_address(i: usize) -> Address {
 
 /// A cluster of `masters` masters with the swarm's clocks, starting at random times in the
 /// first 10 s. No faults are injected yet.
-pub fn election_world(seed: u64, masters: usize, swarm: &Swarm, mutant: Option<&'static str>, trace: bool) -> World {
+pub fn election_world(
+    seed: u64,
+    masters: usize,
+    swarm: &Swarm,
+    mutant: Option<&'static str>,
+    trace: bool,
+) -> World {
     let mut w = World::new(seed, swarm.latency.clone(), mutant, trace);
     let mut rng = rng::stream(seed, 5);
     let addresses: Vec<Address> = (0..masters).map(master_address).collect();
@@ -148,7 +169,11 @@ pub fn election_world(seed: u64, masters: usize, swarm: &Swarm, mutant: Option<&
         };
         let offset = swarm.clock_offset.as_nanos() as i64;
         let clock = NodeClock {
-            offset_ns: if offset > 0 { rng::between(&mut rng, 0, 2 * offset as u64) as i64 - offset } else { 0 },
+            offset_ns: if offset > 0 {
+                rng::between(&mut rng, 0, 2 * offset as u64) as i64 - offset
+            } else {
+                0
+            },
             drift_ppm: if swarm.drift_ppm > 0 {
                 rng::between(&mut rng, 0, 2 * swarm.drift_ppm as u64) as i64 - swarm.drift_ppm
             } else {
@@ -185,7 +210,10 @@ pub fn primary(w: &World) -> Option<NodeIdx> {
 
 /// A stop condition for `World::run_until`: `converged` has held for `span` (stale messages
 /// in flight may still disturb a state that converged a moment ago).
-pub fn converged_for(span: Duration, converged: fn(&World) -> Result<(), String>) -> impl FnMut(&World) -> bool {
+pub fn converged_for(
+    span: Duration,
+    converged: fn(&World) -> Result<(), String>,
+) -> impl FnMut(&World) -> bool {
     let mut since: Option<Duration> = None;
     move |w| {
         if converged(w).is_ok() {
@@ -210,7 +238,8 @@ pub fn run_election_with(opts: &RunOptions, swarm: Swarm) -> RunReport {
         .unwrap_or_else(|| *rng::pick(&mut rng::stream(seed, 1), &[1usize, 2, 3, 5]));
     let mut w = election_world(seed, masters, &swarm, opts.mutant, opts.trace);
     let mut rng = rng::stream(seed, 4);
-    let safety = Duration::from_secs(30) + rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(90));
+    let safety =
+        Duration::from_secs(30) + rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(90));
     w.start_faults(Injector::new(swarm.clone(), rng::stream(seed, 3)));
     let outcome = w.run_for(safety).and_then(|()| {
         // Liveness: heal everything, but now and then leave the primary (or any master)

@@ -89,7 +89,11 @@ pub fn sweep(opts: &SweepOptions) -> SweepReport {
                 if let Some(what) = failed {
                     r.failed += 1;
                     if r.first.as_ref().is_none_or(|f| f.opts.seed > o.seed) {
-                        r.first = Some(SweepFailure { opts: o, report, what });
+                        r.first = Some(SweepFailure {
+                            opts: o,
+                            report,
+                            what,
+                        });
                     }
                     if opts.stop_at_first {
                         stop.store(true, Ordering::Relaxed);
@@ -97,7 +101,10 @@ pub fn sweep(opts: &SweepOptions) -> SweepReport {
                 }
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if show && (n % 10 == 0 || n == opts.count) {
-                    eprint!("\r{}: {n}/{} seeds, {} failed ", opts.base.scenario, opts.count, r.failed);
+                    eprint!(
+                        "\r{}: {n}/{} seeds, {} failed ",
+                        opts.base.scenario, opts.count, r.failed
+                    );
                     let _ = std::io::stderr().flush();
                 }
             });

@@ -9,13 +9,15 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
+use super::check;
 use super::clock::NodeClock;
 use super::faults::Injector;
 use super::net::{Latency, Net, NodeIdx, SimConnId, State, Wire};
 use super::trace::Trace;
-use super::check;
 use crate::actors::master::Master;
-use crate::actors::{Actor, Buggify, CloseReason, ConnId, Ctx, Effect, Event, NodeEnv, TimerId, CONNECT_TIMEOUT};
+use crate::actors::{
+    Actor, Buggify, CloseReason, ConnId, Ctx, Effect, Event, NodeEnv, TimerId, CONNECT_TIMEOUT,
+};
 use crate::proto::{Address, WallTime};
 use crate::rng::{self, ChaCha8Rng};
 
@@ -81,11 +83,26 @@ pub struct Failure {
 
 #[derive(Debug)]
 enum Ev {
-    Start { node: NodeIdx },
-    Timer { node: NodeIdx, inc: u32, id: TimerId, token: u64 },
-    Syn { conn: SimConnId },
-    ConnectDone { conn: SimConnId, result: Result<(), CloseReason> },
-    Deliver { conn: SimConnId, dir: usize },
+    Start {
+        node: NodeIdx,
+    },
+    Timer {
+        node: NodeIdx,
+        inc: u32,
+        id: TimerId,
+        token: u64,
+    },
+    Syn {
+        conn: SimConnId,
+    },
+    ConnectDone {
+        conn: SimConnId,
+        result: Result<(), CloseReason>,
+    },
+    Deliver {
+        conn: SimConnId,
+        dir: usize,
+    },
     FaultTick,
     HealPartition,
 }
@@ -139,7 +156,12 @@ pub struct World {
 }
 
 impl World {
-    pub fn new(seed: u64, latency: Latency, mutant: Option<&'static str>, print_trace: bool) -> World {
+    pub fn new(
+        seed: u64,
+        latency: Latency,
+        mutant: Option<&'static str>,
+        print_trace: bool,
+    ) -> World {
         let mut rng = rng::stream(seed, 10);
         // Somewhere in 2026, so TIDs look like real ones.
         let epoch = WallTime::from_secs(1_767_225_600 + rng::below(&mut rng, 365 * 86_400));
@@ -193,7 +215,8 @@ impl World {
     ) -> NodeIdx {
         let idx = self.nodes.len();
         let env_rng = rng::stream(self.seed, 1000 + idx as u64 * 1000);
-        let buggify = buggify.then(|| Buggify::new(rng::stream(self.seed, 1001 + idx as u64 * 1000)));
+        let buggify =
+            buggify.then(|| Buggify::new(rng::stream(self.seed, 1001 + idx as u64 * 1000)));
         self.nodes.push(SimNode {
             label: label.into(),
             address: address.clone(),
@@ -229,7 +252,11 @@ impl World {
 
     /// Run until virtual time `deadline`, a failure, or `until` holds (checked after each
     /// step that reached a node). Returns whether `until` held.
-    pub fn run_until(&mut self, deadline: Duration, mut until: impl FnMut(&World) -> bool) -> Result<bool, Failure> {
+    pub fn run_until(
+        &mut self,
+        deadline: Duration,
+        mut until: impl FnMut(&World) -> bool,
+    ) -> Result<bool, Failure> {
         loop {
             if let Some(f) = &self.failure {
                 return Err(f.clone());
@@ -244,7 +271,10 @@ impl World {
             if self.step() && self.failure.is_none() {
                 for inv in &self.invariants {
                     if let Err(e) = inv(self) {
-                        self.failure = Some(Failure { at: self.now, what: e });
+                        self.failure = Some(Failure {
+                            at: self.now,
+                            what: e,
+                        });
                         break;
                     }
                 }
@@ -269,13 +299,26 @@ impl World {
         self.now = s.at;
         match s.ev {
             Ev::Start { node } => self.start(node),
-            Ev::Timer { node, inc, id, token } => {
+            Ev::Timer {
+                node,
+                inc,
+                id,
+                token,
+            } => {
                 let n = &self.nodes[node];
                 if n.incarnation != inc || !n.timers.contains(&id) || !n.is_up() {
                     return false;
                 }
                 if let Some(t) = self.paused(node) {
-                    self.schedule(t, Ev::Timer { node, inc, id, token });
+                    self.schedule(
+                        t,
+                        Ev::Timer {
+                            node,
+                            inc,
+                            id,
+                            token,
+                        },
+                    );
                     return false;
                 }
                 self.nodes[node].timers.remove(&id);
@@ -312,18 +355,23 @@ impl World {
         let from_label = from.map(|f| self.nodes[f].label.clone());
         let n = &mut self.nodes[node];
         let label = &n.label;
-        self.trace.step(self.now, (node, &ev), || match (&ev, &from_label) {
-            (Event::Received { conn, msg }, Some(f)) => {
-                format!("{label} <- {f} c{} #{} {:?}", conn.0, msg.id, msg.packet)
-            }
-            _ => format!("{label} {ev:?}"),
-        });
+        self.trace
+            .step(self.now, (node, &ev), || match (&ev, &from_label) {
+                (Event::Received { conn, msg }, Some(f)) => {
+                    format!("{label} <- {f} c{} #{} {:?}", conn.0, msg.id, msg.packet)
+                }
+                _ => format!("{label} {ev:?}"),
+            });
         let wall = n.clock.wall(self.epoch, self.now);
         let elapsed = self.now - n.started_at;
         let mut effects = std::mem::take(&mut self.effects);
         {
             let mut cx = Ctx::new(wall, elapsed, &mut n.env, &mut effects);
-            n.actor.as_mut().expect("a running node has an actor").actor().handle(&mut cx, ev);
+            n.actor
+                .as_mut()
+                .expect("a running node has an actor")
+                .actor()
+                .handle(&mut cx, ev);
         }
         self.apply(node, &mut effects);
         self.effects = effects;
@@ -342,11 +390,16 @@ impl World {
         n.started_at = now;
         n.paused_until = None;
         n.timers.clear();
-        n.env.reseed(rng::stream(seed, 1000 + node as u64 * 1000 + 2 + n.incarnation as u64));
+        n.env.reseed(rng::stream(
+            seed,
+            1000 + node as u64 * 1000 + 2 + n.incarnation as u64,
+        ));
         n.actor = Some((n.make)());
         let label = n.label.clone();
         let inc = n.incarnation;
-        self.trace.step(now, (node, "start", inc), || format!("{label} start (incarnation {inc})"));
+        self.trace.step(now, (node, "start", inc), || {
+            format!("{label} start (incarnation {inc})")
+        });
         let n = &mut self.nodes[node];
         let wall = n.clock.wall(self.epoch, now);
         let mut effects = std::mem::take(&mut self.effects);
@@ -384,14 +437,23 @@ impl World {
                     let n = &mut self.nodes[node];
                     n.timers.insert(id);
                     let inc = n.incarnation;
-                    self.schedule(self.now + after, Ev::Timer { node, inc, id, token });
+                    self.schedule(
+                        self.now + after,
+                        Ev::Timer {
+                            node,
+                            inc,
+                            id,
+                            token,
+                        },
+                    );
                 }
                 Effect::CancelTimer { id } => {
                     self.nodes[node].timers.remove(&id);
                 }
                 Effect::Observe(o) => {
                     let label = &self.nodes[node].label;
-                    self.trace.step(self.now, (node, &o), || format!("{label} observed {o:?}"));
+                    self.trace
+                        .step(self.now, (node, &o), || format!("{label} observed {o:?}"));
                     if let Err(e) = check::judge(&o) {
                         let what = format!("{label}: {e}");
                         self.fail(what);
@@ -399,7 +461,9 @@ impl World {
                 }
                 Effect::Exit { reason, success } => {
                     let label = self.nodes[node].label.clone();
-                    self.trace.step(self.now, (node, "exit", &reason), || format!("{label} exit: {reason} (success: {success})"));
+                    self.trace.step(self.now, (node, "exit", &reason), || {
+                        format!("{label} exit: {reason} (success: {success})")
+                    });
                     self.stop_process(node, Proc::Exited(reason), Wire::Fin);
                 }
             }
@@ -445,10 +509,22 @@ impl World {
     /// an ICMP error comes back.
     fn connect_across_partition(&mut self, id: SimConnId) {
         if rng::chance(&mut self.rng, 0.5) {
-            self.schedule(self.now + CONNECT_TIMEOUT, Ev::ConnectDone { conn: id, result: Err(CloseReason::TimedOut) });
+            self.schedule(
+                self.now + CONNECT_TIMEOUT,
+                Ev::ConnectDone {
+                    conn: id,
+                    result: Err(CloseReason::TimedOut),
+                },
+            );
         } else {
             let lat = self.latency.draw(&mut self.rng);
-            self.schedule(self.now + lat, Ev::ConnectDone { conn: id, result: Err(CloseReason::Refused) });
+            self.schedule(
+                self.now + lat,
+                Ev::ConnectDone {
+                    conn: id,
+                    result: Err(CloseReason::Refused),
+                },
+            );
         }
     }
 
@@ -464,7 +540,13 @@ impl World {
         let target = self.by_address.get(&c.target).copied();
         let lat = self.latency.draw(&mut self.rng);
         let Some(t) = target.filter(|t| self.nodes[*t].is_up()) else {
-            self.schedule(self.now + lat, Ev::ConnectDone { conn: id, result: Err(CloseReason::Refused) });
+            self.schedule(
+                self.now + lat,
+                Ev::ConnectDone {
+                    conn: id,
+                    result: Err(CloseReason::Refused),
+                },
+            );
             return false;
         };
         if self.net.is_cut(from, t) {
@@ -484,7 +566,13 @@ impl World {
         // What the initiator sent while connecting leaves now.
         let queued: Vec<Wire> = c.dirs[0].queue.drain(..).map(|(_, w)| w).collect();
         c.dirs[0].last_ready = self.now;
-        self.schedule(done_at, Ev::ConnectDone { conn: id, result: Ok(()) });
+        self.schedule(
+            done_at,
+            Ev::ConnectDone {
+                conn: id,
+                result: Ok(()),
+            },
+        );
         let reached = self.dispatch(t, Event::Accepted { conn }, Some(from));
         for w in queued {
             self.push(id, 0, w);
@@ -531,7 +619,13 @@ impl World {
         if open && !d.scheduled && !held {
             d.scheduled = true;
             let at = d.queue.front().expect("just pushed").0;
-            self.schedule(at, Ev::Deliver { conn: id, dir: side });
+            self.schedule(
+                at,
+                Ev::Deliver {
+                    conn: id,
+                    dir: side,
+                },
+            );
         }
     }
 
@@ -549,7 +643,10 @@ impl World {
             self.net.held.insert((id, dir));
             return false;
         }
-        let hold = self.net.clogged_until(from, to, now).or_else(|| self.paused(to));
+        let hold = self
+            .net
+            .clogged_until(from, to, now)
+            .or_else(|| self.paused(to));
         let c = self.net.conns.get_mut(&id).expect("checked");
         if let Some(until) = hold {
             c.dirs[dir].scheduled = true;
@@ -570,7 +667,11 @@ impl World {
             match wire {
                 Wire::Msg(msg) => self.dispatch(to, Event::Received { conn, msg }, Some(from)),
                 Wire::Fin | Wire::Rst => {
-                    let reason = if matches!(wire, Wire::Fin) { CloseReason::PeerClosed } else { CloseReason::Reset };
+                    let reason = if matches!(wire, Wire::Fin) {
+                        CloseReason::PeerClosed
+                    } else {
+                        CloseReason::Reset
+                    };
                     self.net.close_end(id, 1 - dir);
                     self.dispatch(to, Event::Closed { conn, reason }, Some(from))
                 }
@@ -587,7 +688,8 @@ impl World {
     }
 
     fn note(&mut self, what: String) {
-        self.trace.step(self.now, ("fault", &what), || format!("fault: {what}"));
+        self.trace
+            .step(self.now, ("fault", &what), || format!("fault: {what}"));
     }
 
     /// Kill a node's process: memory gone, connections reset.
@@ -620,7 +722,14 @@ impl World {
     /// Cut `side` off from every other node; one way: only `side`'s outgoing traffic.
     pub fn partition(&mut self, side: &[NodeIdx], one_way: bool) {
         let labels: Vec<&str> = side.iter().map(|n| self.nodes[*n].label.as_str()).collect();
-        let what = format!("partition {labels:?}{}", if one_way { " (one way: outgoing lost)" } else { "" });
+        let what = format!(
+            "partition {labels:?}{}",
+            if one_way {
+                " (one way: outgoing lost)"
+            } else {
+                ""
+            }
+        );
         self.note(what);
         for &a in side {
             for b in 0..self.nodes.len() {
@@ -671,7 +780,10 @@ impl World {
         }
         let id = *rng::pick(&mut self.rng, &open);
         let c = &self.net.conns[&id];
-        let what = format!("reset {} - {}", self.nodes[c.ends[0].node].label, self.nodes[c.ends[1].node].label);
+        let what = format!(
+            "reset {} - {}",
+            self.nodes[c.ends[0].node].label, self.nodes[c.ends[1].node].label
+        );
         self.note(what);
         let c = self.net.conns.get_mut(&id).expect("open");
         c.dirs[0].queue.clear();
@@ -681,7 +793,11 @@ impl World {
     }
 
     pub fn jump_clock(&mut self, node: NodeIdx, by_ns: i64) {
-        let what = format!("clock of {} jumps {:+.3}s", self.nodes[node].label, by_ns as f64 / 1e9);
+        let what = format!(
+            "clock of {} jumps {:+.3}s",
+            self.nodes[node].label,
+            by_ns as f64 / 1e9
+        );
         self.note(what);
         self.nodes[node].clock.jump(by_ns);
     }
@@ -708,10 +824,17 @@ impl World {
             }
         }
         let paused = self.nodes.iter().filter_map(|n| n.paused_until).max();
-        [Some(self.now), paused, self.net.clogs_end()].into_iter().flatten().max().expect("now")
+        [Some(self.now), paused, self.net.clogs_end()]
+            .into_iter()
+            .flatten()
+            .max()
+            .expect("now")
     }
 
     pub fn masters(&self) -> impl Iterator<Item = (NodeIdx, &Master)> {
-        self.nodes.iter().enumerate().filter_map(|(i, n)| n.master().map(|m| (i, m)))
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.master().map(|m| (i, m)))
     }
 }

@@ -16,7 +16,9 @@ use tracing::{debug, info};
 
 use super::{Master, Peer};
 use crate::actors::{CloseReason, ConnId, Ctx, Observation};
-use crate::proto::{Address, ClusterState, Message, Nid, NodeInfo, NodeState, NodeType, Packet, WallTime};
+use crate::proto::{
+    Address, ClusterState, Message, Nid, NodeInfo, NodeState, NodeType, Packet, WallTime,
+};
 
 /// A claim to the primary role: older wins, ties broken by the smaller address.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
@@ -125,7 +127,9 @@ impl Master {
     fn linked_to(&self, address: &Address) -> bool {
         self.links.iter().any(|(_, p)| match p {
             Peer::Election(a) | Peer::ToPrimary(a) => a == address,
-            Peer::Node(nid) => self.nodes.get(*nid).and_then(|n| n.address.as_ref()) == Some(address),
+            Peer::Node(nid) => {
+                self.nodes.get(*nid).and_then(|n| n.address.as_ref()) == Some(address)
+            }
             Peer::Incoming => false,
         })
     }
@@ -133,14 +137,20 @@ impl Master {
     /// Whether the master at `address` is identified as our own secondary.
     fn is_our_secondary(&self, address: &Address) -> bool {
         self.links.iter().any(|(_, p)| match p {
-            Peer::Node(nid) => self.nodes.get(*nid).and_then(|n| n.address.as_ref()) == Some(address),
+            Peer::Node(nid) => {
+                self.nodes.get(*nid).and_then(|n| n.address.as_ref()) == Some(address)
+            }
             _ => false,
         })
     }
 
     /// An older claimant asked us to identify it: give up our claim and follow it.
     pub(super) fn yield_to(&mut self, cx: &mut Ctx, conn: ConnId, own: Claim, to: Claim) {
-        info!("{}: yielding to the older claim of {}", self.me(), to.address);
+        info!(
+            "{}: yielding to the older claim of {}",
+            self.me(),
+            to.address
+        );
         cx.observe(Observation::Yielded {
             own,
             to: to.clone(),
@@ -151,7 +161,13 @@ impl Master {
     }
 
     /// The answer of a master we claimed to.
-    pub(super) fn on_election_answer(&mut self, cx: &mut Ctx, conn: ConnId, address: Address, msg: Message) {
+    pub(super) fn on_election_answer(
+        &mut self,
+        cx: &mut Ctx,
+        conn: ConnId,
+        address: Address,
+        msg: Message,
+    ) {
         match msg.packet {
             Packet::AcceptIdentification {
                 node_type: NodeType::Master,
@@ -175,7 +191,10 @@ impl Master {
                 // Follow its primary, unless the hint is stale: it names us or one of our
                 // secondaries, or it comes from a master that follows us by now.
                 if let Some(p) = primary {
-                    if p != self.cfg.bind && !self.is_our_secondary(&p) && !self.is_our_secondary(&address) {
+                    if p != self.cfg.bind
+                        && !self.is_our_secondary(&p)
+                        && !self.is_our_secondary(&address)
+                    {
                         self.become_secondary(cx, p, None);
                     }
                 }
@@ -189,7 +208,12 @@ impl Master {
 
     /// Follow the master at `primary`; `via` is a connection on which it already accepted
     /// us (with its nid), otherwise we connect to it.
-    fn become_secondary(&mut self, cx: &mut Ctx, primary: Address, via: Option<(ConnId, Option<Nid>)>) {
+    fn become_secondary(
+        &mut self,
+        cx: &mut Ctx,
+        primary: Address,
+        via: Option<(ConnId, Option<Nid>)>,
+    ) {
         let keep = via.map(|(c, _)| c);
         let others: Vec<ConnId> = self
             .links
@@ -236,7 +260,12 @@ impl Master {
         }
     }
 
-    pub(super) fn identified_by_primary(&mut self, cx: &mut Ctx, primary_nid: Option<Nid>, your_nid: Option<Nid>) {
+    pub(super) fn identified_by_primary(
+        &mut self,
+        cx: &mut Ctx,
+        primary_nid: Option<Nid>,
+        your_nid: Option<Nid>,
+    ) {
         if your_nid.is_some() {
             self.nid = your_nid;
         }
@@ -322,7 +351,10 @@ impl Master {
                 self.connect_to_primary(cx);
             }
             None => {
-                info!("{}: no primary among the known masters: claiming", self.me());
+                info!(
+                    "{}: no primary among the known masters: claiming",
+                    self.me()
+                );
                 self.play_primary(cx);
             }
         }

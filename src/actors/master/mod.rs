@@ -179,7 +179,8 @@ impl Master {
 
     fn protocol_error(&mut self, cx: &mut Ctx, conn: ConnId, id: u32, why: String) {
         warn!("{}: protocol error on {conn:?}: {why}", self.me());
-        self.links.answer(cx, conn, id, Packet::error(ErrorCode::ProtocolError, why));
+        self.links
+            .answer(cx, conn, id, Packet::error(ErrorCode::ProtocolError, why));
         self.links.close(cx, conn);
     }
 
@@ -242,7 +243,15 @@ impl Master {
             Role::Secondary(s) => {
                 let primary = s.identified.then(|| s.primary.clone());
                 let known_masters = self.known.iter().cloned().collect();
-                self.links.answer(cx, conn, id, Packet::NotPrimaryMaster { primary, known_masters });
+                self.links.answer(
+                    cx,
+                    conn,
+                    id,
+                    Packet::NotPrimaryMaster {
+                        primary,
+                        known_masters,
+                    },
+                );
                 self.links.close(cx, conn);
                 return;
             }
@@ -250,12 +259,18 @@ impl Master {
         };
         if node_type != NodeType::Master {
             let why = format!("the cluster is not ready for {node_type} nodes");
-            self.links.answer(cx, conn, id, Packet::error(ErrorCode::NotReady, why));
+            self.links
+                .answer(cx, conn, id, Packet::error(ErrorCode::NotReady, why));
             self.links.close(cx, conn);
             return;
         }
         let Some(address) = address else {
-            self.protocol_error(cx, conn, id, "a master must give its listening address".into());
+            self.protocol_error(
+                cx,
+                conn,
+                id,
+                "a master must give its listening address".into(),
+            );
             return;
         };
         let own = primary.electing().cloned();
@@ -273,7 +288,14 @@ impl Master {
         self.accept_master(cx, conn, id, nid, address);
     }
 
-    fn accept_master(&mut self, cx: &mut Ctx, conn: ConnId, id: u32, proposed: Option<Nid>, address: Address) {
+    fn accept_master(
+        &mut self,
+        cx: &mut Ctx,
+        conn: ConnId,
+        id: u32,
+        proposed: Option<Nid>,
+        address: Address,
+    ) {
         self.learn_master(&address);
         let nid = self
             .nodes
@@ -287,14 +309,18 @@ impl Master {
                 Peer::Node(n) => {
                     *c != conn
                         && (*n == nid
-                            || self.nodes.get(*n).and_then(|i| i.address.as_ref()) == Some(&address))
+                            || self.nodes.get(*n).and_then(|i| i.address.as_ref())
+                                == Some(&address))
                 }
                 _ => false,
             })
             .map(|(c, _)| c)
             .collect();
         for c in stale {
-            debug!("{}: closing the previous connection {c:?} of {address}", self.me());
+            debug!(
+                "{}: closing the previous connection {c:?} of {address}",
+                self.me()
+            );
             self.links.close(cx, c);
         }
         let ts = self.monotonic_time(cx);
@@ -307,7 +333,11 @@ impl Master {
         };
         self.nodes.upsert(info.clone());
         *self.links.get_mut(conn).expect("identifying link") = Peer::Node(nid);
-        info!("{}: accepted master {nid} at {}", self.me(), info.address.as_ref().unwrap());
+        info!(
+            "{}: accepted master {nid} at {}",
+            self.me(),
+            info.address.as_ref().unwrap()
+        );
         self.links.answer(
             cx,
             conn,
@@ -370,14 +400,24 @@ impl Master {
             if let Peer::Node(nid) = peer {
                 match self.nodes.get(*nid) {
                     Some(n) if n.state == NodeState::Running => {}
-                    other => return Err(format!("{}: {conn:?} links {nid}, listed as {other:?}", self.me())),
+                    other => {
+                        return Err(format!(
+                            "{}: {conn:?} links {nid}, listed as {other:?}",
+                            self.me()
+                        ))
+                    }
                 }
             }
         }
         if let Role::Primary(_) = &self.role {
             let own = self.nid.and_then(|nid| self.nodes.get(nid));
-            if !own.is_some_and(|n| n.state == NodeState::Running && n.address.as_ref() == Some(&self.cfg.bind)) {
-                return Err(format!("{}: a primary that does not list itself as running", self.me()));
+            if !own.is_some_and(|n| {
+                n.state == NodeState::Running && n.address.as_ref() == Some(&self.cfg.bind)
+            }) {
+                return Err(format!(
+                    "{}: a primary that does not list itself as running",
+                    self.me()
+                ));
             }
         }
         Ok(())
@@ -440,7 +480,11 @@ impl Master {
                 let me = nodes.iter().find(|n| n.nid.is_some() && n.nid == self.nid);
                 if let Some(me) = me {
                     if matches!(me.state, NodeState::Down | NodeState::Unknown) {
-                        info!("{}: the primary says this node is {}: exiting", self.me(), me.state);
+                        info!(
+                            "{}: the primary says this node is {}: exiting",
+                            self.me(),
+                            me.state
+                        );
                         self.links.close_all(cx);
                         cx.exit(format!("told {} by the primary", me.state), true);
                     }
@@ -514,7 +558,12 @@ mod tests {
         }
     }
 
-    fn identification(cluster: &str, node_type: NodeType, port: u16, ts: Option<WallTime>) -> Packet {
+    fn identification(
+        cluster: &str,
+        node_type: NodeType,
+        port: u16,
+        ts: Option<WallTime>,
+    ) -> Packet {
         Packet::RequestIdentification {
             node_type,
             nid: None,
@@ -537,7 +586,9 @@ mod tests {
             })
             .collect();
         assert_eq!(connects, vec![&Address::new("10.0.0.1", 2)]);
-        assert!(matches!(h.actor.role(), Role::Primary(p) if p.cluster_state == ClusterState::Recovering));
+        assert!(
+            matches!(h.actor.role(), Role::Primary(p) if p.cluster_state == ClusterState::Recovering)
+        );
         assert_eq!(h.actor.nid(), Some(Nid::new(NodeType::Master, 1)));
     }
 
@@ -545,14 +596,21 @@ mod tests {
     fn a_wrong_cluster_name_is_refused_with_a_protocol_error() {
         let mut h = Harness::new(Master::new(config(1)));
         h.start();
-        let out = h.incoming(ConnId(100), identification("other", NodeType::Master, 2, None));
+        let out = h.incoming(
+            ConnId(100),
+            identification("other", NodeType::Master, 2, None),
+        );
         let answers = sent(&out, ConnId(100));
         assert!(
             matches!(&answers[..], [Packet::Error { code: ErrorCode::ProtocolError, message }] if message.contains("\"other\"") && message.contains("\"prod\"")),
             "{answers:?}"
         );
         assert!(closed(&out, ConnId(100)));
-        assert!(h.actor.nodes().by_address(&Address::new("10.0.0.1", 2)).is_none());
+        assert!(h
+            .actor
+            .nodes()
+            .by_address(&Address::new("10.0.0.1", 2))
+            .is_none());
     }
 
     #[test]
@@ -563,22 +621,46 @@ mod tests {
         let Role::Primary(p) = own else { panic!() };
         // Younger: accepted, told its nid, the node list (its own entry first) and the state.
         let younger = WallTime(p.claim.ts.0 + 1);
-        let out = h.incoming(ConnId(100), identification("prod", NodeType::Master, 2, Some(younger)));
+        let out = h.incoming(
+            ConnId(100),
+            identification("prod", NodeType::Master, 2, Some(younger)),
+        );
         let answers = sent(&out, ConnId(100));
-        assert!(matches!(&answers[0], Packet::AcceptIdentification { your_nid: Some(n), .. } if *n == Nid::new(NodeType::Master, 2)));
-        assert!(matches!(&answers[1], Packet::NotifyNodeInformation { nodes, .. } if nodes[0].nid == Some(Nid::new(NodeType::Master, 2)) && nodes.len() == 2));
-        assert_eq!(answers[2], Packet::NotifyClusterInformation { state: ClusterState::Recovering });
+        assert!(
+            matches!(&answers[0], Packet::AcceptIdentification { your_nid: Some(n), .. } if *n == Nid::new(NodeType::Master, 2))
+        );
+        assert!(
+            matches!(&answers[1], Packet::NotifyNodeInformation { nodes, .. } if nodes[0].nid == Some(Nid::new(NodeType::Master, 2)) && nodes.len() == 2)
+        );
+        assert_eq!(
+            answers[2],
+            Packet::NotifyClusterInformation {
+                state: ClusterState::Recovering
+            }
+        );
         assert!(matches!(h.actor.role(), Role::Primary(_)));
         // Older: we yield and go follow it.
         let older = WallTime(p.claim.ts.0 - 1);
-        let out = h.incoming(ConnId(101), identification("prod", NodeType::Master, 3, Some(older)));
+        let out = h.incoming(
+            ConnId(101),
+            identification("prod", NodeType::Master, 3, Some(older)),
+        );
         assert!(sent(&out, ConnId(101)).is_empty());
         assert!(closed(&out, ConnId(101)));
-        assert!(matches!(h.actor.role(), Role::Secondary(s) if s.primary == Address::new("10.0.0.1", 3)));
-        assert!(out.iter().any(|e| matches!(e, Effect::Connect { to, .. } if *to == Address::new("10.0.0.1", 3))));
+        assert!(
+            matches!(h.actor.role(), Role::Secondary(s) if s.primary == Address::new("10.0.0.1", 3))
+        );
+        assert!(out.iter().any(
+            |e| matches!(e, Effect::Connect { to, .. } if *to == Address::new("10.0.0.1", 3))
+        ));
         // Now a secondary: any identification gets NotPrimaryMaster and a close.
-        let out = h.incoming(ConnId(102), identification("prod", NodeType::Storage, 4, None));
-        assert!(matches!(&sent(&out, ConnId(102))[..], [Packet::NotPrimaryMaster { primary: None, known_masters }] if known_masters.len() == 3));
+        let out = h.incoming(
+            ConnId(102),
+            identification("prod", NodeType::Storage, 4, None),
+        );
+        assert!(
+            matches!(&sent(&out, ConnId(102))[..], [Packet::NotPrimaryMaster { primary: None, known_masters }] if known_masters.len() == 3)
+        );
         assert!(closed(&out, ConnId(102)));
     }
 
@@ -587,7 +669,13 @@ mod tests {
         let mut h = Harness::new(Master::new(config(1)));
         h.start();
         let out = h.incoming(ConnId(100), Packet::AskClusterState);
-        assert!(matches!(&sent(&out, ConnId(100))[..], [Packet::Error { code: ErrorCode::ProtocolError, .. }]));
+        assert!(matches!(
+            &sent(&out, ConnId(100))[..],
+            [Packet::Error {
+                code: ErrorCode::ProtocolError,
+                ..
+            }]
+        ));
         assert!(closed(&out, ConnId(100)));
     }
 }
