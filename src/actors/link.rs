@@ -165,3 +165,75 @@ impl<P> Links<P> {
         closed
     }
 }
+
+/// The shortest wait between two connection attempts to one address (NEO's CONNECT_LIMIT).
+pub const CONNECT_LIMIT: Duration = Duration::from_secs(1);
+/// The longest wait, reached after repeated failures.
+pub const CONNECT_LIMIT_MAX: Duration = Duration::from_secs(8);
+
+/// Pacing of connection attempts per address: at most one per `CONNECT_LIMIT`, doubling
+/// after each failure up to `CONNECT_LIMIT_MAX`, back to the minimum once a peer answers.
+#[derive(Default)]
+pub struct Backoff {
+    /// Address -> (last attempt, consecutive failures).
+    attempts: BTreeMap<crate::proto::Address, (Duration, u32)>,
+}
+
+impl Backoff {
+    /// Whether an attempt may start now; records it if so.
+    pub fn try_attempt(&mut self, now: Duration, address: &crate::proto::Address) -> bool {
+        match self.attempts.get_mut(address) {
+            Some((last, failures)) => {
+                let wait = (CONNECT_LIMIT * 2u32.pow((*failures).min(3))).min(CONNECT_LIMIT_MAX);
+                if now.saturating_sub(*last) < wait {
+                    return false;
+                }
+                *last = now;
+                true
+            }
+            None => {
+                self.attempts.insert(address.clone(), (now, 0));
+                true
+            }
+        }
+    }
+
+    pub fn failed(&mut self, address: &crate::proto::Address) {
+        if let Some((_, failures)) = self.attempts.get_mut(address) {
+            *failures = failures.saturating_add(1);
+        }
+    }
+
+    pub fn succeeded(&mut self, address: &crate::proto::Address) {
+        if let Some((_, failures)) = self.attempts.get_mut(address) {
+            *failures = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Address;
+
+    #[test]
+    fn backoff_doubles_and_resets() {
+        let a = Address::new("h", 1);
+        let s = Duration::from_secs;
+        let mut b = Backoff::default();
+        assert!(b.try_attempt(s(0), &a));
+        assert!(!b.try_attempt(s(0) + Duration::from_millis(999), &a));
+        assert!(b.try_attempt(s(1), &a));
+        b.failed(&a);
+        assert!(!b.try_attempt(s(2), &a));
+        assert!(b.try_attempt(s(3), &a));
+        for _ in 0..10 {
+            b.failed(&a);
+        }
+        assert!(!b.try_attempt(s(10), &a));
+        assert!(b.try_attempt(s(11), &a), "capped at CONNECT_LIMIT_MAX");
+        b.succeeded(&a);
+        assert!(b.try_attempt(s(12), &a));
+        assert!(b.try_attempt(s(0), &Address::new("h", 2)), "per address");
+    }
+}

@@ -4,6 +4,7 @@
 //! with `trace-hash: <hex>`, equal for two replays of the same seed.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -33,6 +34,28 @@ struct Common {
     /// Number of masters (drawn from the seed when absent).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=32))]
     masters: Option<u64>,
+}
+
+/// `println!` that does not panic when stdout is a closed pipe (`neosim replay ... | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Standard output for node logs, ignoring a closed pipe.
+struct QuietStdout;
+
+impl Write for QuietStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stdout().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stdout().flush();
+        Ok(())
+    }
 }
 
 fn parse_scenario(s: &str) -> Result<Scenario, String> {
@@ -110,7 +133,8 @@ fn log_nodes() {
     tracing_subscriber::fmt()
         .without_time()
         .with_target(false)
-        .with_writer(std::io::stdout)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_writer(|| QuietStdout)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NEO_LOG")
                 .unwrap_or_else(|_| "info".into()),
@@ -119,7 +143,7 @@ fn log_nodes() {
 }
 
 fn run_one(opts: &RunOptions) -> ExitCode {
-    println!(
+    say!(
         "scenario: {}, seed: {}{}",
         opts.scenario,
         opts.seed,
@@ -127,26 +151,27 @@ fn run_one(opts: &RunOptions) -> ExitCode {
             .map(|m| format!(", mutant: {m}"))
             .unwrap_or_default()
     );
+    let plan = scenario::plan(opts);
+    say!("shape: {}", plan.shape());
+    say!("swarm: {}", plan.swarm);
     let report = scenario::run(opts);
-    println!("shape: {}", report.shape);
-    println!("swarm: {}", report.swarm);
-    println!(
+    say!(
         "simulated: {:.3}s in {} steps",
         report.sim_time.as_secs_f64(),
         report.steps
     );
     let code = match &report.failure {
         None => {
-            println!("outcome: ok");
+            say!("outcome: ok");
             ExitCode::SUCCESS
         }
         Some(f) => {
-            println!("outcome: FAILED at {:.6}s: {}", f.at.as_secs_f64(), f.what);
-            println!("replay: {}", opts.replay_command());
+            say!("outcome: FAILED at {:.6}s: {}", f.at.as_secs_f64(), f.what);
+            say!("replay: {}", opts.replay_command());
             ExitCode::FAILURE
         }
     };
-    println!("trace-hash: {:016x}", report.trace_hash);
+    say!("trace-hash: {:016x}", report.trace_hash);
     code
 }
 
@@ -182,7 +207,7 @@ fn main() -> ExitCode {
         } => {
             let start = start.unwrap_or_else(random_seed);
             let base = options(&common, start, false);
-            println!(
+            say!(
                 "sweep: scenario {}, seeds {}..{}{}",
                 base.scenario,
                 start,
@@ -202,17 +227,17 @@ fn main() -> ExitCode {
             };
             let r = sweep::sweep(&opts);
             if let Some(f) = &r.first {
-                println!("FAILED seed {}: {}", f.opts.seed, f.what);
-                println!("  shape: {}; swarm: {}", f.report.shape, f.report.swarm);
-                println!("  replay: {}", f.opts.replay_command());
+                say!("FAILED seed {}: {}", f.opts.seed, f.what);
+                say!("  shape: {}; swarm: {}", f.report.shape, f.report.swarm);
+                say!("  replay: {}", f.opts.replay_command());
             }
-            println!(
+            say!(
                 "simulated {:.0}s in {:.1}s of wall time ({:.0}x)",
                 r.sim_time.as_secs_f64(),
                 r.wall.as_secs_f64(),
                 r.sim_time.as_secs_f64() / r.wall.as_secs_f64().max(1e-9)
             );
-            println!("seeds: {}, failed: {}", r.run, r.failed);
+            say!("seeds: {}, failed: {}", r.run, r.failed);
             if r.failed == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -227,7 +252,7 @@ fn main() -> ExitCode {
                 .map_or("masters drawn per seed".to_string(), |n| {
                     format!("{n} masters")
                 });
-            println!(
+            say!(
                 "{} ({shape}): {:.0} simulated s per wall s, {:.0} seeds per minute per core ({} seeds, {:.1}s simulated each, {:.2}s wall, {:.0} steps/s)",
                 base.scenario,
                 r.sim_seconds_per_wall_second(),

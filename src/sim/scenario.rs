@@ -133,10 +133,34 @@ pub const LIVENESS_BOUND: Duration = Duration::from_secs(60);
 /// How long a converged state must then hold.
 const STABLE_FOR: Duration = Duration::from_secs(5);
 
+/// What a seed draws before the run starts: the cluster's shape and the fault mix.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub masters: usize,
+    pub swarm: Swarm,
+}
+
+impl Plan {
+    pub fn shape(&self) -> String {
+        format!("{} masters", self.masters)
+    }
+}
+
+/// Draw a seed's plan (the same draws `run` makes), to print it before running.
+pub fn plan(opts: &RunOptions) -> Plan {
+    let masters = opts
+        .masters
+        .unwrap_or_else(|| *rng::pick(&mut rng::stream(opts.seed, 1), &[1usize, 2, 3, 5]));
+    Plan {
+        masters,
+        swarm: Swarm::draw(&mut rng::stream(opts.seed, 2)),
+    }
+}
+
 /// Run one seed of a scenario.
 pub fn run(opts: &RunOptions) -> RunReport {
     match opts.scenario {
-        Scenario::Election => run_election(opts),
+        Scenario::Election => run_election_with(opts, plan(opts).swarm),
     }
 }
 
@@ -226,16 +250,10 @@ pub fn converged_for(
     }
 }
 
-fn run_election(opts: &RunOptions) -> RunReport {
-    run_election_with(opts, Swarm::draw(&mut rng::stream(opts.seed, 2)))
-}
-
 /// The election scenario with a given fault mix (tests that want only some faults).
 pub fn run_election_with(opts: &RunOptions, swarm: Swarm) -> RunReport {
     let seed = opts.seed;
-    let masters = opts
-        .masters
-        .unwrap_or_else(|| *rng::pick(&mut rng::stream(seed, 1), &[1usize, 2, 3, 5]));
+    let masters = plan(opts).masters;
     let mut w = election_world(seed, masters, &swarm, opts.mutant, opts.trace);
     let mut rng = rng::stream(seed, 4);
     let safety =

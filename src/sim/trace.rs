@@ -2,6 +2,7 @@
 //! cheaply) and, when asked, is printed as one line.
 
 use std::hash::{Hash, Hasher};
+use std::io::Write;
 use std::time::Duration;
 
 /// FNV-1a, 64 bits: tiny, and the same in every build and on every machine, which
@@ -54,7 +55,8 @@ impl Trace {
         now.hash(&mut self.hash);
         key.hash(&mut self.hash);
         if self.print {
-            println!("{:>11.6} {}", now.as_secs_f64(), line());
+            // A closed pipe (`| head`) is not an error worth dying for.
+            let _ = writeln!(std::io::stdout(), "{:>11.6} {}", now.as_secs_f64(), line());
         }
     }
 

@@ -366,6 +366,8 @@ impl World {
         let elapsed = self.now - n.started_at;
         let mut effects = std::mem::take(&mut self.effects);
         {
+            // Node logs (when a subscriber listens: `neosim replay --trace`) say whose they are.
+            let _span = tracing::info_span!("", node = %n.label).entered();
             let mut cx = Ctx::new(wall, elapsed, &mut n.env, &mut effects);
             n.actor
                 .as_mut()
@@ -404,6 +406,7 @@ impl World {
         let wall = n.clock.wall(self.epoch, now);
         let mut effects = std::mem::take(&mut self.effects);
         {
+            let _span = tracing::info_span!("", node = %n.label).entered();
             let mut cx = Ctx::new(wall, Duration::ZERO, &mut n.env, &mut effects);
             n.actor.as_mut().expect("just built").actor().start(&mut cx);
         }

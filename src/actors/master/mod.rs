@@ -7,13 +7,13 @@
 
 pub mod election;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
 use self::election::{Claim, Role};
-use super::link::Links;
+use super::link::{Backoff, Links};
 use super::nodes::{hears_about, NodeTable};
 use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Observation, TimerId};
 use crate::proto::{
@@ -53,8 +53,6 @@ pub enum Peer {
 /// The periodic tick: elections, reconnections and idle checks.
 const TICK: Duration = Duration::from_secs(1);
 const TICK_TOKEN: u64 = 1;
-/// At most one connection attempt per address per this period (NEO's CONNECT_LIMIT).
-const CONNECT_LIMIT: Duration = Duration::from_secs(1);
 /// Election timestamps are forced to increase by at least this much.
 const TIME_STEP: u64 = 1_000_000;
 
@@ -68,8 +66,8 @@ pub struct Master {
     role: Role,
     /// The last time stamp handed out (see `monotonic_time`).
     last_time: WallTime,
-    /// When we last tried to connect to each address.
-    attempts: BTreeMap<Address, Duration>,
+    /// Pacing of connection attempts to other masters.
+    backoff: Backoff,
     /// As a secondary: the time stamp of the primary's last node notification.
     last_notification: Option<WallTime>,
     tick: Option<TimerId>,
@@ -86,7 +84,7 @@ impl Master {
             links: Links::default(),
             role: Role::Starting,
             last_time: WallTime(0),
-            attempts: BTreeMap::new(),
+            backoff: Backoff::default(),
             last_notification: None,
             tick: None,
             cfg,
@@ -132,16 +130,9 @@ impl Master {
         }
     }
 
-    /// Respect CONNECT_LIMIT; records the attempt when allowed.
+    /// Whether we may try `address` now (see `Backoff`).
     fn may_connect(&mut self, cx: &Ctx, address: &Address) -> bool {
-        let now = cx.elapsed();
-        match self.attempts.get(address) {
-            Some(&last) if now.saturating_sub(last) < CONNECT_LIMIT => false,
-            _ => {
-                self.attempts.insert(address.clone(), now);
-                true
-            }
-        }
+        self.backoff.try_attempt(cx.elapsed(), address)
     }
 
     fn identification(&self, id_timestamp: Option<WallTime>) -> Packet {
@@ -193,6 +184,9 @@ impl Master {
             self.links.close(cx, conn);
             self.on_lost(cx, conn, peer, CloseReason::Protocol(message.clone()));
             return;
+        }
+        if let Peer::Election(a) | Peer::ToPrimary(a) = &peer {
+            self.backoff.succeeded(a);
         }
         match peer {
             Peer::Incoming => match msg.packet {
@@ -432,6 +426,11 @@ impl Master {
     }
 
     fn on_lost(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
+        if let Peer::Election(a) | Peer::ToPrimary(a) = &peer {
+            if matches!(reason, CloseReason::Refused | CloseReason::TimedOut) {
+                self.backoff.failed(a);
+            }
+        }
         match peer {
             Peer::Incoming | Peer::Election(_) => {}
             Peer::ToPrimary(_) => self.primary_lost(cx, conn, reason),
