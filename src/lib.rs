@@ -8,6 +8,7 @@
 //! - [`sim`]: the deterministic simulator: whole clusters in one thread from a seed, with
 //!   faults, invariant checks, traces and the scenarios `neosim` and `sim-tests` run.
 //! - [`runtime`]: production wiring: actix, TCP, timers and the system clock.
+//! - [`db`]: the storage node's disk: the `Backend` trait, SQLite and MySQL/MariaDB.
 //! - [`config`]: `neo.conf` and the command lines of the node programs.
 //! - [`rng`]: the seeded random draws every component uses.
 //!
@@ -17,6 +18,7 @@
 
 pub mod actors;
 pub mod config;
+pub mod db;
 pub mod proto;
 pub mod rng;
 pub mod runtime;
