@@ -10,6 +10,7 @@
 //! - [`runtime`]: production wiring: actix, TCP, timers and the system clock.
 //! - [`db`]: the storage node's disk: the `Backend` trait, SQLite and MySQL/MariaDB.
 //! - [`config`]: `neo.conf` and the command lines of the node programs.
+//! - [`pt`]: the partition table (make, tweak, outdate, drop), pure and property-tested.
 //! - [`rng`]: the seeded random draws every component uses.
 //!
 //! Code under `actors`, `proto` (and later `pt`, `db`) never touches the clock, sockets,
@@ -20,6 +21,7 @@ pub mod actors;
 pub mod config;
 pub mod db;
 pub mod proto;
+pub mod pt;
 pub mod rng;
 pub mod runtime;
 pub mod sim;
