@@ -45,7 +45,11 @@ impl PartitionTable {
     }
 
     /// A full table as `SendPartitionTable` / `AnswerPartitionTable` carry it.
-    pub fn from_rows(ptid: Option<Ptid>, replicas: u32, rows: &[Vec<(Nid, CellState)>]) -> PartitionTable {
+    pub fn from_rows(
+        ptid: Option<Ptid>,
+        replicas: u32,
+        rows: &[Vec<(Nid, CellState)>],
+    ) -> PartitionTable {
         let mut pt = PartitionTable::new(rows.len().max(1) as u32, replicas);
         pt.ptid = ptid;
         for (offset, row) in rows.iter().enumerate() {
@@ -159,7 +163,10 @@ impl PartitionTable {
 
     /// A new table over `nodes`: every cell UP_TO_DATE, id 1.
     pub fn make(&mut self, nodes: &[Nid]) -> Vec<Change> {
-        assert!(self.ptid.is_none() && !self.is_filled(), "make is for a new database");
+        assert!(
+            self.ptid.is_none() && !self.is_filled(),
+            "make is for a new database"
+        );
         self.add_nodes(nodes);
         let changes = self.tweak(&[]).expect("nodes to make a table with");
         self.ptid = Some(Ptid(1));
@@ -174,7 +181,12 @@ impl PartitionTable {
     /// cells, and is discarded otherwise. Cells of dropped nodes are left alone: they just
     /// do not count, so those nodes can be killed or dropped once the others caught up.
     pub fn tweak(&mut self, drop: &[Nid]) -> Result<Vec<Change>, Refused> {
-        let candidates: Vec<Nid> = self.nodes.iter().copied().filter(|n| !drop.contains(n)).collect();
+        let candidates: Vec<Nid> = self
+            .nodes
+            .iter()
+            .copied()
+            .filter(|n| !drop.contains(n))
+            .collect();
         if candidates.is_empty() {
             return Err(Refused("Can't remove all nodes.".into()));
         }
@@ -256,7 +268,12 @@ impl PartitionTable {
     /// the lost node's cell in a row left without any running readable cell, so that the
     /// cluster can restart with that node later instead of considering the data lost.
     /// `keep_last = false` is the `pt-outdate-last` mutant.
-    pub fn outdate(&mut self, lost: Option<Nid>, running: impl Fn(Nid) -> bool, keep_last: bool) -> Vec<Change> {
+    pub fn outdate(
+        &mut self,
+        lost: Option<Nid>,
+        running: impl Fn(Nid) -> bool,
+        keep_last: bool,
+    ) -> Vec<Change> {
         let mut changes = Vec::new();
         for offset in 0..self.rows.len() as u32 {
             let mut spared = if keep_last { lost } else { None };
@@ -274,7 +291,11 @@ impl PartitionTable {
                 if Some(nid) == spared {
                     continue;
                 }
-                let to = if state == CellState::Feeding { CellState::Discarded } else { CellState::OutOfDate };
+                let to = if state == CellState::Feeding {
+                    CellState::Discarded
+                } else {
+                    CellState::OutOfDate
+                };
                 self.set(offset, nid, to, &mut changes);
             }
         }
@@ -287,7 +308,9 @@ impl PartitionTable {
     pub fn drop_nodes(&mut self, nodes: &[Nid], dry_run: bool) -> Result<Vec<Change>, Refused> {
         for (offset, row) in self.rows.iter().enumerate() {
             let affected = row.keys().any(|n| nodes.contains(n));
-            let remains = row.iter().any(|(n, s)| !nodes.contains(n) && s.is_readable());
+            let remains = row
+                .iter()
+                .any(|(n, s)| !nodes.contains(n) && s.is_readable());
             let had = row.values().any(|s| s.is_readable());
             if affected && had && !remains {
                 return Err(Refused(format!(
@@ -300,7 +323,11 @@ impl PartitionTable {
         }
         let mut changes = Vec::new();
         for offset in 0..self.rows.len() as u32 {
-            let affected: Vec<Nid> = self.row(offset).map(|(n, _)| n).filter(|n| nodes.contains(n)).collect();
+            let affected: Vec<Nid> = self
+                .row(offset)
+                .map(|(n, _)| n)
+                .filter(|n| nodes.contains(n))
+                .collect();
             if affected.is_empty() {
                 continue;
             }
@@ -332,7 +359,10 @@ impl PartitionTable {
     pub fn apply(&mut self, ptid: Ptid, replicas: u32, changes: &[Change]) -> Result<(), String> {
         let expected = Ptid(self.ptid.map_or(1, |p| p.0 + 1));
         if ptid != expected {
-            return Err(format!("partition table change {ptid} does not follow {:?}", self.ptid));
+            return Err(format!(
+                "partition table change {ptid} does not follow {:?}",
+                self.ptid
+            ));
         }
         let mut ignored = Vec::new();
         for &(offset, nid, state) in changes {
@@ -351,7 +381,9 @@ impl PartitionTable {
     pub fn render(&self, node_state: impl Fn(Nid) -> char) -> String {
         let mut out = String::new();
         let np = self.rows.len();
-        let ruler: String = (0..np).map(|i| if i % 10 == 0 { 'v' } else { ' ' }).collect();
+        let ruler: String = (0..np)
+            .map(|i| if i % 10 == 0 { 'v' } else { ' ' })
+            .collect();
         let _ = writeln!(out, "{:<7}  {}", "", ruler.trim_end());
         for nid in &self.nodes {
             let cells: String = self
@@ -359,7 +391,13 @@ impl PartitionTable {
                 .iter()
                 .map(|r| r.get(nid).map_or('.', |s| s.letter()))
                 .collect();
-            let _ = writeln!(out, "{:<5} {}  {}", nid.to_string(), node_state(*nid), cells);
+            let _ = writeln!(
+                out,
+                "{:<5} {}  {}",
+                nid.to_string(),
+                node_state(*nid),
+                cells
+            );
         }
         out
     }
@@ -482,8 +520,14 @@ mod tests {
         let changes = pt.tweak(&[]).unwrap();
         assert_eq!(pt.ptid(), Some(Ptid(2)));
         // Two partitions move: new OUT_OF_DATE cells on S2, the old ones kept as FEEDING.
-        let out: Vec<_> = changes.iter().filter(|c| c.2 == CellState::OutOfDate).collect();
-        let feeding: Vec<_> = changes.iter().filter(|c| c.2 == CellState::Feeding).collect();
+        let out: Vec<_> = changes
+            .iter()
+            .filter(|c| c.2 == CellState::OutOfDate)
+            .collect();
+        let feeding: Vec<_> = changes
+            .iter()
+            .filter(|c| c.2 == CellState::Feeding)
+            .collect();
         assert_eq!((out.len(), feeding.len()), (2, 2), "{changes:?}");
         assert!(out.iter().all(|c| c.1 == s(2)) && feeding.iter().all(|c| c.1 == s(1)));
         assert!(pt.operational(all_running, &[]));
@@ -498,7 +542,13 @@ mod tests {
         pt.make(&nodes(2));
         let running = |n: Nid| n != s(1);
         let changes = pt.outdate(Some(s(1)), running, true);
-        assert_eq!(changes, vec![(0, s(1), CellState::OutOfDate), (1, s(1), CellState::OutOfDate)]);
+        assert_eq!(
+            changes,
+            vec![
+                (0, s(1), CellState::OutOfDate),
+                (1, s(1), CellState::OutOfDate)
+            ]
+        );
         assert!(pt.operational(running, &[]));
         // Now S2 goes too: its cells are the last readable ones, they stay.
         let none = |_: Nid| false;
@@ -542,7 +592,10 @@ mod tests {
         let mut pt = PartitionTable::new(3, 0);
         pt.make(&nodes(2));
         let text = pt.render(|_| 'R');
-        assert!(text.contains("S1    R  U.U") && text.contains("S2    R  .U."), "{text}");
+        assert!(
+            text.contains("S1    R  U.U") && text.contains("S2    R  .U."),
+            "{text}"
+        );
     }
 
     proptest! {

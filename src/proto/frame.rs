@@ -207,6 +207,12 @@ mod tests {
             prop_assert_eq!(d.next_message().unwrap(), None);
         }
 
+    }
+
+    proptest! {
+        // Vectors of arbitrary messages are costly to generate: fewer cases.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
         #[test]
         fn messages_survive_any_chunking(msgs: Vec<Message>, cuts in proptest::collection::vec(1usize..64, 1..20)) {
             let bytes = stream(&msgs);
@@ -222,6 +228,9 @@ mod tests {
             }
             prop_assert_eq!(got, msgs);
         }
+    }
+
+    proptest! {
 
         #[test]
         fn garbage_never_panics(bytes: Vec<u8>, with_handshake: bool) {

@@ -6,8 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{Address, Nid, WallTime};
-use super::states::{ClusterState, ErrorCode, NodeState, NodeType};
+use super::ids::{Address, Nid, Oid, Ptid, Tid, WallTime};
+use super::states::{CellState, ClusterState, ErrorCode, NodeState, NodeType};
 
 /// What a packet is to the connection carrying it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -103,6 +103,50 @@ packets! {
     Notification NotifyClusterInformation { state: ClusterState },
     Request AskClusterState,
     Answer AnswerClusterState { state: Option<ClusterState> },
+
+    // ---- recovery and partition-table distribution (master <-> storage) ----
+    Request AskRecovery,
+    Answer AnswerRecovery { ptid: Option<Ptid>, backup_tid: Option<Tid>, truncate_tid: Option<Tid> },
+    /// Last ids; a storage applies a pending truncation before answering.
+    Request AskLastIDs,
+    Answer AnswerLastIDs { last_tid: Option<Tid>, last_oid: Option<Oid>, first_tid: Option<Tid> },
+    Request AskPartitionTable,
+    Answer AnswerPartitionTable { ptid: Option<Ptid>, num_replicas: u32, rows: Vec<Vec<(Nid, CellState)>> },
+    /// The full table (receivers replace theirs).
+    Notification SendPartitionTable { ptid: Option<Ptid>, num_replicas: u32, rows: Vec<Vec<(Nid, CellState)>> },
+    /// Changes; receivers require `ptid` to follow theirs.
+    Notification NotifyPartitionChanges { ptid: Ptid, num_replicas: u32, changes: Vec<(u32, Nid, CellState)> },
+    Notification StartOperation { backup: bool },
+    Notification StopOperation,
+    /// A storage finished starting operation.
+    Notification NotifyReady,
+    /// Master to storage: persist a truncation decision. From neoctl: truncate (answered
+    /// with an Error packet).
+    Request Truncate { tid: Tid },
+
+    // ---- verification ----
+    Request AskLockedTransactions,
+    /// Voted transactions: ttid -> final TID if locked.
+    Answer AnswerLockedTransactions { transactions: Vec<(Tid, Option<Tid>)> },
+    Request AskFinalTID { ttid: Tid },
+    Answer AnswerFinalTID { tid: Option<Tid> },
+    /// Replay lock and unlock of a voted transaction.
+    Notification ValidateTransaction { ttid: Tid, tid: Tid },
+
+    // ---- administration (neoctl -> admin -> primary) ----
+    /// `max_offset` 0 means all partitions.
+    Request AskPartitionList { min_offset: u32, max_offset: u32, nid: Option<Nid> },
+    Answer AnswerPartitionList { ptid: Option<Ptid>, num_replicas: u32, rows: Vec<(u32, Vec<(Nid, CellState)>)> },
+    Request AskNodeList { node_type: Option<NodeType> },
+    Answer AnswerNodeList { nodes: Vec<NodeInfo> },
+    Request SetNodeState { nid: Nid, state: NodeState },
+    Request AddPendingNodes { nids: Vec<Nid> },
+    Request TweakPartitionTable { dry_run: bool, nids: Vec<Nid> },
+    Answer AnswerTweakPartitionTable { changed: bool, rows: Vec<Vec<(Nid, CellState)>> },
+    Request SetNumReplicas { num_replicas: u32 },
+    Request SetClusterState { state: ClusterState },
+    Request AskLastTransaction,
+    Answer AnswerLastTransaction { tid: Option<Tid> },
 }
 
 impl Packet {

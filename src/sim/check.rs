@@ -29,10 +29,10 @@ pub fn election_safety(w: &World) -> Result<(), String> {
     for (i, m) in w.masters() {
         m.check_invariants()
             .map_err(|e| format!("{}: {e}", w.label(i)))?;
+        if m.following().is_some_and(|(p, _)| p == m.address()) {
+            return Err(format!("election: {} follows itself", w.label(i)));
+        }
         match m.role() {
-            Role::Secondary(s) if &s.primary == m.address() => {
-                return Err(format!("election: {} follows itself", w.label(i)));
-            }
             Role::Primary(p) if p.cluster_state != ClusterState::Recovering => {
                 past_recovering.push(w.label(i));
             }
@@ -80,10 +80,11 @@ pub fn election_converged_among(w: &World, member: impl Fn(usize) -> bool) -> Re
         if i == pi {
             continue;
         }
-        match m.role() {
-            Role::Secondary(s)
-                if s.identified && &s.primary == p.address() && s.primary_nid == p.nid() => {}
-            other => {
+        match m.following() {
+            Some((primary, s))
+                if s.identified && primary == p.address() && s.primary_nid == p.nid() => {}
+            _ => {
+                let other = m.role();
                 return Err(format!(
                     "{} is not an identified secondary of {}: {other:?}",
                     w.label(*i),

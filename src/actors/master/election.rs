@@ -9,8 +9,6 @@
 //! `NotPrimaryMaster`, keeps one connection to its primary, and when that primary is gone
 //! it tries the other masters, then claims again with a fresh timestamp.
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
@@ -49,16 +47,13 @@ impl Primary {
     }
 }
 
+/// A secondary's state; the master it follows (or tries) is `Master::following`.
 #[derive(Clone, Debug)]
 pub struct Secondary {
-    /// The master we follow, or try to.
-    pub primary: Address,
     pub primary_nid: Option<Nid>,
     /// Whether that master accepted us.
     pub identified: bool,
     conn: Option<ConnId>,
-    /// Masters tried since we last had a primary.
-    tried: BTreeSet<Address>,
 }
 
 impl Master {
@@ -104,7 +99,8 @@ impl Master {
                     return;
                 };
                 let targets: Vec<Address> = self
-                    .known
+                    .finder
+                    .known()
                     .iter()
                     .filter(|a| **a != self.cfg.bind && !self.linked_to(a))
                     .cloned()
@@ -224,12 +220,11 @@ impl Master {
         for c in others {
             self.links.close(cx, c);
         }
+        self.finder.follow(primary.clone());
         self.role = Role::Secondary(Secondary {
-            primary: primary.clone(),
             primary_nid: None,
             identified: false,
             conn: keep,
-            tried: BTreeSet::new(),
         });
         match via {
             Some((conn, primary_nid)) => {
@@ -244,12 +239,11 @@ impl Master {
         let Role::Secondary(s) = &self.role else {
             return;
         };
-        if s.conn.is_some() {
+        let Some(address) = self.finder.target().cloned() else {
             return;
-        }
-        let address = s.primary.clone();
-        if !self.may_connect(cx, &address) {
-            return; // the tick tries again
+        };
+        if s.conn.is_some() || !self.may_connect(cx, &address) {
+            return; // connected, or the tick tries again
         }
         let conn = cx.connect(&address);
         self.links.insert(cx, conn, Peer::ToPrimary(address));
@@ -271,13 +265,18 @@ impl Master {
         }
         self.last_notification = None;
         let me = self.me();
+        self.finder.found();
         let Role::Secondary(s) = &mut self.role else {
             return;
         };
         s.identified = true;
         s.primary_nid = primary_nid;
-        s.tried.clear();
-        let primary = primary_nid.map_or_else(|| s.primary.to_string(), |n| n.to_string());
+        let target = self
+            .finder
+            .target()
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let primary = primary_nid.map_or(target, |n| n.to_string());
         info!("role: secondary of {primary} (this node is {me})");
         let _ = cx;
     }
@@ -292,71 +291,48 @@ impl Master {
             return;
         }
         s.conn = None;
+        let target = self
+            .finder
+            .target()
+            .cloned()
+            .unwrap_or_else(|| self.cfg.bind.clone());
         if s.identified {
             // It was up a moment ago: try it again first.
-            info!("{me}: lost the primary {} ({reason:?})", s.primary);
+            info!("{me}: lost the primary {target} ({reason:?})");
             s.identified = false;
             s.primary_nid = None;
-            s.tried.clear();
+            self.finder.lost();
             self.connect_to_primary(cx);
         } else {
-            debug!("{me}: {} is not reachable ({reason:?})", s.primary);
-            s.tried.insert(s.primary.clone());
-            self.try_next_master(cx);
+            debug!("{me}: {target} is not reachable ({reason:?})");
+            self.try_next_master(cx, None);
         }
     }
 
     /// The master we asked is a secondary; `hint` is who it follows.
-    pub(super) fn redirected(&mut self, cx: &mut Ctx, from: Address, hint: Option<Address>) {
-        let bind = self.cfg.bind.clone();
+    pub(super) fn redirected(&mut self, cx: &mut Ctx, hint: Option<Address>) {
         let Role::Secondary(s) = &mut self.role else {
             return;
         };
         s.conn = None;
         s.identified = false;
-        s.tried.insert(from);
-        match hint {
-            Some(h) if h != bind && !s.tried.contains(&h) => {
-                s.primary = h;
-                self.connect_to_primary(cx);
-            }
-            _ => self.try_next_master(cx),
-        }
+        self.try_next_master(cx, hint);
     }
 
-    /// Try the next known master we have not tried since we lost the primary; when none is
-    /// left, nobody is primary: claim the role.
-    fn try_next_master(&mut self, cx: &mut Ctx) {
-        let bind = self.cfg.bind.clone();
-        let Role::Secondary(s) = &mut self.role else {
-            return;
-        };
-        // Round robin, starting after the master we tried last.
-        let after = s.primary.clone();
-        let untried = |a: &&Address| **a != bind && !s.tried.contains(*a);
-        let next = self
-            .known
-            .range(after..)
-            .skip(1)
-            .find(untried)
-            .or_else(|| self.known.iter().find(untried))
-            .cloned();
-        match next {
-            Some(next) => {
-                s.primary = next;
-                self.connect_to_primary(cx);
-            }
-            None if cx.mutant("election-no-reelect") => {
-                s.tried.clear();
-                self.connect_to_primary(cx);
-            }
-            None => {
-                info!(
-                    "{}: no primary among the known masters: claiming",
-                    self.me()
-                );
-                self.play_primary(cx);
-            }
+    /// Try the hinted master, or the next known one we have not tried since we lost the
+    /// primary; when none is left, nobody is primary: claim the role.
+    fn try_next_master(&mut self, cx: &mut Ctx, hint: Option<Address>) {
+        if self.finder.next(hint).is_some() {
+            self.connect_to_primary(cx);
+        } else if cx.mutant("election-no-reelect") {
+            self.finder.restart();
+            self.connect_to_primary(cx);
+        } else {
+            info!(
+                "{}: no primary among the known masters: claiming",
+                self.me()
+            );
+            self.play_primary(cx);
         }
     }
 }

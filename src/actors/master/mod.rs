@@ -13,6 +13,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use self::election::{Claim, Role};
+use super::bootstrap::PrimaryFinder;
 use super::link::{Backoff, Links};
 use super::nodes::{hears_about, NodeTable};
 use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Observation, TimerId};
@@ -59,8 +60,8 @@ const TIME_STEP: u64 = 1_000_000;
 pub struct Master {
     cfg: MasterConfig,
     nid: Option<Nid>,
-    /// Every master address we know of, ours included.
-    known: BTreeSet<Address>,
+    /// Known masters, and the search for the primary when we are a secondary.
+    finder: PrimaryFinder,
     nodes: NodeTable,
     links: Links<Peer>,
     role: Role,
@@ -75,11 +76,9 @@ pub struct Master {
 
 impl Master {
     pub fn new(cfg: MasterConfig) -> Master {
-        let mut known: BTreeSet<Address> = cfg.masters.iter().cloned().collect();
-        known.insert(cfg.bind.clone());
         Master {
             nid: cfg.nid,
-            known,
+            finder: PrimaryFinder::new(cfg.masters.iter().cloned(), Some(cfg.bind.clone())),
             nodes: NodeTable::default(),
             links: Links::default(),
             role: Role::Starting,
@@ -108,7 +107,15 @@ impl Master {
     }
 
     pub fn known_masters(&self) -> &BTreeSet<Address> {
-        &self.known
+        self.finder.known()
+    }
+
+    /// The master we follow (or try to), when we are a secondary.
+    pub fn following(&self) -> Option<(&Address, &election::Secondary)> {
+        match &self.role {
+            Role::Secondary(s) => self.finder.target().map(|t| (t, s)),
+            _ => None,
+        }
     }
 
     /// Wall time forced to increase strictly (by 1 ms steps when the clock stalls or goes
@@ -124,9 +131,9 @@ impl Master {
     }
 
     fn learn_master(&mut self, address: &Address) {
-        if !self.known.contains(address) {
+        if !self.finder.known().contains(address) {
             debug!("learnt master address {address}");
-            self.known.insert(address.clone());
+            self.finder.learn(address);
         }
     }
 
@@ -235,8 +242,12 @@ impl Master {
         let primary = match &self.role {
             Role::Primary(p) => p,
             Role::Secondary(s) => {
-                let primary = s.identified.then(|| s.primary.clone());
-                let known_masters = self.known.iter().cloned().collect();
+                let primary = if s.identified {
+                    self.finder.target().cloned()
+                } else {
+                    None
+                };
+                let known_masters = self.finder.known().iter().cloned().collect();
                 self.links.answer(
                     cx,
                     conn,
@@ -458,7 +469,8 @@ impl Master {
                     self.learn_master(m);
                 }
                 self.links.close(cx, conn);
-                self.redirected(cx, address, primary);
+                let _ = address;
+                self.redirected(cx, primary);
             }
             Packet::NotifyNodeInformation { timestamp, nodes } => {
                 if let Some(last) = self.last_notification {
@@ -646,9 +658,7 @@ mod tests {
         );
         assert!(sent(&out, ConnId(101)).is_empty());
         assert!(closed(&out, ConnId(101)));
-        assert!(
-            matches!(h.actor.role(), Role::Secondary(s) if s.primary == Address::new("10.0.0.1", 3))
-        );
+        assert!(matches!(h.actor.following(), Some((p, _)) if *p == Address::new("10.0.0.1", 3)));
         assert!(out.iter().any(
             |e| matches!(e, Effect::Connect { to, .. } if *to == Address::new("10.0.0.1", 3))
         ));
