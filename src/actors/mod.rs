@@ -15,7 +15,9 @@
 pub mod bootstrap;
 pub mod link;
 pub mod master;
+pub mod master_link;
 pub mod nodes;
+pub mod storage;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -371,6 +371,9 @@ pub trait Backend {
     fn pack(&mut self, tid: Tid, partitions: &[u32]) -> DbResult<()>;
     /// Delete every transaction and revision of the given partitions. Commits.
     fn drop_partitions(&mut self, partitions: &[u32]) -> DbResult<()>;
+    /// Erase everything but the identity (version and cluster name): the node was dropped
+    /// from its cluster. Commits.
+    fn erase(&mut self) -> DbResult<()>;
 }
 
 /// The partition of an object or transaction id.

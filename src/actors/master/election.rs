@@ -12,10 +12,11 @@
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+use super::cluster::Primary;
 use super::{Master, Peer};
 use crate::actors::{CloseReason, ConnId, Ctx, Observation};
 use crate::proto::{
-    Address, ClusterState, Message, Nid, NodeInfo, NodeState, NodeType, Packet, WallTime,
+    Address, Message, Nid, NodeInfo, NodeState, NodeType, Packet, WallTime,
 };
 
 /// A claim to the primary role: older wins, ties broken by the smaller address.
@@ -32,19 +33,6 @@ pub enum Role {
     Starting,
     Primary(Primary),
     Secondary(Secondary),
-}
-
-#[derive(Clone, Debug)]
-pub struct Primary {
-    pub claim: Claim,
-    pub cluster_state: ClusterState,
-}
-
-impl Primary {
-    /// The claim, while it still counts (in RECOVERING).
-    pub fn electing(&self) -> Option<&Claim> {
-        (self.cluster_state == ClusterState::Recovering).then_some(&self.claim)
-    }
 }
 
 /// A secondary's state; the master it follows (or tries) is `Master::following`.
@@ -83,11 +71,19 @@ impl Master {
             state: NodeState::Running,
             id_timestamp: Some(ts),
         });
+        // Nodes other than masters are learnt again, from the storages, during recovery.
+        let others: Vec<Nid> = self
+            .nodes
+            .iter()
+            .filter(|n| n.node_type != NodeType::Master)
+            .filter_map(|n| n.nid)
+            .collect();
+        for n in others {
+            self.nodes.remove(n);
+        }
         info!("role: primary {nid} (claim at {ts:?})");
-        self.role = Role::Primary(Primary {
-            claim: Claim { ts, address },
-            cluster_state: ClusterState::Recovering,
-        });
+        let claim = Claim { ts, address };
+        self.role = Role::Primary(Primary::new(claim, self.cfg.partitions, self.cfg.replicas));
         self.election_tick(cx);
     }
 

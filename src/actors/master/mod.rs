@@ -1,10 +1,13 @@
-//! The master role: identification of nodes, node ids, node and cluster notifications, and
-//! (in `election`) the election of a primary and the secondary role.
+//! The master role: identification of nodes, node ids, node and cluster notifications;
+//! the election of a primary and the secondary role (`election`); the primary's cluster
+//! lifecycle (`cluster`); operators' requests relayed by the admin (`admin`).
 //!
 //! A master keeps nothing on disk. Its life is a loop: claim the primary role (RECOVERING,
 //! with an election timestamp); yield to an older claimant or follow a primary that accepts
 //! it; as a secondary, watch the primary and claim again when it is gone.
 
+pub mod admin;
+pub mod cluster;
 pub mod election;
 
 use std::collections::BTreeSet;
@@ -21,6 +24,7 @@ use crate::proto::{
     Address, ClusterState, ErrorCode, IdentificationExtra, Message, Nid, NodeInfo, NodeState,
     NodeType, Packet, WallTime,
 };
+use crate::pt::PartitionTable;
 use crate::rng;
 
 /// How a master is configured (neo.conf's master section and neomaster's options).
@@ -118,6 +122,22 @@ impl Master {
         }
     }
 
+    /// The cluster state, if we are primary.
+    pub fn cluster_state(&self) -> Option<ClusterState> {
+        match &self.role {
+            Role::Primary(p) => Some(p.cluster_state),
+            _ => None,
+        }
+    }
+
+    /// The table, if we are primary.
+    pub fn primary_table(&self) -> Option<&PartitionTable> {
+        match &self.role {
+            Role::Primary(p) => Some(&p.pt),
+            _ => None,
+        }
+    }
+
     /// Wall time forced to increase strictly (by 1 ms steps when the clock stalls or goes
     /// back), as NEO's `monotonic_time`: election claims and node time stamps use it.
     fn monotonic_time(&mut self, cx: &Ctx) -> WallTime {
@@ -182,15 +202,26 @@ impl Master {
         self.links.close(cx, conn);
     }
 
+    fn refuse(&mut self, cx: &mut Ctx, conn: ConnId, id: u32, code: ErrorCode, why: &str) {
+        self.links.answer(cx, conn, id, Packet::error(code, why));
+        self.links.close(cx, conn);
+    }
+
     fn on_message(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
         let Some(peer) = self.links.get(conn).cloned() else {
             return;
         };
+        let node_type = match &peer {
+            Peer::Node(nid) => self.nodes.get(*nid).map(|n| n.node_type),
+            _ => None,
+        };
         if let Packet::Error { code, message } = &msg.packet {
-            warn!("{}: {peer:?} answered {code}: {message}", self.me());
-            self.links.close(cx, conn);
-            self.on_lost(cx, conn, peer, CloseReason::Protocol(message.clone()));
-            return;
+            if node_type != Some(NodeType::Admin) {
+                warn!("{}: {peer:?} answered {code}: {message}", self.me());
+                self.links.close(cx, conn);
+                self.on_lost(cx, conn, peer, CloseReason::Protocol(message.clone()));
+                return;
+            }
         }
         if let Peer::Election(a) | Peer::ToPrimary(a) = &peer {
             self.backoff.succeeded(a);
@@ -213,7 +244,8 @@ impl Master {
                         self.protocol_error(cx, conn, msg.id, why);
                         return;
                     }
-                    self.identify(cx, conn, msg.id, node_type, nid, address, id_timestamp);
+                    let req = Identification { conn, id: msg.id, nid, address, id_timestamp };
+                    self.identify(cx, node_type, req);
                 }
                 other => {
                     let why = format!("expected RequestIdentification, got {}", other.name());
@@ -221,153 +253,186 @@ impl Master {
                 }
             },
             Peer::Election(address) => self.on_election_answer(cx, conn, address, msg),
-            Peer::ToPrimary(address) => self.on_from_primary(cx, conn, address, msg),
-            Peer::Node(nid) => {
-                debug!("{}: ignoring {} from {nid}", self.me(), msg.packet.name());
-            }
+            Peer::ToPrimary(_) => self.on_from_primary(cx, conn, msg),
+            Peer::Node(nid) => match node_type {
+                Some(NodeType::Storage) => {
+                    let id = msg.id;
+                    if !self.on_storage_message(cx, conn, nid, msg) {
+                        self.protocol_error(cx, conn, id, "unexpected packet".into());
+                        self.storage_lost(cx, conn, nid);
+                    }
+                }
+                Some(NodeType::Admin) => self.on_admin_request(cx, conn, msg),
+                _ => debug!("{}: ignoring {} from {nid}", self.me(), msg.packet.name()),
+            },
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn identify(
-        &mut self,
-        cx: &mut Ctx,
-        conn: ConnId,
-        id: u32,
-        node_type: NodeType,
-        nid: Option<Nid>,
-        address: Option<Address>,
-        id_timestamp: Option<WallTime>,
-    ) {
+    fn identify(&mut self, cx: &mut Ctx, node_type: NodeType, req: Identification) {
         let primary = match &self.role {
             Role::Primary(p) => p,
             Role::Secondary(s) => {
-                let primary = if s.identified {
-                    self.finder.target().cloned()
-                } else {
-                    None
-                };
+                let primary = if s.identified { self.finder.target().cloned() } else { None };
                 let known_masters = self.finder.known().iter().cloned().collect();
-                self.links.answer(
-                    cx,
-                    conn,
-                    id,
-                    Packet::NotPrimaryMaster {
-                        primary,
-                        known_masters,
-                    },
-                );
-                self.links.close(cx, conn);
+                let answer = Packet::NotPrimaryMaster { primary, known_masters };
+                self.links.answer(cx, req.conn, req.id, answer);
+                self.links.close(cx, req.conn);
                 return;
             }
             Role::Starting => unreachable!("a master plays a role once started"),
         };
-        if node_type != NodeType::Master {
-            let why = format!("the cluster is not ready for {node_type} nodes");
-            self.links
-                .answer(cx, conn, id, Packet::error(ErrorCode::NotReady, why));
-            self.links.close(cx, conn);
-            return;
+        match node_type {
+            NodeType::Master => {}
+            NodeType::Storage => return self.identify_storage(cx, req),
+            NodeType::Admin => return self.identify_admin(cx, req),
+            NodeType::Client => {
+                let why = "this version does not serve clients yet";
+                return self.refuse(cx, req.conn, req.id, ErrorCode::NotReady, why);
+            }
         }
-        let Some(address) = address else {
-            self.protocol_error(
-                cx,
-                conn,
-                id,
-                "a master must give its listening address".into(),
-            );
-            return;
+        let Some(address) = req.address.clone() else {
+            let why = "a master must give its listening address".into();
+            return self.protocol_error(cx, req.conn, req.id, why);
         };
         let own = primary.electing().cloned();
-        let peer = id_timestamp.map(|ts| Claim {
-            ts,
-            address: address.clone(),
-        });
+        let peer = req.id_timestamp.map(|ts| Claim { ts, address: address.clone() });
         if let (Some(own), Some(peer)) = (&own, &peer) {
             if peer < own && !cx.mutant("election-no-yield") {
-                self.yield_to(cx, conn, own.clone(), peer.clone());
+                self.yield_to(cx, req.conn, own.clone(), peer.clone());
                 return;
             }
         }
         cx.observe(Observation::AcceptedMaster { own, peer });
-        self.accept_master(cx, conn, id, nid, address);
+        self.learn_master(&address);
+        let nid = self.nodes.allocate_nid(NodeType::Master, req.nid, Some(&address), self.nid);
+        info!("{}: accepted master {nid} at {address}", self.me());
+        let info = NodeInfo {
+            node_type: NodeType::Master,
+            address: Some(address),
+            nid: Some(nid),
+            state: NodeState::Running,
+            id_timestamp: None,
+        };
+        self.welcome(cx, &req, info);
     }
 
-    fn accept_master(
-        &mut self,
-        cx: &mut Ctx,
-        conn: ConnId,
-        id: u32,
-        proposed: Option<Nid>,
-        address: Address,
-    ) {
-        self.learn_master(&address);
-        let nid = self
-            .nodes
-            .allocate_nid(NodeType::Master, proposed, Some(&address), self.nid);
-        // A connection left from the same node's previous life (same id or same address)
-        // is stale: the new identification wins, as a restarted process must.
+    fn identify_storage(&mut self, cx: &mut Ctx, req: Identification) {
+        let state = self.cluster_state().expect("primary");
+        if state == ClusterState::Stopping {
+            return self.refuse(cx, req.conn, req.id, ErrorCode::NotReady, "the cluster is stopping");
+        }
+        let Some(address) = req.address.clone() else {
+            let why = "a storage must give its listening address".into();
+            return self.protocol_error(cx, req.conn, req.id, why);
+        };
+        // Storage ids are persistent: a known storage keeps its id whatever its address now,
+        // unless another live connection uses that id from elsewhere (a copied database).
+        let known = req
+            .nid
+            .and_then(|n| self.nodes.get(n))
+            .filter(|n| n.node_type == NodeType::Storage)
+            .cloned();
+        let nid = match &known {
+            Some(k) => {
+                let nid = k.nid.expect("table entries have an id");
+                if self.conn_of(nid).is_some() && k.address.as_ref() != Some(&address) {
+                    let why = format!("node id {nid} is in use by the storage at {:?}", k.address);
+                    return self.protocol_error(cx, req.conn, req.id, why);
+                }
+                nid
+            }
+            None => self.nodes.allocate_nid(NodeType::Storage, req.nid, Some(&address), self.nid),
+        };
+        let in_table = self.primary_table().is_some_and(|pt| pt.nodes().contains(&nid));
+        let node_state = match state {
+            ClusterState::Recovering => NodeState::Pending,
+            _ if known.is_some() || in_table => NodeState::Running,
+            _ => NodeState::Pending,
+        };
+        info!("{}: storage {nid} at {address} identified ({node_state})", self.me());
+        let info = NodeInfo {
+            node_type: NodeType::Storage,
+            address: Some(address),
+            nid: Some(nid),
+            state: node_state,
+            id_timestamp: None,
+        };
+        self.welcome(cx, &req, info);
+        match state {
+            ClusterState::Recovering => self.recovery_join(cx, nid),
+            _ => {
+                self.send_partition_table(cx, req.conn);
+                if state == ClusterState::Running && node_state == NodeState::Running {
+                    self.start_operation(cx, nid);
+                }
+            }
+        }
+    }
+
+    fn identify_admin(&mut self, cx: &mut Ctx, req: Identification) {
+        let nid = self.nodes.allocate_nid(NodeType::Admin, req.nid, req.address.as_ref(), self.nid);
+        info!("{}: admin {nid} identified", self.me());
+        let info = NodeInfo {
+            node_type: NodeType::Admin,
+            address: req.address.clone(),
+            nid: Some(nid),
+            state: NodeState::Running,
+            id_timestamp: None,
+        };
+        self.welcome(cx, &req, info);
+        self.send_partition_table(cx, req.conn);
+    }
+
+    /// Record an identified node and tell it (and the others) what they need: our
+    /// acceptance, the full node list with its own entry first, the cluster state.
+    fn welcome(&mut self, cx: &mut Ctx, req: &Identification, mut info: NodeInfo) {
+        let nid = info.nid.expect("identified nodes have an id");
+        self.close_stale_links(cx, req.conn, nid, info.address.as_ref());
+        info.id_timestamp = Some(self.monotonic_time(cx));
+        self.nodes.upsert(info.clone());
+        *self.links.get_mut(req.conn).expect("identifying link") = Peer::Node(nid);
+        let accept = Packet::AcceptIdentification {
+            node_type: NodeType::Master,
+            nid: self.nid,
+            your_nid: Some(nid),
+        };
+        self.links.answer(cx, req.conn, req.id, accept);
+        let mut nodes = vec![info.clone()];
+        nodes.extend(
+            self.nodes
+                .iter()
+                .filter(|n| n.nid != Some(nid) && hears_about(info.node_type, n.node_type))
+                .cloned(),
+        );
+        let timestamp = self.monotonic_time(cx);
+        self.links
+            .notify(cx, req.conn, Packet::NotifyNodeInformation { timestamp, nodes });
+        let state = self.cluster_state().expect("primary");
+        self.links
+            .notify(cx, req.conn, Packet::NotifyClusterInformation { state });
+        self.broadcast_nodes(cx, &[info], Some(req.conn));
+    }
+
+    /// Close links left from a node's previous life (same id or same address): a new
+    /// identification wins, as a restarted process must.
+    fn close_stale_links(&mut self, cx: &mut Ctx, conn: ConnId, nid: Nid, address: Option<&Address>) {
         let stale: Vec<ConnId> = self
             .links
             .iter()
             .filter(|(c, p)| match p {
                 Peer::Node(n) => {
-                    *c != conn
-                        && (*n == nid
-                            || self.nodes.get(*n).and_then(|i| i.address.as_ref())
-                                == Some(&address))
+                    let same_address = address.is_some()
+                        && self.nodes.get(*n).and_then(|i| i.address.as_ref()) == address;
+                    *c != conn && (*n == nid || same_address)
                 }
                 _ => false,
             })
             .map(|(c, _)| c)
             .collect();
         for c in stale {
-            debug!(
-                "{}: closing the previous connection {c:?} of {address}",
-                self.me()
-            );
+            debug!("{}: closing the previous connection {c:?} of {nid}", self.me());
             self.links.close(cx, c);
         }
-        let ts = self.monotonic_time(cx);
-        let info = NodeInfo {
-            node_type: NodeType::Master,
-            address: Some(address),
-            nid: Some(nid),
-            state: NodeState::Running,
-            id_timestamp: Some(ts),
-        };
-        self.nodes.upsert(info.clone());
-        *self.links.get_mut(conn).expect("identifying link") = Peer::Node(nid);
-        info!(
-            "{}: accepted master {nid} at {}",
-            self.me(),
-            info.address.as_ref().unwrap()
-        );
-        self.links.answer(
-            cx,
-            conn,
-            id,
-            Packet::AcceptIdentification {
-                node_type: NodeType::Master,
-                nid: self.nid,
-                your_nid: Some(nid),
-            },
-        );
-        // The full list, the node's own entry first, then the cluster state.
-        let mut nodes = vec![info.clone()];
-        nodes.extend(
-            self.nodes
-                .iter()
-                .filter(|n| n.nid != Some(nid) && hears_about(NodeType::Master, n.node_type))
-                .cloned(),
-        );
-        let timestamp = self.monotonic_time(cx);
-        self.links
-            .notify(cx, conn, Packet::NotifyNodeInformation { timestamp, nodes });
-        let state = self.cluster_state().expect("primary");
-        self.links
-            .notify(cx, conn, Packet::NotifyClusterInformation { state });
-        self.broadcast_nodes(cx, &[info], Some(conn));
     }
 
     /// Tell identified nodes about node changes, each what NEO's routing lets it hear.
@@ -399,41 +464,30 @@ impl Master {
     }
 
     /// Internal consistency, checked by the simulator after every step: every identified
-    /// link has a running entry in the node table, and a primary lists itself.
+    /// link has a live entry in the node table, a primary lists itself, and a RUNNING
+    /// cluster has an operational table.
     pub fn check_invariants(&self) -> Result<(), String> {
         for (conn, peer) in self.links.iter() {
             if let Peer::Node(nid) = peer {
                 match self.nodes.get(*nid) {
-                    Some(n) if n.state == NodeState::Running => {}
+                    Some(n) if matches!(n.state, NodeState::Running | NodeState::Pending) => {}
                     other => {
-                        return Err(format!(
-                            "{}: {conn:?} links {nid}, listed as {other:?}",
-                            self.me()
-                        ))
+                        return Err(format!("{}: {conn:?} links {nid}, listed as {other:?}", self.me()))
                     }
                 }
             }
         }
-        if let Role::Primary(_) = &self.role {
+        if let Role::Primary(p) = &self.role {
+            let running = |n: Nid| self.nodes.get(n).is_some_and(|i| i.state == NodeState::Running);
+            if p.cluster_state == ClusterState::Running && !p.pt.operational(running, &[]) {
+                return Err(format!("{}: RUNNING with a table that is not operational", self.me()));
+            }
             let own = self.nid.and_then(|nid| self.nodes.get(nid));
-            if !own.is_some_and(|n| {
-                n.state == NodeState::Running && n.address.as_ref() == Some(&self.cfg.bind)
-            }) {
-                return Err(format!(
-                    "{}: a primary that does not list itself as running",
-                    self.me()
-                ));
+            if !own.is_some_and(|n| n.state == NodeState::Running && n.address.as_ref() == Some(&self.cfg.bind)) {
+                return Err(format!("{}: a primary that does not list itself as running", self.me()));
             }
         }
         Ok(())
-    }
-
-    /// The cluster state, if we are primary.
-    pub fn cluster_state(&self) -> Option<ClusterState> {
-        match &self.role {
-            Role::Primary(p) => Some(p.cluster_state),
-            _ => None,
-        }
     }
 
     fn on_lost(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
@@ -442,10 +496,23 @@ impl Master {
                 self.backoff.failed(a);
             }
         }
-        match peer {
-            Peer::Incoming | Peer::Election(_) => {}
-            Peer::ToPrimary(_) => self.primary_lost(cx, conn, reason),
-            Peer::Node(nid) => {
+        let nid = match peer {
+            Peer::Incoming | Peer::Election(_) => return,
+            Peer::ToPrimary(_) => return self.primary_lost(cx, conn, reason),
+            Peer::Node(nid) => nid,
+        };
+        match self.nodes.get(nid).map(|n| n.node_type) {
+            Some(NodeType::Storage) => {
+                info!("{}: storage {nid} lost ({reason:?})", self.me());
+                self.storage_lost(cx, conn, nid);
+            }
+            Some(NodeType::Admin) => {
+                if let Some(mut info) = self.nodes.remove(nid) {
+                    info.state = NodeState::Unknown;
+                    self.broadcast_nodes(cx, &[info], None);
+                }
+            }
+            _ => {
                 if let Some(info) = self.nodes.set_state(nid, NodeState::Down).cloned() {
                     info!("{}: {nid} is down ({reason:?})", self.me());
                     self.broadcast_nodes(cx, &[info], None);
@@ -454,7 +521,7 @@ impl Master {
         }
     }
 
-    fn on_from_primary(&mut self, cx: &mut Ctx, conn: ConnId, address: Address, msg: Message) {
+    fn on_from_primary(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
         match msg.packet {
             Packet::AcceptIdentification {
                 node_type: NodeType::Master,
@@ -469,7 +536,6 @@ impl Master {
                     self.learn_master(m);
                 }
                 self.links.close(cx, conn);
-                let _ = address;
                 self.redirected(cx, primary);
             }
             Packet::NotifyNodeInformation { timestamp, nodes } => {
@@ -488,17 +554,15 @@ impl Master {
                         self.learn_master(a);
                     }
                 }
-                let me = nodes.iter().find(|n| n.nid.is_some() && n.nid == self.nid);
-                if let Some(me) = me {
-                    if matches!(me.state, NodeState::Down | NodeState::Unknown) {
-                        info!(
-                            "{}: the primary says this node is {}: exiting",
-                            self.me(),
-                            me.state
-                        );
-                        self.links.close_all(cx);
-                        cx.exit(format!("told {} by the primary", me.state), true);
-                    }
+                let told = nodes
+                    .iter()
+                    .find(|n| n.nid.is_some() && n.nid == self.nid)
+                    .map(|n| n.state)
+                    .filter(|s| matches!(s, NodeState::Down | NodeState::Unknown));
+                if let Some(state) = told {
+                    info!("{}: the primary says this node is {state}: exiting", self.me());
+                    self.links.close_all(cx);
+                    cx.exit(format!("told {state} by the primary"), true);
                 }
             }
             Packet::NotifyClusterInformation { state } => {
@@ -515,6 +579,15 @@ impl Master {
             }
         }
     }
+}
+
+/// A `RequestIdentification` being handled.
+struct Identification {
+    conn: ConnId,
+    id: u32,
+    nid: Option<Nid>,
+    address: Option<Address>,
+    id_timestamp: Option<WallTime>,
 }
 
 impl Actor for Master {

@@ -1,0 +1,682 @@
+//! The primary master's cluster lifecycle (neo-spec sections 4 and 5): RECOVERING (find
+//! the newest partition table among the storages, wait until it is safe to start),
+//! VERIFYING (finish or drop half-committed transactions, apply a truncation, read the
+//! last ids), RUNNING (storages join, leave and are outdated), back to RECOVERING when the
+//! table stops being operational, and STOPPING.
+//!
+//! The split-brain rule: after an election the primary does not start the cluster until
+//! every storage holding readable cells is back, unless an operator says `neoctl start`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tracing::{debug, info, warn};
+
+use super::election::Claim;
+use super::{Master, Peer};
+use crate::actors::{ConnId, Ctx};
+use crate::db::partition_of;
+use crate::proto::{ClusterState, Message, Nid, NodeInfo, NodeState, NodeType, Oid, Packet, Ptid, Tid};
+use crate::pt::{Change, PartitionTable};
+
+/// What a request the primary sent to a storage was, to pair its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Asked {
+    Recovery,
+    PartitionTable,
+    LockedTransactions,
+    FinalTid(Tid),
+    LastIds,
+}
+
+/// Recovery's progress.
+#[derive(Clone, Debug, Default)]
+struct Recovery {
+    /// The newest table id a storage reported, and who reported it.
+    target: Option<Ptid>,
+    holders: BTreeSet<Nid>,
+    /// Whether the table loaded is the target's.
+    loaded: bool,
+    /// What each storage answered to AskRecovery: (ptid, truncate_tid, backup_tid).
+    answers: BTreeMap<Nid, (Option<Ptid>, Option<Tid>, Option<Tid>)>,
+}
+
+/// Where verification is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum VerifyStep {
+    /// Asking nodes with readable cells for their voted transactions.
+    #[default]
+    Locked,
+    /// Asking other nodes whether they committed the voted ones nobody reported locked.
+    FinalTids,
+    /// Validation sent; asking every storage for its last ids.
+    LastIds,
+}
+
+/// Verification's progress.
+#[derive(Clone, Debug, Default)]
+struct Verification {
+    step: VerifyStep,
+    /// Who reported each voted transaction.
+    voted: BTreeMap<Tid, BTreeSet<Nid>>,
+    /// Final TIDs known, by ttid.
+    locked: BTreeMap<Tid, Tid>,
+    last_tid: Option<Tid>,
+    last_oid: Option<Oid>,
+}
+
+/// The primary's state.
+#[derive(Clone, Debug)]
+pub struct Primary {
+    pub claim: Claim,
+    pub cluster_state: ClusterState,
+    pub pt: PartitionTable,
+    /// `neoctl start`, or an automatic restart: start as soon as the table is operational.
+    pub startup_allowed: bool,
+    pub last_tid: Option<Tid>,
+    pub last_oid: Option<Oid>,
+    pub truncate_tid: Option<Tid>,
+    pub backup_tid: Option<Tid>,
+    recovery: Recovery,
+    verification: Verification,
+    /// Requests sent to storages and not answered yet.
+    asked: BTreeMap<(ConnId, u32), Asked>,
+    /// Storages told to start operation that have not said they are ready.
+    pub starting: BTreeSet<Nid>,
+}
+
+impl Primary {
+    pub fn new(claim: Claim, partitions: u32, replicas: u32) -> Primary {
+        Primary {
+            claim,
+            cluster_state: ClusterState::Recovering,
+            pt: PartitionTable::new(partitions, replicas),
+            startup_allowed: false,
+            last_tid: None,
+            last_oid: None,
+            truncate_tid: None,
+            backup_tid: None,
+            recovery: Recovery::default(),
+            verification: Verification::default(),
+            asked: BTreeMap::new(),
+            starting: BTreeSet::new(),
+        }
+    }
+
+    /// The claim, while it still counts (in RECOVERING).
+    pub fn electing(&self) -> Option<&Claim> {
+        (self.cluster_state == ClusterState::Recovering).then_some(&self.claim)
+    }
+
+    fn waiting_for(&self, kind: impl Fn(&Asked) -> bool) -> bool {
+        self.asked.values().any(kind)
+    }
+}
+
+impl Master {
+    fn primary(&self) -> Option<&Primary> {
+        match &self.role {
+            super::Role::Primary(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn primary_mut(&mut self) -> Option<&mut Primary> {
+        match &mut self.role {
+            super::Role::Primary(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Identified storages: (connection, nid, state).
+    pub(super) fn storages(&self) -> Vec<(ConnId, Nid, NodeState)> {
+        self.links
+            .iter()
+            .filter_map(|(c, p)| match p {
+                Peer::Node(nid) => self
+                    .nodes
+                    .get(*nid)
+                    .filter(|n| n.node_type == NodeType::Storage)
+                    .map(|n| (c, *nid, n.state)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub(super) fn conn_of(&self, nid: Nid) -> Option<ConnId> {
+        self.links
+            .iter()
+            .find(|(_, p)| **p == Peer::Node(nid))
+            .map(|(c, _)| c)
+    }
+
+    fn is_running(&self, nid: Nid) -> bool {
+        self.nodes.get(nid).is_some_and(|n| n.state == NodeState::Running)
+    }
+
+    fn ask_storage(&mut self, cx: &mut Ctx, nid: Nid, packet: Packet, kind: Asked) {
+        let Some(conn) = self.conn_of(nid) else { return };
+        if let Some(id) = self.links.ask(cx, conn, packet) {
+            if let Some(p) = self.primary_mut() {
+                p.asked.insert((conn, id), kind);
+            }
+        }
+    }
+
+    fn set_node_state(&mut self, cx: &mut Ctx, nid: Nid, state: NodeState) {
+        if let Some(info) = self.nodes.set_state(nid, state).cloned() {
+            self.broadcast_nodes(cx, &[info], None);
+        }
+    }
+
+    /// Tell every identified node the cluster state.
+    pub(super) fn set_cluster_state(&mut self, cx: &mut Ctx, state: ClusterState) {
+        let me = self.me();
+        let Some(p) = self.primary_mut() else { return };
+        if p.cluster_state == state {
+            return;
+        }
+        p.cluster_state = state;
+        info!("{me}: cluster state {state}");
+        let conns: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter(|(_, p)| matches!(p, Peer::Node(_)))
+            .map(|(c, _)| c)
+            .collect();
+        for conn in conns {
+            self.links
+                .notify(cx, conn, Packet::NotifyClusterInformation { state });
+        }
+    }
+
+    /// Send the whole table to a node (storages and admins).
+    pub(super) fn send_partition_table(&mut self, cx: &mut Ctx, conn: ConnId) {
+        let Some(p) = self.primary() else { return };
+        if p.pt.ptid().is_none() {
+            return;
+        }
+        let packet = Packet::SendPartitionTable {
+            ptid: p.pt.ptid(),
+            num_replicas: p.pt.replicas(),
+            rows: p.pt.rows(),
+        };
+        self.links.notify(cx, conn, packet);
+    }
+
+    /// Nodes that keep a copy of the table: identified storages and admins.
+    fn pt_receivers(&self) -> Vec<ConnId> {
+        self.links
+            .iter()
+            .filter_map(|(c, p)| match p {
+                Peer::Node(nid) => self
+                    .nodes
+                    .get(*nid)
+                    .filter(|n| matches!(n.node_type, NodeType::Storage | NodeType::Admin))
+                    .map(|_| c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Broadcast a change list (the table already holds it, with its new id).
+    pub(super) fn broadcast_pt_changes(&mut self, cx: &mut Ctx, changes: Vec<Change>) {
+        let Some(p) = self.primary() else { return };
+        let Some(ptid) = p.pt.ptid() else { return };
+        let packet = Packet::NotifyPartitionChanges {
+            ptid,
+            num_replicas: p.pt.replicas(),
+            changes,
+        };
+        for conn in self.pt_receivers() {
+            self.links.notify(cx, conn, packet.clone());
+        }
+    }
+
+    /// Send every receiver the whole table (after recovery built or chose it).
+    fn broadcast_pt(&mut self, cx: &mut Ctx) {
+        for conn in self.pt_receivers() {
+            self.send_partition_table(cx, conn);
+        }
+    }
+
+    // ---- recovery ----
+
+    /// (Re)enter RECOVERING: forget the table, ask every identified storage.
+    pub(super) fn enter_recovery(&mut self, cx: &mut Ctx) {
+        let (partitions, replicas) = (self.cfg.partitions, self.cfg.replicas);
+        let Some(p) = self.primary_mut() else { return };
+        p.pt = PartitionTable::new(partitions, replicas);
+        p.recovery = Recovery::default();
+        p.verification = Verification::default();
+        p.asked.clear();
+        p.starting.clear();
+        p.truncate_tid = None;
+        p.backup_tid = None;
+        self.set_cluster_state(cx, ClusterState::Recovering);
+        for (conn, nid, state) in self.storages() {
+            if state != NodeState::Pending {
+                self.set_node_state(cx, nid, NodeState::Pending);
+            }
+            self.links.notify(cx, conn, Packet::StopOperation);
+            self.ask_storage(cx, nid, Packet::AskRecovery, Asked::Recovery);
+        }
+    }
+
+    /// A storage identified during RECOVERING.
+    pub(super) fn recovery_join(&mut self, cx: &mut Ctx, nid: Nid) {
+        self.ask_storage(cx, nid, Packet::AskRecovery, Asked::Recovery);
+    }
+
+    fn on_answer_recovery(&mut self, cx: &mut Ctx, nid: Nid, ptid: Option<Ptid>, truncate: Option<Tid>, backup: Option<Tid>) {
+        let Some(p) = self.primary_mut() else { return };
+        p.recovery.answers.insert(nid, (ptid, truncate, backup));
+        if let Some(ptid) = ptid {
+            if p.recovery.target.is_none_or(|t| ptid > t) {
+                debug!("recovery: {nid} has the newest table so far ({ptid})");
+                p.recovery.target = Some(ptid);
+                p.recovery.holders = [nid].into();
+                p.recovery.loaded = false;
+                self.ask_table(cx);
+            } else if Some(ptid) == p.recovery.target {
+                p.recovery.holders.insert(nid);
+                self.ask_table(cx);
+            }
+        }
+        self.try_start(cx);
+    }
+
+    /// Ask a holder of the newest table for it, unless loaded or asked already.
+    fn ask_table(&mut self, cx: &mut Ctx) {
+        let Some(p) = self.primary() else { return };
+        if p.recovery.loaded || p.waiting_for(|a| *a == Asked::PartitionTable) {
+            return;
+        }
+        let holders: Vec<Nid> = p.recovery.holders.iter().copied().collect();
+        if let Some(nid) = holders.into_iter().find(|n| self.conn_of(*n).is_some()) {
+            self.ask_storage(cx, nid, Packet::AskPartitionTable, Asked::PartitionTable);
+        }
+    }
+
+    fn on_answer_partition_table(&mut self, cx: &mut Ctx, nid: Nid, ptid: Option<Ptid>, replicas: u32, rows: Vec<Vec<(Nid, crate::proto::CellState)>>) {
+        let Some(p) = self.primary_mut() else { return };
+        if ptid.is_none() || ptid != p.recovery.target || rows.is_empty() {
+            // It changed since it answered AskRecovery: ask again.
+            self.ask_storage(cx, nid, Packet::AskRecovery, Asked::Recovery);
+            return;
+        }
+        let pt = PartitionTable::from_rows(ptid, replicas, &rows);
+        let (_, truncate, backup) = p.recovery.answers.get(&nid).copied().unwrap_or_default();
+        p.truncate_tid = truncate;
+        p.backup_tid = backup;
+        p.recovery.loaded = true;
+        info!("recovery: partition table {} from {nid}", ptid.expect("checked"));
+        // Storages the table names that we do not know are down until they identify.
+        let unknown: Vec<Nid> = pt.nodes().iter().copied().filter(|n| self.nodes.get(*n).is_none()).collect();
+        if let Some(p) = self.primary_mut() {
+            p.pt = pt;
+        }
+        for n in unknown {
+            self.nodes.upsert(NodeInfo {
+                node_type: NodeType::Storage,
+                address: None,
+                nid: Some(n),
+                state: NodeState::Down,
+                id_timestamp: None,
+            });
+        }
+        let admins = self.pt_receivers_of(NodeType::Admin);
+        for conn in admins {
+            self.send_partition_table(cx, conn);
+        }
+        self.try_start(cx);
+    }
+
+    fn pt_receivers_of(&self, ty: NodeType) -> Vec<ConnId> {
+        self.links
+            .iter()
+            .filter_map(|(c, p)| match p {
+                Peer::Node(nid) => self.nodes.get(*nid).filter(|n| n.node_type == ty).map(|_| c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Leave RECOVERING if it is safe (neo-spec 4.4).
+    pub(super) fn try_start(&mut self, cx: &mut Ctx) {
+        let no_wait = cx.mutant("recovery-no-wait");
+        let Some(p) = self.primary() else { return };
+        if p.cluster_state != ClusterState::Recovering {
+            return;
+        }
+        let storages = self.storages();
+        let pending: BTreeSet<Nid> = storages
+            .iter()
+            .filter(|(_, _, s)| *s == NodeState::Pending)
+            .map(|(_, n, _)| *n)
+            .collect();
+        // Every identified storage must have answered; the newest table must be loaded.
+        if pending.is_empty() || p.waiting_for(|a| matches!(a, Asked::Recovery | Asked::PartitionTable)) {
+            return;
+        }
+        if p.recovery.target.is_some() && !p.recovery.loaded {
+            return;
+        }
+        let selected: Vec<Nid>;
+        if p.recovery.target.is_some() {
+            let pending_node = |n: Nid| pending.contains(&n);
+            if !p.pt.operational(pending_node, &[]) {
+                return;
+            }
+            if let Some(t) = p.truncate_tid {
+                // A truncation needs every node of the table, each agreeing on it.
+                if !p.pt.nodes().iter().all(|n| pending.contains(n)) {
+                    return;
+                }
+                let disagree: Vec<Nid> = p
+                    .recovery
+                    .answers
+                    .iter()
+                    .filter(|(n, (_, tt, _))| p.pt.nodes().contains(n) && tt.is_none_or(|tt| tt > t))
+                    .map(|(n, _)| *n)
+                    .collect();
+                if !disagree.is_empty() {
+                    for n in disagree {
+                        if let Some(c) = self.conn_of(n) {
+                            self.links.notify(cx, c, Packet::Truncate { tid: t });
+                        }
+                        self.ask_storage(cx, n, Packet::AskRecovery, Asked::Recovery);
+                    }
+                    return;
+                }
+            } else if !p.startup_allowed && !no_wait {
+                // The split-brain rule: wait for every node that has readable cells.
+                let missing: Vec<Nid> = p.pt.readable_nodes().into_iter().filter(|n| !pending.contains(n)).collect();
+                if !missing.is_empty() {
+                    debug!("recovery: waiting for {missing:?}");
+                    return;
+                }
+            }
+            selected = p.pt.nodes().iter().copied().filter(|n| pending.contains(n)).collect();
+        } else {
+            // A new database.
+            let enough = self.cfg.autostart.is_some_and(|n| pending.len() >= n as usize);
+            if !p.startup_allowed && !enough {
+                return;
+            }
+            selected = pending.iter().copied().collect();
+        }
+        self.start_cluster(cx, selected);
+    }
+
+    fn start_cluster(&mut self, cx: &mut Ctx, selected: Vec<Nid>) {
+        for nid in &selected {
+            self.set_node_state(cx, *nid, NodeState::Running);
+        }
+        let keep_last = !cx.mutant("pt-outdate-last");
+        let running: BTreeSet<Nid> = selected.iter().copied().collect();
+        let Some(p) = self.primary_mut() else { return };
+        if p.pt.ptid().is_none() {
+            p.pt.make(&selected);
+            info!("recovery: new partition table over {selected:?}");
+        } else {
+            p.pt.outdate(None, |n| running.contains(&n), keep_last);
+            // A new id either way: this table is the one the cluster starts with.
+            let (ptid, replicas, rows) = (p.pt.ptid(), p.pt.replicas(), p.pt.rows());
+            p.pt = PartitionTable::from_rows(ptid.map(|t| Ptid(t.0 + 1)), replicas, &rows);
+            p.pt.add_nodes(&selected);
+        }
+        info!("recovery done with partition table {:?}", p.pt.ptid());
+        self.set_cluster_state(cx, ClusterState::Verifying);
+        self.broadcast_pt(cx);
+        self.start_verification(cx);
+    }
+
+    // ---- verification ----
+
+    fn start_verification(&mut self, cx: &mut Ctx) {
+        let Some(p) = self.primary_mut() else { return };
+        p.verification = Verification::default();
+        let readable = p.pt.readable_nodes();
+        let nodes: Vec<Nid> = self
+            .storages()
+            .into_iter()
+            .filter(|(_, n, s)| *s == NodeState::Running && readable.contains(n))
+            .map(|(_, n, _)| n)
+            .collect();
+        for nid in nodes {
+            self.ask_storage(cx, nid, Packet::AskLockedTransactions, Asked::LockedTransactions);
+        }
+        self.verification_progress(cx);
+    }
+
+    fn on_locked_transactions(&mut self, cx: &mut Ctx, nid: Nid, txns: Vec<(Tid, Option<Tid>)>) {
+        let Some(p) = self.primary_mut() else { return };
+        for (ttid, tid) in txns {
+            p.verification.voted.entry(ttid).or_default().insert(nid);
+            if let Some(tid) = tid {
+                p.verification.locked.insert(ttid, tid);
+            }
+        }
+        self.verification_progress(cx);
+    }
+
+    fn on_final_tid(&mut self, cx: &mut Ctx, ttid: Tid, tid: Option<Tid>) {
+        let Some(p) = self.primary_mut() else { return };
+        if let Some(tid) = tid {
+            p.verification.locked.insert(ttid, tid);
+        }
+        self.verification_progress(cx);
+    }
+
+    fn on_last_ids(&mut self, cx: &mut Ctx, last_tid: Option<Tid>, last_oid: Option<Oid>) {
+        let Some(p) = self.primary_mut() else { return };
+        let v = &mut p.verification;
+        v.last_tid = v.last_tid.max(last_tid);
+        v.last_oid = v.last_oid.max(last_oid);
+        self.verification_progress(cx);
+    }
+
+    /// Move verification on once the answers of a step are all in.
+    fn verification_progress(&mut self, cx: &mut Ctx) {
+        let Some(p) = self.primary() else { return };
+        if p.cluster_state != ClusterState::Verifying || p.waiting_for(|_| true) {
+            return;
+        }
+        match p.verification.step {
+            VerifyStep::Locked => {
+                // Voted transactions nobody reported locked: another node of their
+                // partition may have committed them already.
+                let np = p.pt.partitions();
+                let mut asks = Vec::new();
+                for (ttid, reporters) in &p.verification.voted {
+                    if p.verification.locked.contains_key(ttid) {
+                        continue;
+                    }
+                    for (nid, state) in p.pt.row(partition_of(ttid.0, np)) {
+                        if state.is_readable() && !reporters.contains(&nid) && self.is_running(nid) {
+                            asks.push((nid, *ttid));
+                        }
+                    }
+                }
+                if let Some(p) = self.primary_mut() {
+                    p.verification.step = VerifyStep::FinalTids;
+                }
+                for (nid, ttid) in &asks {
+                    self.ask_storage(cx, *nid, Packet::AskFinalTID { ttid: *ttid }, Asked::FinalTid(*ttid));
+                }
+                if asks.is_empty() {
+                    self.verification_progress(cx);
+                }
+            }
+            VerifyStep::FinalTids => self.validate_and_ask_last_ids(cx),
+            VerifyStep::LastIds => self.provide_service(cx),
+        }
+    }
+
+    /// Commit what was locked, on every node that voted it; then ask every storage for its
+    /// last ids (they apply a pending truncation before answering, and answer after the
+    /// validations sent before on the same connection).
+    fn validate_and_ask_last_ids(&mut self, cx: &mut Ctx) {
+        let drop_locked = cx.mutant("verification-drop-locked");
+        let Some(p) = self.primary_mut() else { return };
+        p.verification.step = VerifyStep::LastIds;
+        let validate: Vec<(Tid, Tid, Vec<Nid>)> = p
+            .verification
+            .locked
+            .iter()
+            .map(|(ttid, tid)| {
+                let voters = p.verification.voted.get(ttid).map(|s| s.iter().copied().collect());
+                (*ttid, *tid, voters.unwrap_or_default())
+            })
+            .collect();
+        for (ttid, tid, nodes) in validate {
+            if drop_locked {
+                continue;
+            }
+            info!("verification: committing {ttid:?} as {tid:?} on {nodes:?}");
+            for nid in nodes {
+                if let Some(c) = self.conn_of(nid) {
+                    self.links.notify(cx, c, Packet::ValidateTransaction { ttid, tid });
+                }
+            }
+        }
+        let running: Vec<Nid> = self
+            .storages()
+            .into_iter()
+            .filter(|(_, _, s)| *s == NodeState::Running)
+            .map(|(_, n, _)| n)
+            .collect();
+        for nid in &running {
+            self.ask_storage(cx, *nid, Packet::AskLastIDs, Asked::LastIds);
+        }
+        if running.is_empty() {
+            self.verification_progress(cx);
+        }
+    }
+
+    /// Verification is over: RUNNING.
+    fn provide_service(&mut self, cx: &mut Ctx) {
+        let Some(p) = self.primary_mut() else { return };
+        p.last_tid = p.verification.last_tid;
+        p.last_oid = p.verification.last_oid;
+        p.truncate_tid = None;
+        p.startup_allowed = false;
+        info!("verification done: last tid {:?}, last oid {:?}", p.last_tid, p.last_oid);
+        self.set_cluster_state(cx, ClusterState::Running);
+        let running: Vec<Nid> = self
+            .storages()
+            .into_iter()
+            .filter(|(_, _, s)| *s == NodeState::Running)
+            .map(|(_, n, _)| n)
+            .collect();
+        for nid in running {
+            self.start_operation(cx, nid);
+        }
+    }
+
+    pub(super) fn start_operation(&mut self, cx: &mut Ctx, nid: Nid) {
+        if let Some(c) = self.conn_of(nid) {
+            self.links.notify(cx, c, Packet::StartOperation { backup: false });
+            if let Some(p) = self.primary_mut() {
+                p.starting.insert(nid);
+            }
+        }
+    }
+
+    // ---- answers from storages ----
+
+    /// A storage's answer or notification; returns false if it was not one of ours.
+    pub(super) fn on_storage_message(&mut self, cx: &mut Ctx, conn: ConnId, nid: Nid, msg: Message) -> bool {
+        let asked = self.primary_mut().and_then(|p| p.asked.remove(&(conn, msg.id)));
+        match (asked, msg.packet) {
+            (Some(Asked::Recovery), Packet::AnswerRecovery { ptid, backup_tid, truncate_tid }) => {
+                self.on_answer_recovery(cx, nid, ptid, truncate_tid, backup_tid)
+            }
+            (Some(Asked::PartitionTable), Packet::AnswerPartitionTable { ptid, num_replicas, rows }) => {
+                self.on_answer_partition_table(cx, nid, ptid, num_replicas, rows)
+            }
+            (Some(Asked::LockedTransactions), Packet::AnswerLockedTransactions { transactions }) => {
+                self.on_locked_transactions(cx, nid, transactions)
+            }
+            (Some(Asked::FinalTid(ttid)), Packet::AnswerFinalTID { tid }) => self.on_final_tid(cx, ttid, tid),
+            (Some(Asked::LastIds), Packet::AnswerLastIDs { last_tid, last_oid, .. }) => {
+                self.on_last_ids(cx, last_tid, last_oid)
+            }
+            (None, Packet::NotifyReady) => {
+                if let Some(p) = self.primary_mut() {
+                    p.starting.remove(&nid);
+                }
+            }
+            (None, other) if other.kind() == crate::proto::Kind::Answer => {
+                debug!("ignoring a late {} from {nid}", other.name());
+            }
+            (asked, other) => {
+                warn!("unexpected {} from {nid} (asked: {asked:?})", other.name());
+                return false;
+            }
+        }
+        true
+    }
+
+    // ---- storages leaving ----
+
+    /// A storage's connection is gone.
+    pub(super) fn storage_lost(&mut self, cx: &mut Ctx, conn: ConnId, nid: Nid) {
+        let keep_last = !cx.mutant("pt-outdate-last");
+        let Some(p) = self.primary_mut() else { return };
+        // Its unanswered requests will never be answered.
+        let lost_table_ask = p.asked.iter().any(|((c, _), a)| *c == conn && *a == Asked::PartitionTable);
+        p.asked.retain(|(c, _), _| *c != conn);
+        p.starting.remove(&nid);
+        let state = p.cluster_state;
+        let was = self.nodes.get(nid).map(|n| n.state);
+        match state {
+            ClusterState::Recovering => {
+                if let Some(p) = self.primary_mut() {
+                    p.recovery.answers.remove(&nid);
+                }
+                self.set_node_state(cx, nid, NodeState::Down);
+                if lost_table_ask {
+                    self.ask_table(cx);
+                }
+                self.try_start(cx);
+            }
+            _ if was == Some(NodeState::Pending) => {
+                // A pending node that leaves is forgotten.
+                if let Some(mut info) = self.nodes.remove(nid) {
+                    info.state = NodeState::Unknown;
+                    self.broadcast_nodes(cx, &[info], None);
+                }
+            }
+            _ => {
+                self.set_node_state(cx, nid, NodeState::Down);
+                let running: BTreeSet<Nid> = self
+                    .nodes
+                    .of_type(NodeType::Storage)
+                    .filter(|n| n.state == NodeState::Running)
+                    .filter_map(|n| n.nid)
+                    .collect();
+                let Some(p) = self.primary_mut() else { return };
+                let changes = p.pt.outdate(Some(nid), |n| running.contains(&n), keep_last);
+                let operational = p.pt.operational(|n| running.contains(&n), &[]);
+                if !changes.is_empty() {
+                    info!("{nid} lost: partition table {:?}", p.pt.ptid());
+                    self.broadcast_pt_changes(cx, changes);
+                }
+                if !operational && state != ClusterState::Stopping {
+                    warn!("the partition table is not operational any more: back to recovery");
+                    if let Some(p) = self.primary_mut() {
+                        // An automatic restart: no need to wait for every node again.
+                        p.startup_allowed = true;
+                    }
+                    self.enter_recovery(cx);
+                    if let Some(p) = self.primary_mut() {
+                        p.startup_allowed = true;
+                    }
+                } else if state == ClusterState::Verifying {
+                    self.verification_progress(cx);
+                }
+            }
+        }
+    }
+}

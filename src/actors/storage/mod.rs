@@ -1,0 +1,389 @@
+//! The storage role: finds the primary master and identifies; answers recovery and
+//! verification (its partition table, last ids, voted and locked transactions); applies
+//! truncations and validations; persists every partition-table change it is sent; starts
+//! and stops operation when told. Told DOWN it stops; told UNKNOWN (dropped) it erases its
+//! database and stops.
+//!
+//! The database is a `Box<dyn Backend>` handed over at construction; it outlives the actor
+//! (a crash loses memory and uncommitted work, not what was committed). A database error is
+//! fatal: the node stops rather than serve from a state it cannot trust.
+
+use std::time::Duration;
+
+use tracing::{debug, error, info, warn};
+
+use super::link::Links;
+use super::master_link::{LinkEvent, MasterLink};
+use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, TimerId};
+use crate::db::{Backend, Cell, DbError};
+use crate::proto::{Address, CellState, ClusterState, ErrorCode, Message, Nid, NodeState, NodeType, Packet};
+use crate::pt::PartitionTable;
+use crate::rng;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageConfig {
+    pub cluster: String,
+    /// The address we listen on (as bound).
+    pub bind: Address,
+    pub masters: Vec<Address>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Peer {
+    Master,
+    /// Another node connected to us (clients and storages: not served yet).
+    Incoming,
+}
+
+const TICK: Duration = Duration::from_secs(1);
+const TICK_TOKEN: u64 = 1;
+
+pub struct Storage {
+    cfg: StorageConfig,
+    db: Box<dyn Backend>,
+    nid: Option<Nid>,
+    links: Links<Peer>,
+    master: MasterLink,
+    /// Our copy of the partition table (also in the database).
+    pt: Option<PartitionTable>,
+    operational: bool,
+    tick: Option<TimerId>,
+    /// Set once a fatal error stopped us.
+    failed: bool,
+}
+
+/// The rows of a table from the database's cells.
+fn table_from_cells(ptid: Option<crate::proto::Ptid>, replicas: u32, cells: &[Cell]) -> Option<PartitionTable> {
+    let np = cells.iter().map(|c| c.partition + 1).max()?;
+    let mut rows = vec![Vec::new(); np as usize];
+    for c in cells {
+        rows[c.partition as usize].push((c.nid, c.state));
+    }
+    Some(PartitionTable::from_rows(ptid, replicas, &rows))
+}
+
+impl Storage {
+    pub fn new(cfg: StorageConfig, db: Box<dyn Backend>) -> Storage {
+        let master = MasterLink::new(NodeType::Storage, cfg.cluster.clone(), Some(cfg.bind.clone()), &cfg.masters);
+        Storage {
+            cfg,
+            db,
+            nid: None,
+            links: Links::default(),
+            master,
+            pt: None,
+            operational: false,
+            tick: None,
+            failed: false,
+        }
+    }
+
+    pub fn nid(&self) -> Option<Nid> {
+        self.nid
+    }
+
+    pub fn is_operational(&self) -> bool {
+        self.operational
+    }
+
+    pub fn partition_table(&self) -> Option<&PartitionTable> {
+        self.pt.as_ref()
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.db.as_ref()
+    }
+
+    pub fn cluster_state(&self) -> Option<ClusterState> {
+        self.master.cluster_state()
+    }
+
+    fn me(&self) -> String {
+        self.nid.map_or_else(|| self.cfg.bind.to_string(), |n| n.to_string())
+    }
+
+    /// Stop: a database error, or told so.
+    fn stop(&mut self, cx: &mut Ctx, reason: String, success: bool) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        if success {
+            info!("{}: {reason}", self.me());
+        } else {
+            error!("{}: {reason}", self.me());
+        }
+        self.links.close_all(cx);
+        cx.exit(reason, success);
+    }
+
+    fn db_failed(&mut self, cx: &mut Ctx, what: &str, e: DbError) {
+        self.stop(cx, format!("database error while {what}: {e}"), false);
+    }
+
+    fn load(&mut self, cx: &mut Ctx) -> Result<(), DbError> {
+        let config = self.db.config()?;
+        self.nid = config.nid;
+        let cells = self.db.partition_table()?;
+        self.pt = table_from_cells(config.ptid, config.replicas.unwrap_or(0), &cells);
+        let _ = cx;
+        Ok(())
+    }
+
+    fn on_tick(&mut self, cx: &mut Ctx) {
+        let jitter = rng::duration(cx.rng(), Duration::ZERO, Duration::from_millis(100));
+        self.tick = Some(cx.set_timer(TICK + jitter, TICK_TOKEN));
+        for (conn, peer) in self.links.check_idle(cx) {
+            self.on_closed(cx, conn, peer, CloseReason::TimedOut);
+        }
+        let nid = self.nid;
+        self.master.tick(cx, &mut self.links, Peer::Master, nid);
+    }
+
+    fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
+        if peer == Peer::Master && self.master.closed(conn, &reason) == Some(LinkEvent::Lost) {
+            // Without a primary we serve nobody until it tells us to start again.
+            self.operational = false;
+        }
+        let nid = self.nid;
+        if self.master.is_identified() || self.failed {
+            return;
+        }
+        self.master.tick(cx, &mut self.links, Peer::Master, nid);
+    }
+
+    fn answer(&mut self, cx: &mut Ctx, conn: ConnId, id: u32, packet: Packet) {
+        self.links.answer(cx, conn, id, packet);
+    }
+
+    fn on_master_message(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
+        let Some(ev) = self.master.on_message(cx, &mut self.links, conn, self.nid, msg) else {
+            return;
+        };
+        let result = match ev {
+            LinkEvent::Identified { your_nid } => self.identified(your_nid),
+            LinkEvent::Told(NodeState::Unknown) => {
+                // Dropped from the cluster: our data is of no use to anyone any more.
+                let r = self.db.erase();
+                match r {
+                    Ok(()) => self.stop(cx, "dropped from the cluster: database erased".into(), true),
+                    Err(e) => self.db_failed(cx, "erasing the database", e),
+                }
+                return;
+            }
+            LinkEvent::Told(state) => {
+                self.stop(cx, format!("told {state} by the primary master"), true);
+                return;
+            }
+            LinkEvent::ClusterState(_) | LinkEvent::Lost => Ok(()),
+            LinkEvent::Message(msg) => self.on_master_request(cx, conn, msg),
+        };
+        if let Err(e) = result {
+            self.db_failed(cx, "serving the master", e);
+        }
+    }
+
+    fn identified(&mut self, your_nid: Option<Nid>) -> Result<(), DbError> {
+        if let Some(nid) = your_nid {
+            if self.nid != Some(nid) {
+                if self.nid.is_some() {
+                    warn!("the primary gave us {nid} instead of {}", self.me());
+                }
+                self.db.set_nid(nid)?;
+                self.nid = Some(nid);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_master_request(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) -> Result<(), DbError> {
+        let id = msg.id;
+        match msg.packet {
+            Packet::AskRecovery => {
+                let c = self.db.config()?;
+                let answer = Packet::AnswerRecovery {
+                    ptid: c.ptid,
+                    backup_tid: c.backup_tid,
+                    truncate_tid: c.truncate_tid,
+                };
+                self.answer(cx, conn, id, answer);
+            }
+            Packet::AskPartitionTable => {
+                let (ptid, num_replicas, rows) = match &self.pt {
+                    Some(pt) => (pt.ptid(), pt.replicas(), pt.rows()),
+                    None => (None, 0, Vec::new()),
+                };
+                self.answer(cx, conn, id, Packet::AnswerPartitionTable { ptid, num_replicas, rows });
+            }
+            Packet::AskLastIDs => {
+                // A pending truncation is applied before the last ids are read: this answer
+                // is the master's acknowledgement of it.
+                self.db.truncate()?;
+                let ids = self.db.last_ids()?;
+                let answer = Packet::AnswerLastIDs {
+                    last_tid: ids.last_tid,
+                    last_oid: ids.last_oid,
+                    first_tid: ids.first_tid,
+                };
+                self.answer(cx, conn, id, answer);
+            }
+            Packet::AskLockedTransactions => {
+                let transactions = self.db.locked_transactions()?.into_iter().collect();
+                self.answer(cx, conn, id, Packet::AnswerLockedTransactions { transactions });
+            }
+            Packet::AskFinalTID { ttid } => {
+                let tid = self.db.final_tid(ttid)?;
+                self.answer(cx, conn, id, Packet::AnswerFinalTID { tid });
+            }
+            Packet::ValidateTransaction { ttid, tid } => {
+                debug!("{}: validating {ttid:?} as {tid:?}", self.me());
+                self.db.validate(ttid, tid)?;
+            }
+            Packet::Truncate { tid } => {
+                info!("{}: truncation at {tid} decided", self.me());
+                self.db.set_truncate_tid(Some(tid))?;
+            }
+            Packet::SendPartitionTable { ptid, num_replicas, rows } => {
+                let Some(ptid) = ptid else { return Ok(()) };
+                let cells: Vec<Cell> = rows
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(p, row)| {
+                        row.iter().map(move |(nid, state)| Cell {
+                            partition: p as u32,
+                            nid: *nid,
+                            state: *state,
+                        })
+                    })
+                    .collect();
+                self.db.change_partition_table(ptid, num_replicas, &cells, true)?;
+                self.pt = Some(PartitionTable::from_rows(Some(ptid), num_replicas, &rows));
+                debug!("{}: partition table {ptid}", self.me());
+            }
+            Packet::NotifyPartitionChanges { ptid, num_replicas, changes } => {
+                let applied = match &mut self.pt {
+                    Some(pt) => pt.apply(ptid, num_replicas, &changes),
+                    None => Err("no partition table to change".into()),
+                };
+                if let Err(why) = applied {
+                    // We missed something: reconnect, the primary sends the whole table.
+                    warn!("{}: {why}: reconnecting to the primary", self.me());
+                    self.links.close(cx, conn);
+                    self.on_closed(cx, conn, Peer::Master, CloseReason::Protocol(why));
+                    return Ok(());
+                }
+                let cells: Vec<Cell> = changes
+                    .iter()
+                    .map(|(p, nid, state)| Cell {
+                        partition: *p,
+                        nid: *nid,
+                        state: *state,
+                    })
+                    .collect();
+                self.db.change_partition_table(ptid, num_replicas, &cells, false)?;
+            }
+            Packet::StartOperation { .. } => {
+                // Voted transactions verification did not commit are dropped now.
+                self.db.drop_unfinished()?;
+                self.operational = true;
+                info!("{}: operational", self.me());
+                self.links.notify(cx, conn, Packet::NotifyReady);
+            }
+            Packet::StopOperation => {
+                if self.operational {
+                    info!("{}: operation stopped", self.me());
+                }
+                self.operational = false;
+            }
+            other if other.kind() == crate::proto::Kind::Request => {
+                let why = format!("{} is not a request a storage serves", other.name());
+                self.answer(cx, conn, id, Packet::error(ErrorCode::ProtocolError, why));
+            }
+            other => debug!("{}: ignoring {} from the master", self.me(), other.name()),
+        }
+        Ok(())
+    }
+
+    fn on_incoming(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
+        let (code, why) = match &msg.packet {
+            Packet::RequestIdentification { cluster_name, .. } if *cluster_name != self.cfg.cluster => (
+                ErrorCode::ProtocolError,
+                format!("invalid cluster name {cluster_name:?} (this is cluster {:?})", self.cfg.cluster),
+            ),
+            Packet::RequestIdentification { node_type, .. } if !self.operational => {
+                (ErrorCode::NotReady, format!("this storage is not operational ({node_type} refused)"))
+            }
+            Packet::RequestIdentification { node_type, .. } => {
+                (ErrorCode::NotReady, format!("{node_type} connections are not served by this version"))
+            }
+            other => (ErrorCode::ProtocolError, format!("expected RequestIdentification, got {}", other.name())),
+        };
+        debug!("{}: refusing a connection: {why}", self.me());
+        self.answer(cx, conn, msg.id, Packet::error(code, why));
+        self.links.close(cx, conn);
+    }
+}
+
+impl Actor for Storage {
+    fn start(&mut self, cx: &mut Ctx) {
+        if let Err(e) = self.load(cx) {
+            self.db_failed(cx, "loading", e);
+            return;
+        }
+        info!(
+            "{}: starting with partition table {:?}",
+            self.me(),
+            self.pt.as_ref().and_then(|p| p.ptid())
+        );
+        self.on_tick(cx);
+    }
+
+    fn handle(&mut self, cx: &mut Ctx, ev: Event) {
+        if self.failed {
+            return;
+        }
+        match ev {
+            Event::Accepted { conn } => self.links.insert(cx, conn, Peer::Incoming),
+            Event::Connected { .. } => {}
+            Event::Closed { conn, reason } => {
+                if let Some(peer) = self.links.remove(conn) {
+                    self.on_closed(cx, conn, peer, reason);
+                }
+            }
+            Event::Received { conn, msg } => {
+                let Some(msg) = self.links.receive(cx, conn, msg) else { return };
+                match self.links.get(conn) {
+                    Some(Peer::Master) => self.on_master_message(cx, conn, msg),
+                    Some(Peer::Incoming) => self.on_incoming(cx, conn, msg),
+                    None => {}
+                }
+            }
+            Event::Timer { id, token } => {
+                if token == TICK_TOKEN && Some(id) == self.tick {
+                    self.on_tick(cx);
+                }
+            }
+            Event::Local(Command::Shutdown) => self.stop(cx, "shutdown requested".into(), true),
+        }
+    }
+}
+
+impl Storage {
+    /// Internal consistency for the simulator: our table matches the database's.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let config = self.db.config().map_err(|e| e.to_string())?;
+        let ptid = self.pt.as_ref().and_then(|p| p.ptid());
+        if ptid != config.ptid {
+            return Err(format!("{}: table {ptid:?} in memory, {:?} on disk", self.me(), config.ptid));
+        }
+        if let Some(pt) = &self.pt {
+            let cells = self.db.partition_table().map_err(|e| e.to_string())?;
+            let on_disk = table_from_cells(config.ptid, config.replicas.unwrap_or(0), &cells);
+            if on_disk.as_ref().map(|t| t.rows()) != Some(pt.rows()) {
+                return Err(format!("{}: table {ptid:?} differs in memory and on disk", self.me()));
+            }
+        }
+        let _ = CellState::UpToDate;
+        Ok(())
+    }
+}
