@@ -206,6 +206,10 @@ const NOT_YET: &[&str] = &[
     "upstream_masters",
     "backup",
     "new_nid",
+    "engine",
+    "dedup",
+    "disable_pack",
+    "disable_drop_partitions",
     "monitor_maxlag",
     "monitor_email",
     "monitor_backup",
@@ -464,6 +468,136 @@ pub struct NodeOptions {
 }
 
 pub const MASTER_PORT: u16 = 10000;
+pub const ADMIN_PORT: u16 = 9999;
+
+/// The masters a node connects to: `--masters`, default 127.0.0.1:10000 (as NEO's).
+fn masters_or_default(s: &Settings) -> Result<Vec<Address>, ConfigError> {
+    let m = s.addresses("masters")?;
+    Ok(if m.is_empty() {
+        vec![Address::new("127.0.0.1", MASTER_PORT)]
+    } else {
+        m
+    })
+}
+
+/// The storage backend a node uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Adapter {
+    Sqlite,
+    Mysql,
+}
+
+/// `neostorage`'s configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageSettings {
+    pub cluster: String,
+    pub bind: Address,
+    pub masters: Vec<Address>,
+    pub adapter: Adapter,
+    pub database: String,
+    pub nid: Option<Nid>,
+    pub wait: Option<i64>,
+}
+
+/// `neostorage`'s own options.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StorageArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Storage backend: SQLite (default) or MySQL.
+    #[arg(short = 'a', long)]
+    pub adapter: Option<String>,
+    /// Database: an SQLite path (or file: URI), or for MySQL
+    /// [user[:password]@]database[@host[:port]] or with a socket path.
+    #[arg(short = 'd', long)]
+    pub database: Option<String>,
+    /// Node id to use for a new database (testing).
+    #[arg(short = 'i', long)]
+    pub nid: Option<String>,
+    /// Seconds to wait for the database server at start (-1: forever).
+    #[arg(short = 'w', long)]
+    pub wait: Option<String>,
+}
+
+impl StorageArgs {
+    pub fn config(&self) -> Result<(StorageSettings, NodeOptions), ConfigError> {
+        let s = self.server.load(
+            NodeType::Storage,
+            vec![
+                ("adapter", self.adapter.clone()),
+                ("database", self.database.clone()),
+                ("nid", self.nid.clone()),
+                ("wait", self.wait.clone()),
+            ],
+        )?;
+        let adapter = match s
+            .string("adapter")
+            .as_deref()
+            .map(str::to_lowercase)
+            .as_deref()
+        {
+            None | Some("sqlite") => Adapter::Sqlite,
+            Some("mysql") => Adapter::Mysql,
+            Some(other) => {
+                let src = s
+                    .raw("adapter")
+                    .map(|(_, src)| src.clone())
+                    .unwrap_or(Source::Default);
+                return err(format!("invalid value {other:?} for option \"adapter\" {src}: expected SQLite or MySQL"));
+            }
+        };
+        let database = s.required("database")?;
+        let database = match adapter {
+            Adapter::Sqlite if !database.starts_with("file:") => {
+                expand_home(&database).display().to_string()
+            }
+            _ => database,
+        };
+        let cfg = StorageSettings {
+            cluster: s.required("cluster")?,
+            bind: s
+                .address("bind", Some(0))?
+                .unwrap_or_else(|| Address::new("127.0.0.1", 0)),
+            masters: masters_or_default(&s)?,
+            adapter,
+            database,
+            nid: s.nid("nid")?,
+            wait: s.number("wait")?,
+        };
+        Ok((
+            cfg,
+            NodeOptions {
+                logfile: s.path("logfile"),
+            },
+        ))
+    }
+}
+
+/// `neoadmin`'s options (all shared with the other servers).
+#[derive(Args, Debug, Clone, Default)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl AdminArgs {
+    pub fn config(&self) -> Result<(crate::actors::admin::AdminConfig, NodeOptions), ConfigError> {
+        let s = self.server.load(NodeType::Admin, vec![])?;
+        let cfg = crate::actors::admin::AdminConfig {
+            cluster: s.required("cluster")?,
+            bind: s
+                .address("bind", Some(ADMIN_PORT))?
+                .unwrap_or_else(|| Address::new("127.0.0.1", ADMIN_PORT)),
+            masters: masters_or_default(&s)?,
+        };
+        Ok((
+            cfg,
+            NodeOptions {
+                logfile: s.path("logfile"),
+            },
+        ))
+    }
+}
 
 impl MasterArgs {
     pub fn config(&self) -> Result<(MasterConfig, NodeOptions), ConfigError> {

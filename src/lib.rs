@@ -9,6 +9,7 @@
 //!   faults, invariant checks, traces and the scenarios `neosim` and `sim-tests` run.
 //! - [`runtime`]: production wiring: actix, TCP, timers and the system clock.
 //! - [`db`]: the storage node's disk: the `Backend` trait, SQLite and MySQL/MariaDB.
+//! - [`ctl`]: neoctl's commands and output formats.
 //! - [`config`]: `neo.conf` and the command lines of the node programs.
 //! - [`pt`]: the partition table (make, tweak, outdate, drop), pure and property-tested.
 //! - [`rng`]: the seeded random draws every component uses.
@@ -19,6 +20,7 @@
 
 pub mod actors;
 pub mod config;
+pub mod ctl;
 pub mod db;
 pub mod proto;
 pub mod pt;

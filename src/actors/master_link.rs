@@ -9,14 +9,17 @@ use super::link::{Backoff, Links};
 use super::nodes::NodeTable;
 use super::{CloseReason, ConnId, Ctx};
 use crate::proto::{
-    Address, ClusterState, IdentificationExtra, Message, Nid, NodeInfo, NodeState, NodeType, Packet, WallTime,
+    Address, ClusterState, IdentificationExtra, Message, Nid, NodeInfo, NodeState, NodeType,
+    Packet, WallTime,
 };
 
 /// What the role has to act on after the link handled a message.
 #[derive(Debug, PartialEq)]
 pub enum LinkEvent {
     /// The primary accepted us, giving us this node id.
-    Identified { your_nid: Option<Nid> },
+    Identified {
+        your_nid: Option<Nid>,
+    },
     /// The primary says this node is DOWN (stop) or UNKNOWN (dropped: erase and stop).
     Told(NodeState),
     ClusterState(ClusterState),
@@ -42,7 +45,12 @@ pub struct MasterLink {
 }
 
 impl MasterLink {
-    pub fn new(node_type: NodeType, cluster: String, address: Option<Address>, masters: &[Address]) -> MasterLink {
+    pub fn new(
+        node_type: NodeType,
+        cluster: String,
+        address: Option<Address>,
+        masters: &[Address],
+    ) -> MasterLink {
         MasterLink {
             node_type,
             cluster,
@@ -140,21 +148,38 @@ impl MasterLink {
     }
 
     /// Handle a message from the link; what is not the link's business comes back.
-    pub fn on_message<P>(&mut self, cx: &mut Ctx, links: &mut Links<P>, conn: ConnId, own: Option<Nid>, msg: Message) -> Option<LinkEvent> {
+    pub fn on_message<P>(
+        &mut self,
+        cx: &mut Ctx,
+        links: &mut Links<P>,
+        conn: ConnId,
+        own: Option<Nid>,
+        msg: Message,
+    ) -> Option<LinkEvent> {
         if let Some(t) = self.finder.target().cloned() {
             self.backoff.succeeded(&t);
         }
         match msg.packet {
-            Packet::AcceptIdentification { node_type: NodeType::Master, nid, your_nid } if !self.identified => {
+            Packet::AcceptIdentification {
+                node_type: NodeType::Master,
+                nid,
+                your_nid,
+            } if !self.identified => {
                 self.identified = true;
                 self.primary_nid = nid;
                 self.last_notification = None;
                 self.finder.found();
                 let primary = nid.map_or_else(|| "?".into(), |n| n.to_string());
-                info!("identified by the primary master {primary} as {}", your_nid.map_or_else(|| "?".into(), |n| n.to_string()));
+                info!(
+                    "identified by the primary master {primary} as {}",
+                    your_nid.map_or_else(|| "?".into(), |n| n.to_string())
+                );
                 Some(LinkEvent::Identified { your_nid })
             }
-            Packet::NotPrimaryMaster { primary, known_masters } if !self.identified => {
+            Packet::NotPrimaryMaster {
+                primary,
+                known_masters,
+            } if !self.identified => {
                 for m in &known_masters {
                     self.finder.learn(m);
                 }

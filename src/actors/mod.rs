@@ -12,6 +12,7 @@
 //! [`Ctx::connect`] returns its id; the host queues them until the connection is up and
 //! drops them if it fails (the actor then gets `Closed`).
 
+pub mod admin;
 pub mod bootstrap;
 pub mod link;
 pub mod master;

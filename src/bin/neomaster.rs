@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         if let Some(b) = bound {
             cfg.bind = b;
         }
-        Master::new(cfg)
+        Ok(Master::new(cfg))
     });
     ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -3,6 +3,7 @@
 //! protocol logic lives here: it moves bytes, fires timers and reads the clock.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod client;
 pub mod conn;
 
 use std::collections::BTreeMap;
@@ -54,6 +55,63 @@ enum ConnState {
     },
 }
 
+/// The nodes one process hosts (one for a node program, several for neosimple): the
+/// process ends when the last one exits, with the worst exit code.
+#[derive(Clone, Default)]
+pub struct Process {
+    inner: std::rc::Rc<ProcessInner>,
+}
+
+#[derive(Default)]
+struct ProcessInner {
+    live: std::cell::Cell<usize>,
+    code: std::cell::Cell<i32>,
+    nodes: std::cell::RefCell<Vec<Recipient<ConnEvent>>>,
+}
+
+impl Process {
+    fn node_started(&self, node: Recipient<ConnEvent>) {
+        self.inner.live.set(self.inner.live.get() + 1);
+        self.inner.nodes.borrow_mut().push(node);
+    }
+
+    fn node_exited(&self, code: i32) {
+        let live = self.inner.live.get().saturating_sub(1);
+        self.inner.live.set(live);
+        self.inner.code.set(self.inner.code.get().max(code));
+        if live == 0 {
+            System::current().stop_with_code(self.inner.code.get());
+        }
+    }
+
+    /// Ask every node to stop cleanly.
+    pub fn shutdown(&self) {
+        for n in self.inner.nodes.borrow().iter() {
+            n.do_send(ConnEvent::Local(Command::Shutdown));
+        }
+    }
+
+    /// Stop every node cleanly on SIGINT or SIGTERM.
+    pub fn shutdown_on_signals(&self) {
+        let process = self.clone();
+        actix_rt::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            info!("signal received: stopping");
+            process.shutdown();
+        });
+    }
+}
+
 /// The actix actor hosting one node.
 pub struct NodeHost<A: actors::Actor> {
     name: String,
@@ -64,8 +122,9 @@ pub struct NodeHost<A: actors::Actor> {
     transport: Transport,
     conns: BTreeMap<ConnId, ConnState>,
     timers: BTreeMap<TimerId, SpawnHandle>,
-    /// Set when the node asked to exit: (reason, success).
+    /// Set when the node asked to exit.
     exited: bool,
+    process: Process,
 }
 
 fn wall_now() -> WallTime {
@@ -78,7 +137,7 @@ fn wall_now() -> WallTime {
 }
 
 impl<A: actors::Actor + 'static> NodeHost<A> {
-    pub fn new(name: String, actor: A) -> NodeHost<A> {
+    pub fn new(name: String, actor: A, process: Process) -> NodeHost<A> {
         let seed = wall_now().0 ^ ((std::process::id() as u64) << 32);
         NodeHost {
             name,
@@ -89,6 +148,7 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
             conns: BTreeMap::new(),
             timers: BTreeMap::new(),
             exited: false,
+            process,
         }
     }
 
@@ -190,8 +250,9 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
                         reader.abort();
                     }
                 }
-                ctx.run_later(Duration::from_millis(200), move |_, _| {
-                    System::current().stop_with_code(code)
+                ctx.run_later(Duration::from_millis(200), move |host, ctx| {
+                    ctx.stop();
+                    host.process.node_exited(code);
                 });
             }
         }
@@ -292,19 +353,27 @@ async fn accept_loop<A: actors::Actor + 'static>(
     }
 }
 
-async fn shutdown_on_signals<A: actors::Actor + 'static>(host: Addr<NodeHost<A>>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// Bind a node's listening address (port 0: any free port); returns the address bound.
+pub async fn bind(listen: &Address) -> Result<(TcpListener, Address), String> {
+    let l = TcpListener::bind((listen.host.as_str(), listen.port))
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let port = l.local_addr().map_err(|e| e.to_string())?.port();
+    Ok((l, Address::new(listen.host.clone(), port)))
+}
+
+/// Start a node (inside a running System) on an already bound listener.
+pub fn start_node<A: actors::Actor + 'static>(
+    process: &Process,
+    name: String,
+    listener: Option<TcpListener>,
+    actor: A,
+) {
+    let host = NodeHost::new(name, actor, process.clone()).start();
+    process.node_started(host.clone().recipient());
+    if let Some(l) = listener {
+        actix_rt::spawn(accept_loop(l, Transport::Plain, host));
     }
-    host.do_send(ConnEvent::Local(Command::Shutdown));
 }
 
 /// Bind `listen` (if any), build the node with the address actually bound (port 0 picks a
@@ -312,28 +381,23 @@ async fn shutdown_on_signals<A: actors::Actor + 'static>(host: Addr<NodeHost<A>>
 pub fn run_node<A, F>(name: String, listen: Option<Address>, make: F) -> i32
 where
     A: actors::Actor + 'static,
-    F: FnOnce(Option<Address>) -> A + 'static,
+    F: FnOnce(Option<Address>) -> Result<A, String> + 'static,
 {
     let system = System::new();
     let started = system.block_on(async move {
         let (listener, bound) = match &listen {
             Some(a) => {
-                let l = TcpListener::bind((a.host.as_str(), a.port))
-                    .await
-                    .map_err(|e| format!("cannot listen on {a}: {e}"))?;
-                let port = l.local_addr().map_err(|e| e.to_string())?.port();
-                (Some(l), Some(Address::new(a.host.clone(), port)))
+                let (l, b) = bind(a).await?;
+                (Some(l), Some(b))
             }
             None => (None, None),
         };
         if let Some(b) = &bound {
             info!("{name}: listening on {b}");
         }
-        let host = NodeHost::new(name, make(bound)).start();
-        if let Some(l) = listener {
-            actix_rt::spawn(accept_loop(l, Transport::Plain, host.clone()));
-        }
-        actix_rt::spawn(shutdown_on_signals(host));
+        let process = Process::default();
+        start_node(&process, name, listener, make(bound)?);
+        process.shutdown_on_signals();
         Ok::<(), String>(())
     });
     if let Err(e) = started {

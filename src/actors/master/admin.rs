@@ -27,7 +27,9 @@ impl Master {
             if state == ClusterState::Running {
                 Ok(())
             } else {
-                Err(format!("{what} is only possible in RUNNING state (the cluster is {state})"))
+                Err(format!(
+                    "{what} is only possible in RUNNING state (the cluster is {state})"
+                ))
             }
         };
         match packet {
@@ -65,7 +67,11 @@ impl Master {
         }
     }
 
-    fn set_cluster_state_request(&mut self, cx: &mut Ctx, to: ClusterState) -> Result<Packet, String> {
+    fn set_cluster_state_request(
+        &mut self,
+        cx: &mut Ctx,
+        to: ClusterState,
+    ) -> Result<Packet, String> {
         let state = self.cluster_state().expect("primary");
         match to {
             ClusterState::Verifying => {
@@ -81,7 +87,9 @@ impl Master {
                     p.startup_allowed = true;
                 }
                 self.try_start(cx);
-                Ok(Packet::ack("the cluster will start as soon as its table is operational"))
+                Ok(Packet::ack(
+                    "the cluster will start as soon as its table is operational",
+                ))
             }
             ClusterState::Stopping => {
                 self.stop_cluster(cx);
@@ -106,7 +114,12 @@ impl Master {
         cx.exit("cluster stopped", true);
     }
 
-    fn set_node_state_request(&mut self, cx: &mut Ctx, nid: Nid, to: NodeState) -> Result<Packet, String> {
+    fn set_node_state_request(
+        &mut self,
+        cx: &mut Ctx,
+        nid: Nid,
+        to: NodeState,
+    ) -> Result<Packet, String> {
         let Some(node) = self.nodes.get(nid).cloned() else {
             return Err(format!("unknown node {nid}"));
         };
@@ -159,12 +172,22 @@ impl Master {
 
     /// Tell one node its own new state (it stops on DOWN, erases itself on UNKNOWN).
     fn tell_state(&mut self, cx: &mut Ctx, nid: Nid, state: NodeState) {
-        let Some(conn) = self.conn_of(nid) else { return };
-        let Some(mut info) = self.nodes.get(nid).cloned() else { return };
+        let Some(conn) = self.conn_of(nid) else {
+            return;
+        };
+        let Some(mut info) = self.nodes.get(nid).cloned() else {
+            return;
+        };
         info.state = state;
         let timestamp = self.monotonic_time(cx);
-        self.links
-            .notify(cx, conn, Packet::NotifyNodeInformation { timestamp, nodes: vec![info] });
+        self.links.notify(
+            cx,
+            conn,
+            Packet::NotifyNodeInformation {
+                timestamp,
+                nodes: vec![info],
+            },
+        );
     }
 
     /// `neoctl add`: pending storages (all if `nids` is empty) start serving, without cells
@@ -192,8 +215,15 @@ impl Master {
         format!("Nodes added: {}", names.join(", "))
     }
 
-    fn tweak_request(&mut self, cx: &mut Ctx, dry_run: bool, nids: &[Nid]) -> Result<Packet, String> {
-        let Role::Primary(p) = &self.role else { unreachable!("checked") };
+    fn tweak_request(
+        &mut self,
+        cx: &mut Ctx,
+        dry_run: bool,
+        nids: &[Nid],
+    ) -> Result<Packet, String> {
+        let Role::Primary(p) = &self.role else {
+            unreachable!("checked")
+        };
         // Excluded: the nodes listed and every pending storage; a node that is down must be
         // listed, so that nobody tweaks data onto a node by mistake.
         let mut drop: Vec<Nid> = nids.to_vec();
@@ -207,7 +237,11 @@ impl Master {
         }
         let mut pt = p.pt.clone();
         let changes = pt.tweak(&drop).map_err(|e| e.0)?;
-        let running = |n: Nid| self.nodes.get(n).is_some_and(|i| i.state == NodeState::Running);
+        let running = |n: Nid| {
+            self.nodes
+                .get(n)
+                .is_some_and(|i| i.state == NodeState::Running)
+        };
         if !pt.operational(running, &[]) {
             return Err("the table would not be operational".into());
         }
@@ -216,7 +250,11 @@ impl Master {
             rows: pt.rows(),
         };
         if !dry_run && !changes.is_empty() {
-            info!("{}: partition table tweaked ({} changes)", self.me(), changes.len());
+            info!(
+                "{}: partition table tweaked ({} changes)",
+                self.me(),
+                changes.len()
+            );
             if let Role::Primary(p) = &mut self.role {
                 p.pt = pt;
             }
@@ -225,4 +263,3 @@ impl Master {
         Ok(answer)
     }
 }
-

@@ -15,7 +15,9 @@ use super::election::Claim;
 use super::{Master, Peer};
 use crate::actors::{ConnId, Ctx};
 use crate::db::partition_of;
-use crate::proto::{ClusterState, Message, Nid, NodeInfo, NodeState, NodeType, Oid, Packet, Ptid, Tid};
+use crate::proto::{
+    ClusterState, Message, Nid, NodeInfo, NodeState, NodeType, Oid, Packet, Ptid, Tid,
+};
 use crate::pt::{Change, PartitionTable};
 
 /// What a request the primary sent to a storage was, to pair its answer.
@@ -150,11 +152,15 @@ impl Master {
     }
 
     fn is_running(&self, nid: Nid) -> bool {
-        self.nodes.get(nid).is_some_and(|n| n.state == NodeState::Running)
+        self.nodes
+            .get(nid)
+            .is_some_and(|n| n.state == NodeState::Running)
     }
 
     fn ask_storage(&mut self, cx: &mut Ctx, nid: Nid, packet: Packet, kind: Asked) {
-        let Some(conn) = self.conn_of(nid) else { return };
+        let Some(conn) = self.conn_of(nid) else {
+            return;
+        };
         if let Some(id) = self.links.ask(cx, conn, packet) {
             if let Some(p) = self.primary_mut() {
                 p.asked.insert((conn, id), kind);
@@ -267,7 +273,14 @@ impl Master {
         self.ask_storage(cx, nid, Packet::AskRecovery, Asked::Recovery);
     }
 
-    fn on_answer_recovery(&mut self, cx: &mut Ctx, nid: Nid, ptid: Option<Ptid>, truncate: Option<Tid>, backup: Option<Tid>) {
+    fn on_answer_recovery(
+        &mut self,
+        cx: &mut Ctx,
+        nid: Nid,
+        ptid: Option<Ptid>,
+        truncate: Option<Tid>,
+        backup: Option<Tid>,
+    ) {
         let Some(p) = self.primary_mut() else { return };
         p.recovery.answers.insert(nid, (ptid, truncate, backup));
         if let Some(ptid) = ptid {
@@ -297,7 +310,14 @@ impl Master {
         }
     }
 
-    fn on_answer_partition_table(&mut self, cx: &mut Ctx, nid: Nid, ptid: Option<Ptid>, replicas: u32, rows: Vec<Vec<(Nid, crate::proto::CellState)>>) {
+    fn on_answer_partition_table(
+        &mut self,
+        cx: &mut Ctx,
+        nid: Nid,
+        ptid: Option<Ptid>,
+        replicas: u32,
+        rows: Vec<Vec<(Nid, crate::proto::CellState)>>,
+    ) {
         let Some(p) = self.primary_mut() else { return };
         if ptid.is_none() || ptid != p.recovery.target || rows.is_empty() {
             // It changed since it answered AskRecovery: ask again.
@@ -309,9 +329,17 @@ impl Master {
         p.truncate_tid = truncate;
         p.backup_tid = backup;
         p.recovery.loaded = true;
-        info!("recovery: partition table {} from {nid}", ptid.expect("checked"));
+        info!(
+            "recovery: partition table {} from {nid}",
+            ptid.expect("checked")
+        );
         // Storages the table names that we do not know are down until they identify.
-        let unknown: Vec<Nid> = pt.nodes().iter().copied().filter(|n| self.nodes.get(*n).is_none()).collect();
+        let unknown: Vec<Nid> = pt
+            .nodes()
+            .iter()
+            .copied()
+            .filter(|n| self.nodes.get(*n).is_none())
+            .collect();
         if let Some(p) = self.primary_mut() {
             p.pt = pt;
         }
@@ -335,7 +363,11 @@ impl Master {
         self.links
             .iter()
             .filter_map(|(c, p)| match p {
-                Peer::Node(nid) => self.nodes.get(*nid).filter(|n| n.node_type == ty).map(|_| c),
+                Peer::Node(nid) => self
+                    .nodes
+                    .get(*nid)
+                    .filter(|n| n.node_type == ty)
+                    .map(|_| c),
                 _ => None,
             })
             .collect()
@@ -355,7 +387,9 @@ impl Master {
             .map(|(_, n, _)| *n)
             .collect();
         // Every identified storage must have answered; the newest table must be loaded.
-        if pending.is_empty() || p.waiting_for(|a| matches!(a, Asked::Recovery | Asked::PartitionTable)) {
+        if pending.is_empty()
+            || p.waiting_for(|a| matches!(a, Asked::Recovery | Asked::PartitionTable))
+        {
             return;
         }
         if p.recovery.target.is_some() && !p.recovery.loaded {
@@ -376,7 +410,9 @@ impl Master {
                     .recovery
                     .answers
                     .iter()
-                    .filter(|(n, (_, tt, _))| p.pt.nodes().contains(n) && tt.is_none_or(|tt| tt > t))
+                    .filter(|(n, (_, tt, _))| {
+                        p.pt.nodes().contains(n) && tt.is_none_or(|tt| tt > t)
+                    })
                     .map(|(n, _)| *n)
                     .collect();
                 if !disagree.is_empty() {
@@ -390,16 +426,28 @@ impl Master {
                 }
             } else if !p.startup_allowed && !no_wait {
                 // The split-brain rule: wait for every node that has readable cells.
-                let missing: Vec<Nid> = p.pt.readable_nodes().into_iter().filter(|n| !pending.contains(n)).collect();
+                let missing: Vec<Nid> =
+                    p.pt.readable_nodes()
+                        .into_iter()
+                        .filter(|n| !pending.contains(n))
+                        .collect();
                 if !missing.is_empty() {
                     debug!("recovery: waiting for {missing:?}");
                     return;
                 }
             }
-            selected = p.pt.nodes().iter().copied().filter(|n| pending.contains(n)).collect();
+            selected =
+                p.pt.nodes()
+                    .iter()
+                    .copied()
+                    .filter(|n| pending.contains(n))
+                    .collect();
         } else {
             // A new database.
-            let enough = self.cfg.autostart.is_some_and(|n| pending.len() >= n as usize);
+            let enough = self
+                .cfg
+                .autostart
+                .is_some_and(|n| pending.len() >= n as usize);
             if !p.startup_allowed && !enough {
                 return;
             }
@@ -444,7 +492,12 @@ impl Master {
             .map(|(_, n, _)| n)
             .collect();
         for nid in nodes {
-            self.ask_storage(cx, nid, Packet::AskLockedTransactions, Asked::LockedTransactions);
+            self.ask_storage(
+                cx,
+                nid,
+                Packet::AskLockedTransactions,
+                Asked::LockedTransactions,
+            );
         }
         self.verification_progress(cx);
     }
@@ -493,7 +546,8 @@ impl Master {
                         continue;
                     }
                     for (nid, state) in p.pt.row(partition_of(ttid.0, np)) {
-                        if state.is_readable() && !reporters.contains(&nid) && self.is_running(nid) {
+                        if state.is_readable() && !reporters.contains(&nid) && self.is_running(nid)
+                        {
                             asks.push((nid, *ttid));
                         }
                     }
@@ -502,7 +556,12 @@ impl Master {
                     p.verification.step = VerifyStep::FinalTids;
                 }
                 for (nid, ttid) in &asks {
-                    self.ask_storage(cx, *nid, Packet::AskFinalTID { ttid: *ttid }, Asked::FinalTid(*ttid));
+                    self.ask_storage(
+                        cx,
+                        *nid,
+                        Packet::AskFinalTID { ttid: *ttid },
+                        Asked::FinalTid(*ttid),
+                    );
                 }
                 if asks.is_empty() {
                     self.verification_progress(cx);
@@ -525,7 +584,11 @@ impl Master {
             .locked
             .iter()
             .map(|(ttid, tid)| {
-                let voters = p.verification.voted.get(ttid).map(|s| s.iter().copied().collect());
+                let voters = p
+                    .verification
+                    .voted
+                    .get(ttid)
+                    .map(|s| s.iter().copied().collect());
                 (*ttid, *tid, voters.unwrap_or_default())
             })
             .collect();
@@ -536,7 +599,8 @@ impl Master {
             info!("verification: committing {ttid:?} as {tid:?} on {nodes:?}");
             for nid in nodes {
                 if let Some(c) = self.conn_of(nid) {
-                    self.links.notify(cx, c, Packet::ValidateTransaction { ttid, tid });
+                    self.links
+                        .notify(cx, c, Packet::ValidateTransaction { ttid, tid });
                 }
             }
         }
@@ -561,7 +625,10 @@ impl Master {
         p.last_oid = p.verification.last_oid;
         p.truncate_tid = None;
         p.startup_allowed = false;
-        info!("verification done: last tid {:?}, last oid {:?}", p.last_tid, p.last_oid);
+        info!(
+            "verification done: last tid {:?}, last oid {:?}",
+            p.last_tid, p.last_oid
+        );
         self.set_cluster_state(cx, ClusterState::Running);
         let running: Vec<Nid> = self
             .storages()
@@ -576,7 +643,8 @@ impl Master {
 
     pub(super) fn start_operation(&mut self, cx: &mut Ctx, nid: Nid) {
         if let Some(c) = self.conn_of(nid) {
-            self.links.notify(cx, c, Packet::StartOperation { backup: false });
+            self.links
+                .notify(cx, c, Packet::StartOperation { backup: false });
             if let Some(p) = self.primary_mut() {
                 p.starting.insert(nid);
             }
@@ -586,22 +654,46 @@ impl Master {
     // ---- answers from storages ----
 
     /// A storage's answer or notification; returns false if it was not one of ours.
-    pub(super) fn on_storage_message(&mut self, cx: &mut Ctx, conn: ConnId, nid: Nid, msg: Message) -> bool {
-        let asked = self.primary_mut().and_then(|p| p.asked.remove(&(conn, msg.id)));
+    pub(super) fn on_storage_message(
+        &mut self,
+        cx: &mut Ctx,
+        conn: ConnId,
+        nid: Nid,
+        msg: Message,
+    ) -> bool {
+        let asked = self
+            .primary_mut()
+            .and_then(|p| p.asked.remove(&(conn, msg.id)));
         match (asked, msg.packet) {
-            (Some(Asked::Recovery), Packet::AnswerRecovery { ptid, backup_tid, truncate_tid }) => {
-                self.on_answer_recovery(cx, nid, ptid, truncate_tid, backup_tid)
+            (
+                Some(Asked::Recovery),
+                Packet::AnswerRecovery {
+                    ptid,
+                    backup_tid,
+                    truncate_tid,
+                },
+            ) => self.on_answer_recovery(cx, nid, ptid, truncate_tid, backup_tid),
+            (
+                Some(Asked::PartitionTable),
+                Packet::AnswerPartitionTable {
+                    ptid,
+                    num_replicas,
+                    rows,
+                },
+            ) => self.on_answer_partition_table(cx, nid, ptid, num_replicas, rows),
+            (
+                Some(Asked::LockedTransactions),
+                Packet::AnswerLockedTransactions { transactions },
+            ) => self.on_locked_transactions(cx, nid, transactions),
+            (Some(Asked::FinalTid(ttid)), Packet::AnswerFinalTID { tid }) => {
+                self.on_final_tid(cx, ttid, tid)
             }
-            (Some(Asked::PartitionTable), Packet::AnswerPartitionTable { ptid, num_replicas, rows }) => {
-                self.on_answer_partition_table(cx, nid, ptid, num_replicas, rows)
-            }
-            (Some(Asked::LockedTransactions), Packet::AnswerLockedTransactions { transactions }) => {
-                self.on_locked_transactions(cx, nid, transactions)
-            }
-            (Some(Asked::FinalTid(ttid)), Packet::AnswerFinalTID { tid }) => self.on_final_tid(cx, ttid, tid),
-            (Some(Asked::LastIds), Packet::AnswerLastIDs { last_tid, last_oid, .. }) => {
-                self.on_last_ids(cx, last_tid, last_oid)
-            }
+            (
+                Some(Asked::LastIds),
+                Packet::AnswerLastIDs {
+                    last_tid, last_oid, ..
+                },
+            ) => self.on_last_ids(cx, last_tid, last_oid),
             (None, Packet::NotifyReady) => {
                 if let Some(p) = self.primary_mut() {
                     p.starting.remove(&nid);
@@ -625,7 +717,10 @@ impl Master {
         let keep_last = !cx.mutant("pt-outdate-last");
         let Some(p) = self.primary_mut() else { return };
         // Its unanswered requests will never be answered.
-        let lost_table_ask = p.asked.iter().any(|((c, _), a)| *c == conn && *a == Asked::PartitionTable);
+        let lost_table_ask = p
+            .asked
+            .iter()
+            .any(|((c, _), a)| *c == conn && *a == Asked::PartitionTable);
         p.asked.retain(|(c, _), _| *c != conn);
         p.starting.remove(&nid);
         let state = p.cluster_state;

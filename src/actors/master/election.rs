@@ -15,9 +15,7 @@ use tracing::{debug, info};
 use super::cluster::Primary;
 use super::{Master, Peer};
 use crate::actors::{CloseReason, ConnId, Ctx, Observation};
-use crate::proto::{
-    Address, Message, Nid, NodeInfo, NodeState, NodeType, Packet, WallTime,
-};
+use crate::proto::{Address, Message, Nid, NodeInfo, NodeState, NodeType, Packet, WallTime};
 
 /// A claim to the primary role: older wins, ties broken by the smaller address.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]

@@ -244,7 +244,13 @@ impl Master {
                         self.protocol_error(cx, conn, msg.id, why);
                         return;
                     }
-                    let req = Identification { conn, id: msg.id, nid, address, id_timestamp };
+                    let req = Identification {
+                        conn,
+                        id: msg.id,
+                        nid,
+                        address,
+                        id_timestamp,
+                    };
                     self.identify(cx, node_type, req);
                 }
                 other => {
@@ -272,9 +278,16 @@ impl Master {
         let primary = match &self.role {
             Role::Primary(p) => p,
             Role::Secondary(s) => {
-                let primary = if s.identified { self.finder.target().cloned() } else { None };
+                let primary = if s.identified {
+                    self.finder.target().cloned()
+                } else {
+                    None
+                };
                 let known_masters = self.finder.known().iter().cloned().collect();
-                let answer = Packet::NotPrimaryMaster { primary, known_masters };
+                let answer = Packet::NotPrimaryMaster {
+                    primary,
+                    known_masters,
+                };
                 self.links.answer(cx, req.conn, req.id, answer);
                 self.links.close(cx, req.conn);
                 return;
@@ -295,7 +308,10 @@ impl Master {
             return self.protocol_error(cx, req.conn, req.id, why);
         };
         let own = primary.electing().cloned();
-        let peer = req.id_timestamp.map(|ts| Claim { ts, address: address.clone() });
+        let peer = req.id_timestamp.map(|ts| Claim {
+            ts,
+            address: address.clone(),
+        });
         if let (Some(own), Some(peer)) = (&own, &peer) {
             if peer < own && !cx.mutant("election-no-yield") {
                 self.yield_to(cx, req.conn, own.clone(), peer.clone());
@@ -304,7 +320,9 @@ impl Master {
         }
         cx.observe(Observation::AcceptedMaster { own, peer });
         self.learn_master(&address);
-        let nid = self.nodes.allocate_nid(NodeType::Master, req.nid, Some(&address), self.nid);
+        let nid = self
+            .nodes
+            .allocate_nid(NodeType::Master, req.nid, Some(&address), self.nid);
         info!("{}: accepted master {nid} at {address}", self.me());
         let info = NodeInfo {
             node_type: NodeType::Master,
@@ -319,7 +337,13 @@ impl Master {
     fn identify_storage(&mut self, cx: &mut Ctx, req: Identification) {
         let state = self.cluster_state().expect("primary");
         if state == ClusterState::Stopping {
-            return self.refuse(cx, req.conn, req.id, ErrorCode::NotReady, "the cluster is stopping");
+            return self.refuse(
+                cx,
+                req.conn,
+                req.id,
+                ErrorCode::NotReady,
+                "the cluster is stopping",
+            );
         }
         let Some(address) = req.address.clone() else {
             let why = "a storage must give its listening address".into();
@@ -341,15 +365,22 @@ impl Master {
                 }
                 nid
             }
-            None => self.nodes.allocate_nid(NodeType::Storage, req.nid, Some(&address), self.nid),
+            None => self
+                .nodes
+                .allocate_nid(NodeType::Storage, req.nid, Some(&address), self.nid),
         };
-        let in_table = self.primary_table().is_some_and(|pt| pt.nodes().contains(&nid));
+        let in_table = self
+            .primary_table()
+            .is_some_and(|pt| pt.nodes().contains(&nid));
         let node_state = match state {
             ClusterState::Recovering => NodeState::Pending,
             _ if known.is_some() || in_table => NodeState::Running,
             _ => NodeState::Pending,
         };
-        info!("{}: storage {nid} at {address} identified ({node_state})", self.me());
+        info!(
+            "{}: storage {nid} at {address} identified ({node_state})",
+            self.me()
+        );
         let info = NodeInfo {
             node_type: NodeType::Storage,
             address: Some(address),
@@ -370,7 +401,9 @@ impl Master {
     }
 
     fn identify_admin(&mut self, cx: &mut Ctx, req: Identification) {
-        let nid = self.nodes.allocate_nid(NodeType::Admin, req.nid, req.address.as_ref(), self.nid);
+        let nid = self
+            .nodes
+            .allocate_nid(NodeType::Admin, req.nid, req.address.as_ref(), self.nid);
         info!("{}: admin {nid} identified", self.me());
         let info = NodeInfo {
             node_type: NodeType::Admin,
@@ -405,8 +438,11 @@ impl Master {
                 .cloned(),
         );
         let timestamp = self.monotonic_time(cx);
-        self.links
-            .notify(cx, req.conn, Packet::NotifyNodeInformation { timestamp, nodes });
+        self.links.notify(
+            cx,
+            req.conn,
+            Packet::NotifyNodeInformation { timestamp, nodes },
+        );
         let state = self.cluster_state().expect("primary");
         self.links
             .notify(cx, req.conn, Packet::NotifyClusterInformation { state });
@@ -415,7 +451,13 @@ impl Master {
 
     /// Close links left from a node's previous life (same id or same address): a new
     /// identification wins, as a restarted process must.
-    fn close_stale_links(&mut self, cx: &mut Ctx, conn: ConnId, nid: Nid, address: Option<&Address>) {
+    fn close_stale_links(
+        &mut self,
+        cx: &mut Ctx,
+        conn: ConnId,
+        nid: Nid,
+        address: Option<&Address>,
+    ) {
         let stale: Vec<ConnId> = self
             .links
             .iter()
@@ -430,7 +472,10 @@ impl Master {
             .map(|(c, _)| c)
             .collect();
         for c in stale {
-            debug!("{}: closing the previous connection {c:?} of {nid}", self.me());
+            debug!(
+                "{}: closing the previous connection {c:?} of {nid}",
+                self.me()
+            );
             self.links.close(cx, c);
         }
     }
@@ -472,19 +517,34 @@ impl Master {
                 match self.nodes.get(*nid) {
                     Some(n) if matches!(n.state, NodeState::Running | NodeState::Pending) => {}
                     other => {
-                        return Err(format!("{}: {conn:?} links {nid}, listed as {other:?}", self.me()))
+                        return Err(format!(
+                            "{}: {conn:?} links {nid}, listed as {other:?}",
+                            self.me()
+                        ))
                     }
                 }
             }
         }
         if let Role::Primary(p) = &self.role {
-            let running = |n: Nid| self.nodes.get(n).is_some_and(|i| i.state == NodeState::Running);
+            let running = |n: Nid| {
+                self.nodes
+                    .get(n)
+                    .is_some_and(|i| i.state == NodeState::Running)
+            };
             if p.cluster_state == ClusterState::Running && !p.pt.operational(running, &[]) {
-                return Err(format!("{}: RUNNING with a table that is not operational", self.me()));
+                return Err(format!(
+                    "{}: RUNNING with a table that is not operational",
+                    self.me()
+                ));
             }
             let own = self.nid.and_then(|nid| self.nodes.get(nid));
-            if !own.is_some_and(|n| n.state == NodeState::Running && n.address.as_ref() == Some(&self.cfg.bind)) {
-                return Err(format!("{}: a primary that does not list itself as running", self.me()));
+            if !own.is_some_and(|n| {
+                n.state == NodeState::Running && n.address.as_ref() == Some(&self.cfg.bind)
+            }) {
+                return Err(format!(
+                    "{}: a primary that does not list itself as running",
+                    self.me()
+                ));
             }
         }
         Ok(())
@@ -560,7 +620,10 @@ impl Master {
                     .map(|n| n.state)
                     .filter(|s| matches!(s, NodeState::Down | NodeState::Unknown));
                 if let Some(state) = told {
-                    info!("{}: the primary says this node is {state}: exiting", self.me());
+                    info!(
+                        "{}: the primary says this node is {state}: exiting",
+                        self.me()
+                    );
                     self.links.close_all(cx);
                     cx.exit(format!("told {state} by the primary"), true);
                 }

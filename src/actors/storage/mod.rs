@@ -16,7 +16,9 @@ use super::link::Links;
 use super::master_link::{LinkEvent, MasterLink};
 use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, TimerId};
 use crate::db::{Backend, Cell, DbError};
-use crate::proto::{Address, CellState, ClusterState, ErrorCode, Message, Nid, NodeState, NodeType, Packet};
+use crate::proto::{
+    Address, CellState, ClusterState, ErrorCode, Message, Nid, NodeState, NodeType, Packet,
+};
 use crate::pt::PartitionTable;
 use crate::rng;
 
@@ -53,7 +55,11 @@ pub struct Storage {
 }
 
 /// The rows of a table from the database's cells.
-fn table_from_cells(ptid: Option<crate::proto::Ptid>, replicas: u32, cells: &[Cell]) -> Option<PartitionTable> {
+fn table_from_cells(
+    ptid: Option<crate::proto::Ptid>,
+    replicas: u32,
+    cells: &[Cell],
+) -> Option<PartitionTable> {
     let np = cells.iter().map(|c| c.partition + 1).max()?;
     let mut rows = vec![Vec::new(); np as usize];
     for c in cells {
@@ -64,7 +70,12 @@ fn table_from_cells(ptid: Option<crate::proto::Ptid>, replicas: u32, cells: &[Ce
 
 impl Storage {
     pub fn new(cfg: StorageConfig, db: Box<dyn Backend>) -> Storage {
-        let master = MasterLink::new(NodeType::Storage, cfg.cluster.clone(), Some(cfg.bind.clone()), &cfg.masters);
+        let master = MasterLink::new(
+            NodeType::Storage,
+            cfg.cluster.clone(),
+            Some(cfg.bind.clone()),
+            &cfg.masters,
+        );
         Storage {
             cfg,
             db,
@@ -99,7 +110,8 @@ impl Storage {
     }
 
     fn me(&self) -> String {
-        self.nid.map_or_else(|| self.cfg.bind.to_string(), |n| n.to_string())
+        self.nid
+            .map_or_else(|| self.cfg.bind.to_string(), |n| n.to_string())
     }
 
     /// Stop: a database error, or told so.
@@ -157,7 +169,10 @@ impl Storage {
     }
 
     fn on_master_message(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
-        let Some(ev) = self.master.on_message(cx, &mut self.links, conn, self.nid, msg) else {
+        let Some(ev) = self
+            .master
+            .on_message(cx, &mut self.links, conn, self.nid, msg)
+        else {
             return;
         };
         let result = match ev {
@@ -166,7 +181,9 @@ impl Storage {
                 // Dropped from the cluster: our data is of no use to anyone any more.
                 let r = self.db.erase();
                 match r {
-                    Ok(()) => self.stop(cx, "dropped from the cluster: database erased".into(), true),
+                    Ok(()) => {
+                        self.stop(cx, "dropped from the cluster: database erased".into(), true)
+                    }
                     Err(e) => self.db_failed(cx, "erasing the database", e),
                 }
                 return;
@@ -196,7 +213,12 @@ impl Storage {
         Ok(())
     }
 
-    fn on_master_request(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) -> Result<(), DbError> {
+    fn on_master_request(
+        &mut self,
+        cx: &mut Ctx,
+        conn: ConnId,
+        msg: Message,
+    ) -> Result<(), DbError> {
         let id = msg.id;
         match msg.packet {
             Packet::AskRecovery => {
@@ -213,7 +235,16 @@ impl Storage {
                     Some(pt) => (pt.ptid(), pt.replicas(), pt.rows()),
                     None => (None, 0, Vec::new()),
                 };
-                self.answer(cx, conn, id, Packet::AnswerPartitionTable { ptid, num_replicas, rows });
+                self.answer(
+                    cx,
+                    conn,
+                    id,
+                    Packet::AnswerPartitionTable {
+                        ptid,
+                        num_replicas,
+                        rows,
+                    },
+                );
             }
             Packet::AskLastIDs => {
                 // A pending truncation is applied before the last ids are read: this answer
@@ -229,7 +260,12 @@ impl Storage {
             }
             Packet::AskLockedTransactions => {
                 let transactions = self.db.locked_transactions()?.into_iter().collect();
-                self.answer(cx, conn, id, Packet::AnswerLockedTransactions { transactions });
+                self.answer(
+                    cx,
+                    conn,
+                    id,
+                    Packet::AnswerLockedTransactions { transactions },
+                );
             }
             Packet::AskFinalTID { ttid } => {
                 let tid = self.db.final_tid(ttid)?;
@@ -243,7 +279,11 @@ impl Storage {
                 info!("{}: truncation at {tid} decided", self.me());
                 self.db.set_truncate_tid(Some(tid))?;
             }
-            Packet::SendPartitionTable { ptid, num_replicas, rows } => {
+            Packet::SendPartitionTable {
+                ptid,
+                num_replicas,
+                rows,
+            } => {
                 let Some(ptid) = ptid else { return Ok(()) };
                 let cells: Vec<Cell> = rows
                     .iter()
@@ -256,11 +296,16 @@ impl Storage {
                         })
                     })
                     .collect();
-                self.db.change_partition_table(ptid, num_replicas, &cells, true)?;
+                self.db
+                    .change_partition_table(ptid, num_replicas, &cells, true)?;
                 self.pt = Some(PartitionTable::from_rows(Some(ptid), num_replicas, &rows));
                 debug!("{}: partition table {ptid}", self.me());
             }
-            Packet::NotifyPartitionChanges { ptid, num_replicas, changes } => {
+            Packet::NotifyPartitionChanges {
+                ptid,
+                num_replicas,
+                changes,
+            } => {
                 let applied = match &mut self.pt {
                     Some(pt) => pt.apply(ptid, num_replicas, &changes),
                     None => Err("no partition table to change".into()),
@@ -280,7 +325,8 @@ impl Storage {
                         state: *state,
                     })
                     .collect();
-                self.db.change_partition_table(ptid, num_replicas, &cells, false)?;
+                self.db
+                    .change_partition_table(ptid, num_replicas, &cells, false)?;
             }
             Packet::StartOperation { .. } => {
                 // Voted transactions verification did not commit are dropped now.
@@ -306,17 +352,29 @@ impl Storage {
 
     fn on_incoming(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
         let (code, why) = match &msg.packet {
-            Packet::RequestIdentification { cluster_name, .. } if *cluster_name != self.cfg.cluster => (
-                ErrorCode::ProtocolError,
-                format!("invalid cluster name {cluster_name:?} (this is cluster {:?})", self.cfg.cluster),
+            Packet::RequestIdentification { cluster_name, .. }
+                if *cluster_name != self.cfg.cluster =>
+            {
+                (
+                    ErrorCode::ProtocolError,
+                    format!(
+                        "invalid cluster name {cluster_name:?} (this is cluster {:?})",
+                        self.cfg.cluster
+                    ),
+                )
+            }
+            Packet::RequestIdentification { node_type, .. } if !self.operational => (
+                ErrorCode::NotReady,
+                format!("this storage is not operational ({node_type} refused)"),
             ),
-            Packet::RequestIdentification { node_type, .. } if !self.operational => {
-                (ErrorCode::NotReady, format!("this storage is not operational ({node_type} refused)"))
-            }
-            Packet::RequestIdentification { node_type, .. } => {
-                (ErrorCode::NotReady, format!("{node_type} connections are not served by this version"))
-            }
-            other => (ErrorCode::ProtocolError, format!("expected RequestIdentification, got {}", other.name())),
+            Packet::RequestIdentification { node_type, .. } => (
+                ErrorCode::NotReady,
+                format!("{node_type} connections are not served by this version"),
+            ),
+            other => (
+                ErrorCode::ProtocolError,
+                format!("expected RequestIdentification, got {}", other.name()),
+            ),
         };
         debug!("{}: refusing a connection: {why}", self.me());
         self.answer(cx, conn, msg.id, Packet::error(code, why));
@@ -351,7 +409,9 @@ impl Actor for Storage {
                 }
             }
             Event::Received { conn, msg } => {
-                let Some(msg) = self.links.receive(cx, conn, msg) else { return };
+                let Some(msg) = self.links.receive(cx, conn, msg) else {
+                    return;
+                };
                 match self.links.get(conn) {
                     Some(Peer::Master) => self.on_master_message(cx, conn, msg),
                     Some(Peer::Incoming) => self.on_incoming(cx, conn, msg),
@@ -374,13 +434,20 @@ impl Storage {
         let config = self.db.config().map_err(|e| e.to_string())?;
         let ptid = self.pt.as_ref().and_then(|p| p.ptid());
         if ptid != config.ptid {
-            return Err(format!("{}: table {ptid:?} in memory, {:?} on disk", self.me(), config.ptid));
+            return Err(format!(
+                "{}: table {ptid:?} in memory, {:?} on disk",
+                self.me(),
+                config.ptid
+            ));
         }
         if let Some(pt) = &self.pt {
             let cells = self.db.partition_table().map_err(|e| e.to_string())?;
             let on_disk = table_from_cells(config.ptid, config.replicas.unwrap_or(0), &cells);
             if on_disk.as_ref().map(|t| t.rows()) != Some(pt.rows()) {
-                return Err(format!("{}: table {ptid:?} differs in memory and on disk", self.me()));
+                return Err(format!(
+                    "{}: table {ptid:?} differs in memory and on disk",
+                    self.me()
+                ));
             }
         }
         let _ = CellState::UpToDate;

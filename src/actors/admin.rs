@@ -1,0 +1,279 @@
+//! The admin role: the operators' entry point. It follows the primary master (node list,
+//! cluster state, partition table), answers neoctl's `print` requests itself, and relays
+//! the other requests to the primary, sending the answer back to neoctl.
+//!
+//! neoctl does not identify: any connection to the admin's address may send requests.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+
+use super::link::Links;
+use super::master_link::{LinkEvent, MasterLink};
+use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, TimerId};
+use crate::proto::{Address, ClusterState, ErrorCode, Message, Nid, NodeType, Packet};
+use crate::pt::PartitionTable;
+use crate::rng;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub cluster: String,
+    pub bind: Address,
+    pub masters: Vec<Address>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Peer {
+    Master,
+    Ctl,
+}
+
+const TICK: Duration = Duration::from_secs(1);
+const TICK_TOKEN: u64 = 1;
+
+pub struct Admin {
+    cfg: AdminConfig,
+    nid: Option<Nid>,
+    links: Links<Peer>,
+    master: MasterLink,
+    pt: Option<PartitionTable>,
+    /// Requests relayed to the primary: our message id there -> (neoctl's link, its id).
+    relayed: BTreeMap<u32, (ConnId, u32)>,
+    tick: Option<TimerId>,
+    stopped: bool,
+}
+
+impl Admin {
+    pub fn new(cfg: AdminConfig) -> Admin {
+        let master = MasterLink::new(
+            NodeType::Admin,
+            cfg.cluster.clone(),
+            Some(cfg.bind.clone()),
+            &cfg.masters,
+        );
+        Admin {
+            cfg,
+            nid: None,
+            links: Links::default(),
+            master,
+            pt: None,
+            relayed: BTreeMap::new(),
+            tick: None,
+            stopped: false,
+        }
+    }
+
+    pub fn cluster_state(&self) -> Option<ClusterState> {
+        self.master.cluster_state()
+    }
+
+    pub fn partition_table(&self) -> Option<&PartitionTable> {
+        self.pt.as_ref()
+    }
+
+    fn on_tick(&mut self, cx: &mut Ctx) {
+        let jitter = rng::duration(cx.rng(), Duration::ZERO, Duration::from_millis(100));
+        self.tick = Some(cx.set_timer(TICK + jitter, TICK_TOKEN));
+        for (conn, peer) in self.links.check_idle(cx) {
+            self.on_closed(cx, conn, peer, CloseReason::TimedOut);
+        }
+        self.master
+            .tick(cx, &mut self.links, Peer::Master, self.nid);
+    }
+
+    fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
+        match peer {
+            Peer::Master => {
+                if self.master.closed(conn, &reason) == Some(LinkEvent::Lost) {
+                    // What was relayed will never be answered.
+                    for (_, (ctl, id)) in std::mem::take(&mut self.relayed) {
+                        let e = Packet::error(
+                            ErrorCode::NotReady,
+                            "lost the connection to the primary master",
+                        );
+                        self.links.answer(cx, ctl, id, e);
+                    }
+                    self.pt = None;
+                }
+                if !self.stopped {
+                    self.master
+                        .tick(cx, &mut self.links, Peer::Master, self.nid);
+                }
+            }
+            Peer::Ctl => self.relayed.retain(|_, (c, _)| *c != conn),
+        }
+    }
+
+    fn stop(&mut self, cx: &mut Ctx, reason: &str) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        info!("admin: {reason}");
+        self.links.close_all(cx);
+        cx.exit(reason, true);
+    }
+
+    fn on_master_message(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
+        let Some(ev) = self
+            .master
+            .on_message(cx, &mut self.links, conn, self.nid, msg)
+        else {
+            return;
+        };
+        match ev {
+            LinkEvent::Identified { your_nid } => self.nid = your_nid,
+            LinkEvent::Told(state) => self.stop(cx, &format!("told {state} by the primary master")),
+            LinkEvent::ClusterState(ClusterState::Stopping) => {
+                self.stop(cx, "the cluster is stopping")
+            }
+            LinkEvent::ClusterState(_) | LinkEvent::Lost => {}
+            LinkEvent::Message(msg) => match msg.packet {
+                Packet::SendPartitionTable {
+                    ptid,
+                    num_replicas,
+                    rows,
+                } => {
+                    self.pt = Some(PartitionTable::from_rows(ptid, num_replicas, &rows));
+                }
+                Packet::NotifyPartitionChanges {
+                    ptid,
+                    num_replicas,
+                    changes,
+                } => {
+                    let applied = match &mut self.pt {
+                        Some(pt) => pt.apply(ptid, num_replicas, &changes),
+                        None => Err("no table".into()),
+                    };
+                    if let Err(why) = applied {
+                        // Reconnect: the primary sends the whole table again.
+                        warn!("admin: {why}: reconnecting to the primary");
+                        self.links.close(cx, conn);
+                        self.on_closed(cx, conn, Peer::Master, CloseReason::Protocol(why));
+                    }
+                }
+                packet if packet.kind() == crate::proto::Kind::Answer => {
+                    match self.relayed.remove(&msg.id) {
+                        Some((ctl, id)) => self.links.answer(cx, ctl, id, packet),
+                        None => debug!("admin: an answer nobody waits for: {}", packet.name()),
+                    }
+                }
+                other => debug!("admin: ignoring {} from the primary", other.name()),
+            },
+        }
+    }
+
+    fn on_ctl_request(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
+        let id = msg.id;
+        let answer = match msg.packet {
+            Packet::AskClusterState => Packet::AnswerClusterState {
+                state: self.master.cluster_state(),
+            },
+            Packet::AskPrimary => Packet::AnswerPrimary {
+                primary_nid: self.master.primary_nid(),
+            },
+            Packet::AskNodeList { node_type } => Packet::AnswerNodeList {
+                nodes: self
+                    .master
+                    .nodes()
+                    .iter()
+                    .filter(|n| node_type.is_none_or(|t| t == n.node_type))
+                    .cloned()
+                    .collect(),
+            },
+            Packet::AskPartitionList {
+                min_offset,
+                max_offset,
+                ..
+            } => match &self.pt {
+                Some(pt) => {
+                    let end = if max_offset == 0 {
+                        pt.partitions()
+                    } else {
+                        max_offset.min(pt.partitions())
+                    };
+                    Packet::AnswerPartitionList {
+                        ptid: pt.ptid(),
+                        num_replicas: pt.replicas(),
+                        rows: (min_offset..end)
+                            .map(|o| (o, pt.row(o).collect()))
+                            .collect(),
+                    }
+                }
+                None => Packet::error(ErrorCode::NotReady, "no partition table yet"),
+            },
+            packet @ (Packet::SetClusterState { .. }
+            | Packet::SetNodeState { .. }
+            | Packet::AddPendingNodes { .. }
+            | Packet::TweakPartitionTable { .. }
+            | Packet::SetNumReplicas { .. }
+            | Packet::AskRecovery
+            | Packet::AskLastIDs
+            | Packet::AskLastTransaction
+            | Packet::Truncate { .. }) => {
+                let Some(mconn) = self.master.conn() else {
+                    let e =
+                        Packet::error(ErrorCode::NotReady, "not connected to the primary master");
+                    return self.links.answer(cx, conn, id, e);
+                };
+                if let Some(mid) = self.links.ask(cx, mconn, packet) {
+                    self.relayed.insert(mid, (conn, id));
+                }
+                return;
+            }
+            Packet::RequestIdentification { .. } => {
+                let e = Packet::error(
+                    ErrorCode::ProtocolError,
+                    "an admin node accepts neoctl requests only",
+                );
+                self.links.answer(cx, conn, id, e);
+                self.links.close(cx, conn);
+                return;
+            }
+            other => Packet::error(
+                ErrorCode::ProtocolError,
+                format!("{} is not a neoctl request", other.name()),
+            ),
+        };
+        self.links.answer(cx, conn, id, answer);
+    }
+}
+
+impl Actor for Admin {
+    fn start(&mut self, cx: &mut Ctx) {
+        info!("admin: listening for neoctl on {}", self.cfg.bind);
+        self.on_tick(cx);
+    }
+
+    fn handle(&mut self, cx: &mut Ctx, ev: Event) {
+        if self.stopped {
+            return;
+        }
+        match ev {
+            Event::Accepted { conn } => self.links.insert(cx, conn, Peer::Ctl),
+            Event::Connected { .. } => {}
+            Event::Closed { conn, reason } => {
+                if let Some(peer) = self.links.remove(conn) {
+                    self.on_closed(cx, conn, peer, reason);
+                }
+            }
+            Event::Received { conn, msg } => {
+                let Some(msg) = self.links.receive(cx, conn, msg) else {
+                    return;
+                };
+                match self.links.get(conn) {
+                    Some(Peer::Master) => self.on_master_message(cx, conn, msg),
+                    Some(Peer::Ctl) => self.on_ctl_request(cx, conn, msg),
+                    None => {}
+                }
+            }
+            Event::Timer { id, token } => {
+                if token == TICK_TOKEN && Some(id) == self.tick {
+                    self.on_tick(cx);
+                }
+            }
+            Event::Local(Command::Shutdown) => self.stop(cx, "shutdown requested"),
+        }
+    }
+}
