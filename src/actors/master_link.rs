@@ -191,7 +191,7 @@ impl MasterLink {
                 // Try the next one at once (the back-off still paces each address).
                 None
             }
-            Packet::Error { code, message } => {
+            Packet::Error { code, message } if !self.identified => {
                 warn!("the master refused us: {code}: {message}");
                 links.close(cx, conn);
                 self.closed(conn, &CloseReason::Protocol(message))

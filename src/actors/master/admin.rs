@@ -11,6 +11,12 @@ use crate::proto::{ClusterState, ErrorCode, Message, Nid, NodeState, NodeType, P
 
 impl Master {
     pub(super) fn on_admin_request(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
+        if msg.packet == (Packet::SetClusterState { state: ClusterState::Stopping }) {
+            // Answer first: stopping closes every connection.
+            self.links.answer(cx, conn, msg.id, Packet::ack("the cluster is stopping"));
+            self.stop_cluster(cx);
+            return;
+        }
         let answer = match self.admin_answer(cx, msg.packet) {
             Ok(p) => p,
             Err(why) => Packet::error(ErrorCode::Denied, why),
@@ -90,10 +96,6 @@ impl Master {
                 Ok(Packet::ack(
                     "the cluster will start as soon as its table is operational",
                 ))
-            }
-            ClusterState::Stopping => {
-                self.stop_cluster(cx);
-                Ok(Packet::ack("the cluster is stopping"))
             }
             other => Err(format!("cannot switch to {other} from {state}")),
         }
