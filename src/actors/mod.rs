@@ -133,6 +133,14 @@ pub enum Observation {
     },
     /// A claimant gave up its claim to an older one.
     Yielded { own: Claim, to: Claim },
+    /// A primary left RECOVERING with the table `ptid`, without these nodes that hold
+    /// readable cells in it; `startup_allowed` if an operator (or an automatic restart)
+    /// allowed starting without them.
+    ClusterStarted {
+        ptid: Option<crate::proto::Ptid>,
+        missing: Vec<crate::proto::Nid>,
+        startup_allowed: bool,
+    },
 }
 
 /// A node role.

@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Scenario to run (election).
+    /// Scenario to run (election, recovery, verification).
     #[arg(long, value_parser = parse_scenario)]
     scenario: Scenario,
     /// Re-introduce a known bug, to check that the scenario catches it.
@@ -34,6 +34,9 @@ struct Common {
     /// Number of masters (drawn from the seed when absent).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=32))]
     masters: Option<u64>,
+    /// Number of storages (cluster scenarios; drawn from the seed when absent).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=32))]
+    storages: Option<u64>,
 }
 
 /// `println!` that does not panic when stdout is a closed pipe (`neosim replay ... | head`).
@@ -117,6 +120,7 @@ fn options(common: &Common, seed: u64, trace: bool) -> RunOptions {
         seed,
         mutant: common.mutant,
         masters: common.masters.map(|n| n as usize),
+        storages: common.storages.map(|n| n as usize),
         trace,
     }
 }

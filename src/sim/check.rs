@@ -16,6 +16,13 @@ pub fn judge(o: &Observation) -> Result<(), String> {
         } if peer < own => Err(format!(
             "election: a recovering master claiming {own:?} accepted the older claim {peer:?} instead of yielding"
         )),
+        Observation::ClusterStarted {
+            ptid,
+            missing,
+            startup_allowed: false,
+        } if !missing.is_empty() => Err(format!(
+            "split brain: a primary started the cluster on table {ptid:?} without {missing:?}, which hold readable cells"
+        )),
         Observation::Yielded { own, to } if to >= own => {
             Err(format!("election: the claim {own:?} yielded to the younger claim {to:?}"))
         }

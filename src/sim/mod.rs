@@ -10,6 +10,7 @@
 
 pub mod check;
 pub mod clock;
+pub mod cluster;
 pub mod faults;
 pub mod net;
 pub mod scenario;

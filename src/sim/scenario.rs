@@ -18,6 +18,9 @@ use crate::rng;
 /// Re-introduced bugs (simulation only) that a scenario's sweep must catch:
 /// (name, scenario, what it breaks).
 pub const MUTANTS: &[(&str, Scenario, &str)] = &[
+    ("recovery-no-wait", Scenario::Recovery, "start as soon as the table is operational, without waiting for every node with readable cells"),
+    ("pt-outdate-last", Scenario::Recovery, "outdate the last readable cell of a partition when its node is lost"),
+    ("verification-drop-locked", Scenario::Verification, "drop locked transactions instead of committing them"),
     (
         "election-no-yield",
         Scenario::Election,
@@ -44,15 +47,23 @@ pub fn mutant(name: &str) -> Result<&'static str, String> {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Scenario {
+    /// Masters only: elections under faults.
     Election,
+    /// Masters and storages: recovery, running, node losses, restarts.
+    Recovery,
+    /// As recovery, with storages that start holding transactions a crash interrupted in
+    /// the middle of their commit.
+    Verification,
 }
 
 impl Scenario {
-    pub const ALL: &'static [Scenario] = &[Scenario::Election];
+    pub const ALL: &'static [Scenario] = &[Scenario::Election, Scenario::Recovery, Scenario::Verification];
 
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Election => "election",
+            Scenario::Recovery => "recovery",
+            Scenario::Verification => "verification",
         }
     }
 }
@@ -86,6 +97,8 @@ pub struct RunOptions {
     pub mutant: Option<&'static str>,
     /// Force the number of masters instead of drawing it.
     pub masters: Option<usize>,
+    /// Force the number of storages (cluster scenarios).
+    pub storages: Option<usize>,
     /// Print one line per step.
     pub trace: bool,
 }
@@ -97,6 +110,7 @@ impl RunOptions {
             seed,
             mutant: None,
             masters: None,
+            storages: None,
             trace: false,
         }
     }
@@ -112,6 +126,9 @@ impl RunOptions {
         }
         if let Some(n) = self.masters {
             cmd += &format!(" --masters {n}");
+        }
+        if let Some(n) = self.storages {
+            cmd += &format!(" --storages {n}");
         }
         cmd
     }
@@ -131,36 +148,52 @@ pub struct RunReport {
 /// How long the liveness phase may take to converge.
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(60);
 /// How long a converged state must then hold.
-const STABLE_FOR: Duration = Duration::from_secs(5);
+pub const STABLE_FOR: Duration = Duration::from_secs(5);
 
 /// What a seed draws before the run starts: the cluster's shape and the fault mix.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub masters: usize,
+    pub storages: usize,
+    pub replicas: u32,
+    pub partitions: u32,
     pub swarm: Swarm,
 }
 
 impl Plan {
     pub fn shape(&self) -> String {
-        format!("{} masters", self.masters)
+        if self.storages == 0 {
+            format!("{} masters", self.masters)
+        } else {
+            format!(
+                "{} masters, {} storages, {} partitions, {} replicas",
+                self.masters, self.storages, self.partitions, self.replicas
+            )
+        }
     }
 }
 
 /// Draw a seed's plan (the same draws `run` makes), to print it before running.
 pub fn plan(opts: &RunOptions) -> Plan {
-    let masters = opts
-        .masters
-        .unwrap_or_else(|| *rng::pick(&mut rng::stream(opts.seed, 1), &[1usize, 2, 3, 5]));
-    Plan {
-        masters,
-        swarm: Swarm::draw(&mut rng::stream(opts.seed, 2)),
+    let mut rng = rng::stream(opts.seed, 1);
+    let swarm = Swarm::draw(&mut rng::stream(opts.seed, 2));
+    if opts.scenario == Scenario::Election {
+        let masters = opts.masters.unwrap_or_else(|| *rng::pick(&mut rng, &[1usize, 2, 3, 5]));
+        return Plan { masters, storages: 0, replicas: 0, partitions: 0, swarm };
     }
+    let masters = opts.masters.unwrap_or_else(|| rng::between(&mut rng, 1, 3) as usize);
+    let storages = opts.storages.unwrap_or_else(|| rng::between(&mut rng, 1, 6) as usize);
+    let replicas = rng::between(&mut rng, 0, (storages as u64 - 1).min(2)) as u32;
+    let partitions = rng::between(&mut rng, 1, 12) as u32;
+    Plan { masters, storages, replicas, partitions, swarm }
 }
 
 /// Run one seed of a scenario.
 pub fn run(opts: &RunOptions) -> RunReport {
+    let plan = plan(opts);
     match opts.scenario {
-        Scenario::Election => run_election_with(opts, plan(opts).swarm),
+        Scenario::Election => run_election_with(opts, plan.swarm),
+        Scenario::Recovery | Scenario::Verification => super::cluster::run(opts, &plan),
     }
 }
 
@@ -191,19 +224,7 @@ pub fn election_world(
             partitions: 12,
             nid: None,
         };
-        let offset = swarm.clock_offset.as_nanos() as i64;
-        let clock = NodeClock {
-            offset_ns: if offset > 0 {
-                rng::between(&mut rng, 0, 2 * offset as u64) as i64 - offset
-            } else {
-                0
-            },
-            drift_ppm: if swarm.drift_ppm > 0 {
-                rng::between(&mut rng, 0, 2 * swarm.drift_ppm as u64) as i64 - swarm.drift_ppm
-            } else {
-                0
-            },
-        };
+        let clock = node_clock(&mut rng, swarm);
         let start = rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(10));
         w.add_node(
             format!("m{}", i + 1),
@@ -214,8 +235,23 @@ pub fn election_world(
             swarm.buggify,
         );
     }
-    w.add_invariant(check::election_safety);
+    w.add_invariant(Box::new(check::election_safety));
     w
+}
+
+/// A node's clock under the swarm's skew.
+pub fn node_clock(rng: &mut crate::rng::ChaCha8Rng, swarm: &Swarm) -> NodeClock {
+    let spread = |rng: &mut crate::rng::ChaCha8Rng, max: i64| {
+        if max > 0 {
+            rng::between(rng, 0, 2 * max as u64) as i64 - max
+        } else {
+            0
+        }
+    };
+    NodeClock {
+        offset_ns: spread(rng, swarm.clock_offset.as_nanos() as i64),
+        drift_ppm: spread(rng, swarm.drift_ppm),
+    }
 }
 
 /// The current primary, if exactly one running master plays it.
@@ -236,7 +272,7 @@ pub fn primary(w: &World) -> Option<NodeIdx> {
 /// in flight may still disturb a state that converged a moment ago).
 pub fn converged_for(
     span: Duration,
-    converged: fn(&World) -> Result<(), String>,
+    converged: impl Fn(&World) -> Result<(), String>,
 ) -> impl FnMut(&World) -> bool {
     let mut since: Option<Duration> = None;
     move |w| {

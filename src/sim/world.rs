@@ -14,7 +14,9 @@ use super::clock::NodeClock;
 use super::faults::Injector;
 use super::net::{Latency, Net, NodeIdx, SimConnId, State, Wire};
 use super::trace::Trace;
+use crate::actors::admin::Admin;
 use crate::actors::master::Master;
+use crate::actors::storage::Storage;
 use crate::actors::{
     Actor, Buggify, CloseReason, ConnId, Ctx, Effect, Event, NodeEnv, TimerId, CONNECT_TIMEOUT,
 };
@@ -25,12 +27,16 @@ use crate::rng::{self, ChaCha8Rng};
 /// inside).
 pub enum NodeActor {
     Master(Master),
+    Storage(Storage),
+    Admin(Admin),
 }
 
 impl NodeActor {
     fn actor(&mut self) -> &mut dyn Actor {
         match self {
             NodeActor::Master(m) => m,
+            NodeActor::Storage(s) => s,
+            NodeActor::Admin(a) => a,
         }
     }
 }
@@ -65,6 +71,13 @@ impl SimNode {
     pub fn master(&self) -> Option<&Master> {
         match &self.actor {
             Some(NodeActor::Master(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn storage(&self) -> Option<&Storage> {
+        match &self.actor {
+            Some(NodeActor::Storage(s)) => Some(s),
             _ => None,
         }
     }
@@ -131,7 +144,8 @@ impl Ord for Scheduled {
     }
 }
 
-pub type Invariant = fn(&World) -> Result<(), String>;
+/// A check run after every step; it may keep history (what it saw before).
+pub type Invariant = Box<dyn FnMut(&World) -> Result<(), String>>;
 
 pub struct World {
     now: Duration,
@@ -269,15 +283,14 @@ impl World {
                 }
             }
             if self.step() && self.failure.is_none() {
-                for inv in &self.invariants {
+                let mut invariants = std::mem::take(&mut self.invariants);
+                for inv in &mut invariants {
                     if let Err(e) = inv(self) {
-                        self.failure = Some(Failure {
-                            at: self.now,
-                            what: e,
-                        });
+                        self.failure = Some(Failure { at: self.now, what: e });
                         break;
                     }
                 }
+                self.invariants = invariants;
                 if self.failure.is_none() && until(self) {
                     return Ok(true);
                 }
@@ -832,6 +845,10 @@ impl World {
             .flatten()
             .max()
             .expect("now")
+    }
+
+    pub fn storages(&self) -> impl Iterator<Item = (NodeIdx, &Storage)> {
+        self.nodes.iter().enumerate().filter_map(|(i, n)| n.storage().map(|s| (i, s)))
     }
 
     pub fn masters(&self) -> impl Iterator<Item = (NodeIdx, &Master)> {

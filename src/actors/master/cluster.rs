@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::election::Claim;
 use super::{Master, Peer};
-use crate::actors::{ConnId, Ctx};
+use crate::actors::{ConnId, Ctx, Observation};
 use crate::db::partition_of;
 use crate::proto::{
     ClusterState, Message, Nid, NodeInfo, NodeState, NodeType, Oid, Packet, Ptid, Tid,
@@ -463,6 +463,12 @@ impl Master {
         let keep_last = !cx.mutant("pt-outdate-last");
         let running: BTreeSet<Nid> = selected.iter().copied().collect();
         let Some(p) = self.primary_mut() else { return };
+        let missing: Vec<Nid> = p.pt.readable_nodes().into_iter().filter(|n| !running.contains(n)).collect();
+        cx.observe(Observation::ClusterStarted {
+            ptid: p.pt.ptid(),
+            missing,
+            startup_allowed: p.startup_allowed,
+        });
         if p.pt.ptid().is_none() {
             p.pt.make(&selected);
             info!("recovery: new partition table over {selected:?}");
