@@ -40,6 +40,15 @@ pub const ROWS_PER_INSERT: usize = 256;
 /// The smallest `max_allowed_packet` the backend works with: a piece of a value, or the
 /// largest transaction metadata (8 MiB of OIDs and 3 x 64 KiB), plus room for the rest.
 pub const REQUIRED_MAX_ALLOWED_PACKET: u64 = 9 << 20;
+// The largest statements fit: a piece of a value, or the largest metadata, each with up to
+// 64 KiB of statement text and headers; and MariaDB's default 16 MiB leaves room.
+const _: () = {
+    let overhead = 64 << 10;
+    let metadata = (super::MAX_TXN_OIDS * 8 + 3 * super::MAX_TXN_TEXT) as u64;
+    assert!(metadata + overhead <= REQUIRED_MAX_ALLOWED_PACKET);
+    assert!(CHUNK as u64 + overhead <= REQUIRED_MAX_ALLOWED_PACKET);
+    assert!(REQUIRED_MAX_ALLOWED_PACKET <= 16 << 20);
+};
 /// How long opening waits for the database's lock: a crashed predecessor's session may
 /// take a moment to end on the server.
 const LOCK_WAIT: Duration = Duration::from_secs(1);
@@ -501,17 +510,5 @@ mod tests {
     fn servers_display_for_errors() {
         assert_eq!(tcp("::1", 5).to_string(), "[::1]:5");
         assert_eq!(Server::Socket("/s".into()).to_string(), "socket /s");
-    }
-
-    #[test]
-    fn the_largest_statements_fit_the_required_packet() {
-        use crate::db::{MAX_TXN_OIDS, MAX_TXN_TEXT};
-        let metadata = (MAX_TXN_OIDS * 8 + 3 * MAX_TXN_TEXT) as u64;
-        // A statement's parameters are what grows; its text and headers stay under 64 KiB.
-        let overhead = 64 << 10;
-        assert!(metadata + overhead <= REQUIRED_MAX_ALLOWED_PACKET);
-        assert!(CHUNK as u64 + overhead <= REQUIRED_MAX_ALLOWED_PACKET);
-        // MariaDB's default leaves room.
-        assert!(REQUIRED_MAX_ALLOWED_PACKET <= 16 << 20);
     }
 }
