@@ -26,6 +26,7 @@
 
 pub mod conformance;
 pub mod mysql;
+pub mod sql;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,13 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub type Checksum = [u8; 20];
 /// The checksum of "no data" (a deletion, an undone creation).
 pub const ZERO_HASH: Checksum = [0; 20];
+
+/// The most OIDs a transaction's metadata may list (`vote`, `put_transaction`). NEO allows
+/// fewer than 2^21; half of that keeps the MySQL backend's largest statement under 9 MiB, so
+/// it works with MariaDB's default 16 MiB `max_allowed_packet`.
+pub const MAX_TXN_OIDS: usize = 1 << 20;
+/// The longest user, description or extension of a transaction (NEO's BLOB columns).
+pub const MAX_TXN_TEXT: usize = 65_535;
 
 /// What went wrong, worded for the operator.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +79,9 @@ pub enum DbError {
     /// The same hash and compression with different bytes: a SHA-1 collision or corruption.
     #[error("data with checksum {0:02x?} differs from the stored data of the same checksum")]
     ChecksumCollision(Checksum),
+    /// A transaction's metadata exceeds `MAX_TXN_OIDS` or `MAX_TXN_TEXT`; nothing was written.
+    #[error("transaction metadata too large: {0}")]
+    TooLarge(String),
 }
 
 pub type DbResult<T> = Result<T, DbError>;
@@ -231,6 +242,7 @@ pub trait Backend {
     fn set_nid(&mut self, nid: Nid) -> DbResult<()>;
     /// Persist a truncation decision (`None` clears it); also clears `backup_tid`. Commits.
     fn set_truncate_tid(&mut self, tid: Option<Tid>) -> DbResult<()>;
+    /// Record how far a backup cluster is complete. Committed by `commit`.
     fn set_backup_tid(&mut self, tid: Option<Tid>) -> DbResult<()>;
 
     /// Every cell, ordered by (partition, nid).
@@ -257,7 +269,8 @@ pub trait Backend {
     /// Forget what `store` held for `oid` in `ttid` (conflict resolution re-stores it).
     fn unstore(&mut self, ttid: Tid, oid: Oid) -> DbResult<()>;
     /// Write the held objects of `ttid` to `tobj`, and `meta` (if this node keeps the
-    /// transaction's metadata) to `ttrans` with no final TID. Commits.
+    /// transaction's metadata) to `ttrans` with no final TID. Commits. `TooLarge` if `meta`
+    /// exceeds `MAX_TXN_OIDS` / `MAX_TXN_TEXT`.
     fn vote(&mut self, ttid: Tid, meta: Option<&TxnMeta>) -> DbResult<()>;
     /// Record the final TID of a voted transaction. Commits.
     fn lock(&mut self, ttid: Tid, tid: Tid) -> DbResult<()>;
@@ -305,7 +318,8 @@ pub trait Backend {
         tid: Tid,
     ) -> DbResult<(Vec<Oid>, Option<Oid>)>;
     /// The undo lookup for `oid` when transaction `undone_tid` is undone by a transaction
-    /// whose snapshot is before `ltid`. None if `oid` has no revision at `undone_tid`.
+    /// whose snapshot is before `ltid`. None if `oid` has no revision at `undone_tid`, or
+    /// none before `ltid`.
     fn find_undo(&self, oid: Oid, ltid: Tid, undone_tid: Tid) -> DbResult<Option<UndoInfo>>;
     fn last_ids(&self) -> DbResult<LastIds>;
 
@@ -337,7 +351,7 @@ pub trait Backend {
         length: u64,
     ) -> DbResult<Vec<(Tid, Oid)>>;
     fn object_record(&self, oid: Oid, serial: Tid) -> DbResult<Option<ObjectRecord>>;
-    /// Write a replicated transaction (replacing one with the same TID).
+    /// Write a replicated transaction (replacing one with the same TID). `TooLarge` as `vote`.
     fn put_transaction(&mut self, txn: &TxnInfo) -> DbResult<()>;
     /// Write a replicated revision (replacing one with the same OID and serial).
     fn put_object(&mut self, oid: Oid, serial: Tid, record: &ObjectRecord) -> DbResult<()>;

@@ -1,1 +1,514 @@
-//! MySQL backend (placeholder until implemented).
+//! The MySQL/MariaDB backend: a storage node's database on a server (InnoDB), with the SQL
+//! core of `sql.rs`.
+//!
+//! The database string is NEO's `[user[:password]@]database[socket]` (a socket path starts
+//! with `/`, `.` or `~`), extended with a TCP server: `[user[:password]@]database@host[:port]`
+//! (the credentials may be empty: `@neo1@db.example:3307`). Without either, the server is
+//! 127.0.0.1:3306; the default user is root with no password. Write `@` in a password as
+//! `%40` (and `%` as `%25`).
+//!
+//! One database per storage node, created if missing. A server-side lock,
+//! `GET_LOCK('<database>.neostorage')` held by the backend's connection, keeps a second
+//! storage node out (`DbError::Locked`); the server drops it with the connection.
+//!
+//! Big values: a statement may not exceed the server's `max_allowed_packet` (MariaDB's
+//! default is 16 MiB), so values are stored in pieces of at most [`CHUNK`] bytes: the first in
+//! `data.value`, the others in `bigdata` rows, with the total in `data.size`. Metadata is
+//! bounded by `MAX_TXN_OIDS` / `MAX_TXN_TEXT` and multi-row inserts by [`ROWS_PER_INSERT`],
+//! so no statement or row exceeds [`REQUIRED_MAX_ALLOWED_PACKET`], which opening checks.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::time::Duration;
+
+use mysql::prelude::Queryable;
+use mysql::{Conn, OptsBuilder};
+
+use super::sql::{
+    check_identity, corrupt, percent_decode, placeholders, Engine, Field, Param, Row, SqlBackend,
+};
+use super::{Checksum, DbError, DbResult, Identity, ObjectData};
+use crate::proto::Address;
+
+/// A storage node's database on a MySQL or MariaDB server.
+pub type MysqlBackend = SqlBackend<Mysql>;
+
+/// The largest piece of a value one statement carries.
+pub const CHUNK: usize = 8 << 20;
+/// Rows per multi-row INSERT (of a few integers each).
+pub const ROWS_PER_INSERT: usize = 256;
+/// The smallest `max_allowed_packet` the backend works with: a piece of a value, or the
+/// largest transaction metadata (8 MiB of OIDs and 3 x 64 KiB), plus room for the rest.
+pub const REQUIRED_MAX_ALLOWED_PACKET: u64 = 9 << 20;
+// The largest statements fit: a piece of a value, or the largest metadata, each with up to
+// 64 KiB of statement text and headers; and MariaDB's default 16 MiB leaves room.
+const _: () = {
+    let overhead = 64 << 10;
+    let metadata = (super::MAX_TXN_OIDS * 8 + 3 * super::MAX_TXN_TEXT) as u64;
+    assert!(metadata + overhead <= REQUIRED_MAX_ALLOWED_PACKET);
+    assert!(CHUNK as u64 + overhead <= REQUIRED_MAX_ALLOWED_PACKET);
+    assert!(REQUIRED_MAX_ALLOWED_PACKET <= 16 << 20);
+};
+/// How long opening waits for the database's lock: a crashed predecessor's session may
+/// take a moment to end on the server.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Server {
+    Tcp { host: String, port: u16 },
+    Socket(String),
+}
+
+impl fmt::Display for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Server::Tcp { host, port } => write!(f, "{}", Address::new(host.clone(), *port)),
+            Server::Socket(path) => write!(f, "socket {path}"),
+        }
+    }
+}
+
+/// A parsed database string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MysqlTarget {
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+    pub server: Server,
+}
+
+/// Parse `[user[:password]@]database[socket]` or `[user[:password]@]database@host[:port]`.
+pub fn parse_database(s: &str) -> Result<MysqlTarget, String> {
+    let bad = |why: &str| {
+        format!(
+            "invalid MySQL database {s:?}: {why} (expected [user[:password]@]database, \
+             then optionally @host[:port] or a socket path starting with /, . or ~)"
+        )
+    };
+    let parts: Vec<&str> = s.split('@').collect();
+    let (credentials, database, host) = match parts.as_slice() {
+        [database] => (None, *database, None),
+        [credentials, database] => (Some(*credentials), *database, None),
+        [credentials, database, host] => (Some(*credentials), *database, Some(*host)),
+        _ => return Err(bad("too many '@' (write '@' in a password as %40)")),
+    };
+    let (user, password) = match credentials {
+        None => ("root".to_owned(), None),
+        Some(c) => {
+            let (user, password) = match c.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (c, None),
+            };
+            let user = percent_decode(user).map_err(|e| bad(&e))?;
+            let password = password
+                .map(percent_decode)
+                .transpose()
+                .map_err(|e| bad(&e))?;
+            (if user.is_empty() { "root".into() } else { user }, password)
+        }
+    };
+    let split = database.find(['/', '.', '~']).unwrap_or(database.len());
+    let (database, socket) = database.split_at(split);
+    if database.is_empty() {
+        return Err(bad("no database name"));
+    }
+    if database.len() > 64
+        || !database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$' || c == '-')
+    {
+        return Err(bad(
+            "a database name has at most 64 letters, digits, '_', '$' or '-'",
+        ));
+    }
+    let server = match (socket, host) {
+        ("", None) => Server::Tcp {
+            host: "127.0.0.1".into(),
+            port: 3306,
+        },
+        ("", Some(host)) => {
+            let address = Address::parse_with_default(host, Some(3306)).map_err(|e| bad(&e))?;
+            Server::Tcp {
+                host: address.host,
+                port: address.port,
+            }
+        }
+        (socket, None) => Server::Socket(socket.to_owned()),
+        (_, Some(_)) => return Err(bad("give a socket or a host, not both")),
+    };
+    Ok(MysqlTarget {
+        user,
+        password,
+        database: database.to_owned(),
+        server,
+    })
+}
+
+/// The MySQL engine: the connection (queries need `&mut`, reads are `&self`).
+pub struct Mysql {
+    conn: RefCell<Conn>,
+}
+
+fn err(e: mysql::Error) -> DbError {
+    DbError::Backend(format!("MySQL: {e}"))
+}
+
+fn values(params: &[Param]) -> Vec<mysql::Value> {
+    params
+        .iter()
+        .map(|p| match *p {
+            Param::Null => mysql::Value::NULL,
+            Param::U64(v) => mysql::Value::UInt(v),
+            Param::I64(v) => mysql::Value::Int(v),
+            Param::Bytes(b) => mysql::Value::Bytes(b.to_vec()),
+            Param::Text(t) => mysql::Value::Bytes(t.as_bytes().to_vec()),
+        })
+        .collect()
+}
+
+fn field(value: mysql::Value) -> DbResult<Field> {
+    Ok(match value {
+        mysql::Value::NULL => Field::Null,
+        mysql::Value::Int(v) => Field::Int(v as i128),
+        mysql::Value::UInt(v) => Field::Int(v as i128),
+        mysql::Value::Bytes(b) => Field::Bytes(b),
+        other => return Err(corrupt(format!("the value {other:?}"))),
+    })
+}
+
+impl SqlBackend<Mysql> {
+    /// Connect, lock and open (creating it if needed) the database; see the module doc.
+    pub fn open(database: &str, identity: &Identity) -> DbResult<Self> {
+        let target = parse_database(database).map_err(DbError::Unusable)?;
+        let mut opts = OptsBuilder::new()
+            .user(Some(target.user.clone()))
+            .pass(target.password.clone())
+            .tcp_connect_timeout(Some(Duration::from_secs(10)));
+        opts = match &target.server {
+            // Without prefer_socket(false) the crate silently switches to the local socket.
+            Server::Tcp { host, port } => opts
+                .ip_or_hostname(Some(host.clone()))
+                .tcp_port(*port)
+                .prefer_socket(false),
+            Server::Socket(path) => opts.socket(Some(match path.strip_prefix("~/") {
+                Some(rest) => format!("{}/{rest}", std::env::var("HOME").unwrap_or_default()),
+                None => path.clone(),
+            })),
+        };
+        let conn = Conn::new(opts).map_err(|e| {
+            DbError::Unusable(format!("cannot connect to MySQL at {}: {e}", target.server))
+        })?;
+        let engine = Mysql {
+            conn: RefCell::new(conn),
+        };
+        engine.text(
+            "SET SESSION sql_mode = 'TRADITIONAL,NO_ENGINE_SUBSTITUTION', \
+             autocommit = 0, wait_timeout = 2147483",
+        )?;
+        engine.text("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")?;
+        let db = &target.database;
+        let lock = engine.query(
+            "SELECT GET_LOCK(?, ?)",
+            &[
+                Param::Text(&format!("{db}.neostorage")),
+                Param::U64(LOCK_WAIT.as_secs()),
+            ],
+        )?;
+        if lock[0][0] != Field::Int(1) {
+            return Err(DbError::Locked(db.clone()));
+        }
+        let packet = engine.query("SELECT @@max_allowed_packet", &[])?[0][0].u64()?;
+        if packet < REQUIRED_MAX_ALLOWED_PACKET {
+            return Err(DbError::Unusable(format!(
+                "the MySQL server's max_allowed_packet is {packet} bytes; the storage node \
+                 needs at least {REQUIRED_MAX_ALLOWED_PACKET} \
+                 (SET GLOBAL max_allowed_packet = {REQUIRED_MAX_ALLOWED_PACKET}, or \
+                 max_allowed_packet in the server's configuration)"
+            )));
+        }
+        engine.text(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"))?;
+        engine.conn.borrow_mut().select_db(db).map_err(err)?;
+        let initialised = check_identity(&engine, identity)?;
+        SqlBackend::start(engine, identity, initialised)
+    }
+}
+
+impl Mysql {
+    /// A statement without parameters or results, in the text protocol.
+    fn text(&self, sql: &str) -> DbResult<()> {
+        self.conn.borrow_mut().query_drop(sql).map_err(err)
+    }
+}
+
+impl Engine for Mysql {
+    const MAX_INT: u64 = u64::MAX;
+    const DATA_SIZE: &'static str = "data.size";
+    const SCHEMA: &'static [&'static str] = &[
+        "CREATE TABLE IF NOT EXISTS config (name VARBINARY(255) NOT NULL PRIMARY KEY, \
+         value VARBINARY(255) NULL) ENGINE = InnoDB",
+        // state: CellState's index; tid: an own OUT_OF_DATE cell's replication mark.
+        "CREATE TABLE IF NOT EXISTS pt (`partition` INT UNSIGNED NOT NULL, nid INT NOT NULL, \
+         state TINYINT UNSIGNED NOT NULL, tid BIGINT UNSIGNED NULL, \
+         PRIMARY KEY (`partition`, nid)) ENGINE = InnoDB",
+        "CREATE TABLE IF NOT EXISTS trans (`partition` INT UNSIGNED NOT NULL, \
+         tid BIGINT UNSIGNED NOT NULL, packed BOOLEAN NOT NULL, oids MEDIUMBLOB NOT NULL, \
+         user BLOB NOT NULL, description BLOB NOT NULL, ext BLOB NOT NULL, \
+         ttid BIGINT UNSIGNED NOT NULL, PRIMARY KEY (`partition`, tid), KEY ttid (ttid)) \
+         ENGINE = InnoDB",
+        "CREATE TABLE IF NOT EXISTS obj (`partition` INT UNSIGNED NOT NULL, \
+         oid BIGINT UNSIGNED NOT NULL, tid BIGINT UNSIGNED NOT NULL, \
+         data_id BIGINT UNSIGNED NULL, value_tid BIGINT UNSIGNED NULL, \
+         PRIMARY KEY (`partition`, oid, tid), KEY tid (`partition`, tid, oid), \
+         KEY data_id (data_id)) ENGINE = InnoDB",
+        "CREATE TABLE IF NOT EXISTS data (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT \
+         PRIMARY KEY, hash BINARY(20) NOT NULL, compression TINYINT UNSIGNED NOT NULL, \
+         size BIGINT UNSIGNED NOT NULL, value MEDIUMBLOB NOT NULL, \
+         UNIQUE KEY hash (hash, compression)) ENGINE = InnoDB",
+        "CREATE TABLE IF NOT EXISTS bigdata (id BIGINT UNSIGNED NOT NULL, \
+         seq INT UNSIGNED NOT NULL, value MEDIUMBLOB NOT NULL, PRIMARY KEY (id, seq)) \
+         ENGINE = InnoDB",
+        "CREATE TABLE IF NOT EXISTS ttrans (ttid BIGINT UNSIGNED NOT NULL PRIMARY KEY, \
+         tid BIGINT UNSIGNED NULL, packed BOOLEAN NOT NULL, oids MEDIUMBLOB NOT NULL, \
+         user BLOB NOT NULL, description BLOB NOT NULL, ext BLOB NOT NULL) ENGINE = InnoDB",
+        "CREATE TABLE IF NOT EXISTS tobj (tid BIGINT UNSIGNED NOT NULL, \
+         oid BIGINT UNSIGNED NOT NULL, data_id BIGINT UNSIGNED NULL, \
+         value_tid BIGINT UNSIGNED NULL, PRIMARY KEY (tid, oid), KEY data_id (data_id)) \
+         ENGINE = InnoDB",
+        "CREATE TABLE IF NOT EXISTS tdata (ttid BIGINT UNSIGNED NOT NULL, \
+         oid BIGINT UNSIGNED NOT NULL, data_id BIGINT UNSIGNED NOT NULL, \
+         PRIMARY KEY (ttid, oid), KEY data_id (data_id)) ENGINE = InnoDB",
+    ];
+
+    fn exec(&self, sql: &str, params: &[Param]) -> DbResult<()> {
+        if params.is_empty() {
+            return self.text(sql);
+        }
+        self.conn
+            .borrow_mut()
+            .exec_drop(sql, values(params))
+            .map_err(err)
+    }
+
+    fn query(&self, sql: &str, params: &[Param]) -> DbResult<Vec<Row>> {
+        // Always the binary protocol: integers come back as integers.
+        let mut conn = self.conn.borrow_mut();
+        let result = conn.exec_iter(sql, values(params)).map_err(err)?;
+        let mut rows = Vec::new();
+        for row in result {
+            let row = row.map_err(err)?;
+            rows.push(
+                row.unwrap()
+                    .into_iter()
+                    .map(field)
+                    .collect::<DbResult<Row>>()?,
+            );
+        }
+        Ok(rows)
+    }
+
+    fn commit(&self) -> DbResult<()> {
+        self.text("COMMIT")
+    }
+
+    fn table_exists(&self, table: &str) -> DbResult<bool> {
+        let rows = self.query(
+            "SELECT 1 FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name = ?",
+            &[Param::Text(table)],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    fn insert_data(&self, checksum: &Checksum, compression: u8, data: &[u8]) -> DbResult<u64> {
+        let mut pieces = data.chunks(CHUNK);
+        self.exec(
+            "INSERT INTO data (hash, compression, size, value) VALUES (?, ?, ?, ?)",
+            &[
+                Param::Bytes(checksum),
+                Param::U64(compression as u64),
+                Param::U64(data.len() as u64),
+                Param::Bytes(pieces.next().unwrap_or_default()),
+            ],
+        )?;
+        let id = self.conn.borrow().last_insert_id();
+        for (seq, piece) in pieces.enumerate() {
+            self.exec(
+                "INSERT INTO bigdata (id, seq, value) VALUES (?, ?, ?)",
+                &[
+                    Param::U64(id),
+                    Param::U64(seq as u64 + 1),
+                    Param::Bytes(piece),
+                ],
+            )?;
+        }
+        Ok(id)
+    }
+
+    fn read_data(&self, id: u64) -> DbResult<Option<ObjectData>> {
+        let mut rows = self.query(
+            "SELECT compression, hash, size, value FROM data WHERE id = ?",
+            &[Param::U64(id)],
+        )?;
+        let Some(row) = rows.first_mut() else {
+            return Ok(None);
+        };
+        let size = row[2].u64()?;
+        let mut data = row[3].take_bytes()?;
+        if (data.len() as u64) < size {
+            data.reserve(size as usize - data.len());
+            for mut piece in self.query(
+                "SELECT value FROM bigdata WHERE id = ? ORDER BY seq",
+                &[Param::U64(id)],
+            )? {
+                data.extend_from_slice(&piece[0].take_bytes()?);
+            }
+        }
+        if data.len() as u64 != size {
+            return Err(corrupt(format!(
+                "data {id} has {} bytes instead of {size}",
+                data.len()
+            )));
+        }
+        Ok(Some(ObjectData {
+            compression: u8::try_from(row[0].u64()?)
+                .map_err(|_| corrupt(format!("compression of data {id}")))?,
+            checksum: row[1]
+                .take_bytes()?
+                .try_into()
+                .map_err(|_| corrupt(format!("hash of data {id}")))?,
+            data,
+        }))
+    }
+
+    fn delete_data(&self, ids: &[u64]) -> DbResult<()> {
+        let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+        let list = list.join(",");
+        self.text(&format!("DELETE FROM bigdata WHERE id IN ({list})"))?;
+        self.text(&format!("DELETE FROM data WHERE id IN ({list})"))
+    }
+
+    fn insert_rows(&self, head: &str, width: usize, params: &[Param]) -> DbResult<()> {
+        // Full batches, then the rest in power-of-two batches: few distinct statements for
+        // the server to prepare, few round trips.
+        let mut rest = params;
+        while !rest.is_empty() {
+            let rows = (rest.len() / width).min(ROWS_PER_INSERT);
+            let rows = if rows == ROWS_PER_INSERT {
+                rows
+            } else {
+                1 << rows.ilog2()
+            };
+            let row = placeholders(width);
+            let sql = format!("{head} {}", vec![row; rows].join(", "));
+            let (batch, tail) = rest.split_at(rows * width);
+            self.exec(&sql, batch)?;
+            rest = tail;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(host: &str, port: u16) -> Server {
+        Server::Tcp {
+            host: host.into(),
+            port,
+        }
+    }
+
+    fn target(user: &str, password: Option<&str>, database: &str, server: Server) -> MysqlTarget {
+        MysqlTarget {
+            user: user.into(),
+            password: password.map(Into::into),
+            database: database.into(),
+            server,
+        }
+    }
+
+    #[test]
+    fn database_strings_parse() {
+        let cases = [
+            ("neo", target("root", None, "neo", tcp("127.0.0.1", 3306))),
+            (
+                "bob@neo",
+                target("bob", None, "neo", tcp("127.0.0.1", 3306)),
+            ),
+            (
+                "bob:s3:cret@neo",
+                target("bob", Some("s3:cret"), "neo", tcp("127.0.0.1", 3306)),
+            ),
+            (
+                "bob:@neo",
+                target("bob", Some(""), "neo", tcp("127.0.0.1", 3306)),
+            ),
+            (
+                "bob:p%40ss@neo1@db.example",
+                target("bob", Some("p@ss"), "neo1", tcp("db.example", 3306)),
+            ),
+            (
+                "@neo@10.0.0.5:3307",
+                target("root", None, "neo", tcp("10.0.0.5", 3307)),
+            ),
+            (
+                "u@neo@[::1]:13306",
+                target("u", None, "neo", tcp("::1", 13306)),
+            ),
+            (
+                "u:p@neo/var/run/mysqld/mysqld.sock",
+                target(
+                    "u",
+                    Some("p"),
+                    "neo",
+                    Server::Socket("/var/run/mysqld/mysqld.sock".into()),
+                ),
+            ),
+            (
+                "neo./mysql.sock",
+                target("root", None, "neo", Server::Socket("./mysql.sock".into())),
+            ),
+            (
+                "neo~/mysql.sock",
+                target("root", None, "neo", Server::Socket("~/mysql.sock".into())),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_database(text), Ok(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_database_strings_say_why() {
+        for (text, why) in [
+            ("", "no database name"),
+            ("bob@", "no database name"),
+            ("bob@/tmp/sock", "no database name"),
+            ("a@b@c@d", "too many '@'"),
+            ("neo@host:99999", "port"),
+            ("neo@db@", "empty"),
+            ("u@neo/tmp/s@host", "not both"),
+            ("u@ne o", "at most 64"),
+            ("u@ne`o", "at most 64"),
+            ("u:p%zz@neo", "percent escape"),
+        ] {
+            let error = parse_database(text).unwrap_err();
+            assert!(error.contains(why), "{text:?}: {error}");
+            assert!(
+                error.contains("expected [user[:password]@]database"),
+                "{error}"
+            );
+        }
+        let long = "x".repeat(65);
+        assert!(parse_database(&long).is_err());
+        assert!(parse_database(&"x".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn servers_display_for_errors() {
+        assert_eq!(tcp("::1", 5).to_string(), "[::1]:5");
+        assert_eq!(Server::Socket("/s".into()).to_string(), "socket /s");
+    }
+}

@@ -1,0 +1,1374 @@
+//! The SQL core both backends share: NEO's data model and every [`Backend`] operation, written
+//! once over an [`Engine`] (run a statement or a query, commit, keep a data value). `sqlite.rs`
+//! and `mysql.rs` implement the engine with their own connection, schema types, locking and
+//! storage of big values; the SQL here is the dialect both accept (backquoted `partition`,
+//! `REPLACE INTO`, `LIMIT ? OFFSET ?`).
+//!
+//! Held data and crashes: `store` writes the data row and a `tdata` row (ttid, oid, data_id)
+//! in the same SQL transaction, and keeps the object itself in memory. Whatever commits next
+//! (another transaction's vote) makes both durable; `vote` replaces the `tdata` rows of its
+//! transaction by `tobj` rows. A data row lives while an `obj`, `tobj` or `tdata` row refers
+//! to it, so after a crash the `tdata` rows are exactly the references the lost in-memory
+//! holds had: opening deletes them and releases the data nothing else uses.
+//!
+//! Deduplication: `data` has a unique key on (hash, compression); storing bytes whose key is
+//! present reuses that row after comparing the bytes (`ChecksumCollision` if they differ).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use sha1::{Digest, Sha1};
+
+use super::{
+    partition_of, Backend, Cell, Checksum, DbConfig, DbError, DbResult, Identity, LastIds, Load,
+    Loaded, ObjectData, ObjectRecord, SerialRangeCheck, TidRangeCheck, TxnInfo, TxnMeta, UndoInfo,
+    Value, MAX_TXN_OIDS, MAX_TXN_TEXT, SCHEMA_VERSION, ZERO_HASH,
+};
+use crate::proto::{CellState, Nid, Oid, Ptid, Tid};
+
+/// A statement parameter. Integers are NEO's unsigned 64-bit ids unless signed (node ids).
+#[derive(Clone, Copy, Debug)]
+pub enum Param<'a> {
+    Null,
+    U64(u64),
+    I64(i64),
+    Bytes(&'a [u8]),
+    Text(&'a str),
+}
+
+fn opt(v: Option<u64>) -> Param<'static> {
+    v.map_or(Param::Null, Param::U64)
+}
+
+/// A value read back.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Field {
+    Null,
+    /// Wide enough for both SQLite's signed and MySQL's unsigned 64-bit integers.
+    Int(i128),
+    Bytes(Vec<u8>),
+}
+
+impl fmt::Debug for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Null => f.write_str("NULL"),
+            Field::Int(v) => write!(f, "{v}"),
+            Field::Bytes(b) => write!(f, "{} bytes", b.len()),
+        }
+    }
+}
+
+/// The error for a value the database should not hold.
+pub fn corrupt(what: impl fmt::Display) -> DbError {
+    DbError::Backend(format!("unexpected content in the database: {what}"))
+}
+
+impl Field {
+    pub fn u64(&self) -> DbResult<u64> {
+        match self {
+            Field::Int(v) => u64::try_from(*v).map_err(|_| corrupt(format!("integer {v}"))),
+            other => Err(corrupt(format!("{other:?} where an integer belongs"))),
+        }
+    }
+
+    pub fn opt_u64(&self) -> DbResult<Option<u64>> {
+        match self {
+            Field::Null => Ok(None),
+            other => other.u64().map(Some),
+        }
+    }
+
+    pub fn i64(&self) -> DbResult<i64> {
+        match self {
+            Field::Int(v) => i64::try_from(*v).map_err(|_| corrupt(format!("integer {v}"))),
+            other => Err(corrupt(format!("{other:?} where an integer belongs"))),
+        }
+    }
+
+    pub fn take_bytes(&mut self) -> DbResult<Vec<u8>> {
+        match std::mem::replace(self, Field::Null) {
+            Field::Bytes(b) => Ok(b),
+            other => Err(corrupt(format!("{other:?} where bytes belong"))),
+        }
+    }
+
+    fn text(&mut self) -> DbResult<String> {
+        String::from_utf8(self.take_bytes()?).map_err(|_| corrupt("non-UTF-8 text"))
+    }
+}
+
+pub type Row = Vec<Field>;
+
+/// What a database engine provides to the shared core.
+pub trait Engine {
+    /// The greatest integer a column holds (SQLite's are signed).
+    const MAX_INT: u64;
+    /// An expression for the length of `data.value` in a `LEFT JOIN data` (0 if no row).
+    const DATA_SIZE: &'static str;
+    /// Statements creating the schema.
+    const SCHEMA: &'static [&'static str];
+
+    /// Run a writing statement inside the current transaction (starting one if needed).
+    fn exec(&self, sql: &str, params: &[Param]) -> DbResult<()>;
+    fn query(&self, sql: &str, params: &[Param]) -> DbResult<Vec<Row>>;
+    fn commit(&self) -> DbResult<()>;
+    fn table_exists(&self, table: &str) -> DbResult<bool>;
+    /// Insert a new `data` row and return its id.
+    fn insert_data(&self, checksum: &Checksum, compression: u8, data: &[u8]) -> DbResult<u64>;
+    fn read_data(&self, id: u64) -> DbResult<Option<ObjectData>>;
+    fn delete_data(&self, ids: &[u64]) -> DbResult<()>;
+    /// Insert rows of `width` parameters each with `head` ("INSERT INTO t (a, b) VALUES").
+    fn insert_rows(&self, head: &str, width: usize, params: &[Param]) -> DbResult<()> {
+        let sql = format!("{head} {}", placeholders(width));
+        params
+            .chunks(width)
+            .try_for_each(|row| self.exec(&sql, row))
+    }
+}
+
+/// `(?, ?, ...)` with `width` marks.
+pub fn placeholders(width: usize) -> String {
+    format!("({})", vec!["?"; width].join(", "))
+}
+
+/// Integers inlined in SQL (`IN (...)` lists of ids we generated, never text from outside).
+fn int_list(values: &[u64]) -> String {
+    let parts: Vec<String> = values.iter().map(u64::to_string).collect();
+    parts.join(",")
+}
+
+/// SHA-1 of decimal integers joined with commas, as NEO's replica checks compute them.
+pub fn digest(values: impl IntoIterator<Item = u64>) -> Checksum {
+    let mut sha = Sha1::new();
+    let mut any = false;
+    for v in values {
+        if any {
+            sha.update(b",");
+        }
+        sha.update(v.to_string().as_bytes());
+        any = true;
+    }
+    if any {
+        sha.finalize().into()
+    } else {
+        ZERO_HASH
+    }
+}
+
+/// Decode `%XX` escapes (in URIs and database strings).
+pub fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent escape in {s:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
+}
+
+fn check_meta(meta: &TxnMeta) -> DbResult<()> {
+    if meta.oids.len() > MAX_TXN_OIDS {
+        return Err(DbError::TooLarge(format!(
+            "{} OIDs, at most {MAX_TXN_OIDS}",
+            meta.oids.len()
+        )));
+    }
+    for (what, text) in [
+        ("user", &meta.user),
+        ("description", &meta.description),
+        ("extension", &meta.extension),
+    ] {
+        if text.len() > MAX_TXN_TEXT {
+            return Err(DbError::TooLarge(format!(
+                "{what} of {} bytes, at most {MAX_TXN_TEXT}",
+                text.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn oids_bytes(oids: &[Oid]) -> Vec<u8> {
+    oids.iter().flat_map(|o| o.0.to_be_bytes()).collect()
+}
+
+fn parse_oids(bytes: &[u8]) -> DbResult<Vec<Oid>> {
+    if bytes.len() % 8 != 0 {
+        return Err(corrupt(format!("an OID list of {} bytes", bytes.len())));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| Oid(u64::from_be_bytes(c.try_into().expect("8-byte chunk"))))
+        .collect())
+}
+
+fn cell_state_code(state: CellState) -> u64 {
+    CellState::ALL.iter().position(|s| *s == state).unwrap_or(0) as u64
+}
+
+fn cell_state(code: u64) -> DbResult<CellState> {
+    CellState::ALL
+        .get(code as usize)
+        .copied()
+        .filter(|s| *s != CellState::Discarded)
+        .ok_or_else(|| corrupt(format!("cell state {code}")))
+}
+
+fn hex_tid(tid: Tid) -> String {
+    format!("{:016x}", tid.0)
+}
+
+/// `config` as stored: name -> value.
+fn read_config<E: Engine>(engine: &E) -> DbResult<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for mut row in engine.query("SELECT name, value FROM config", &[])? {
+        if row[1] != Field::Null {
+            let value = row[1].text()?;
+            map.insert(row[0].text()?, value);
+        }
+    }
+    Ok(map)
+}
+
+fn parse_config(map: &BTreeMap<String, String>) -> DbResult<DbConfig> {
+    fn num<T: std::str::FromStr>(map: &BTreeMap<String, String>, key: &str) -> DbResult<Option<T>> {
+        map.get(key)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| corrupt(format!("config {key} = {v:?}")))
+            })
+            .transpose()
+    }
+    fn tid(map: &BTreeMap<String, String>, key: &str) -> DbResult<Option<Tid>> {
+        map.get(key)
+            .map(|v| {
+                u64::from_str_radix(v, 16)
+                    .map(Tid)
+                    .map_err(|_| corrupt(format!("config {key} = {v:?}")))
+            })
+            .transpose()
+    }
+    Ok(DbConfig {
+        version: num(map, "version")?.unwrap_or(0),
+        name: map.get("name").cloned().unwrap_or_default(),
+        nid: num::<i32>(map, "nid")?.map(Nid),
+        ptid: num(map, "ptid")?.map(Ptid),
+        replicas: num(map, "replicas")?,
+        truncate_tid: tid(map, "truncate_tid")?,
+        backup_tid: tid(map, "backup_tid")?,
+    })
+}
+
+/// Check, without writing anything, that the database may be opened by `identity`.
+/// Ok(true) if it is initialised, Ok(false) if it is new (or its creation never finished).
+pub fn check_identity<E: Engine>(engine: &E, identity: &Identity) -> DbResult<bool> {
+    if !engine.table_exists("config")? {
+        return Ok(false);
+    }
+    let map = read_config(engine)?;
+    if !map.contains_key("version") {
+        return Ok(false);
+    }
+    let config = parse_config(&map)?;
+    if config.version > SCHEMA_VERSION {
+        return Err(DbError::NewerSchema {
+            supported: SCHEMA_VERSION,
+            found: config.version,
+        });
+    }
+    if config.name != identity.cluster {
+        return Err(DbError::Foreign {
+            what: "cluster",
+            expected: identity.cluster.clone(),
+            found: config.name,
+        });
+    }
+    if let (Some(expected), Some(found)) = (identity.nid, config.nid) {
+        if expected != found {
+            return Err(DbError::Foreign {
+                what: "node",
+                expected: expected.to_string(),
+                found: found.to_string(),
+            });
+        }
+    }
+    Ok(true)
+}
+
+/// What `store` holds for an object until `vote`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Held {
+    data_id: Option<u64>,
+    value_tid: Option<Tid>,
+}
+
+/// A revision in `obj`.
+#[derive(Clone, Copy, Debug)]
+struct Rev {
+    tid: Tid,
+    data_id: Option<u64>,
+    value_tid: Option<Tid>,
+}
+
+fn rev(row: &Row) -> DbResult<Rev> {
+    Ok(Rev {
+        tid: Tid(row[0].u64()?),
+        data_id: row[1].opt_u64()?,
+        value_tid: row[2].opt_u64()?.map(Tid),
+    })
+}
+
+/// Rows fetched per query by the operations that walk a whole partition.
+const BATCH: u64 = 1000;
+/// Ids per `IN (...)` list.
+const IDS_PER_STATEMENT: usize = 500;
+
+/// A storage node's database over an SQL engine (see the module doc).
+pub struct SqlBackend<E: Engine> {
+    engine: E,
+    /// The number of partitions of the stored partition table.
+    partitions: Option<u32>,
+    nid: Option<Nid>,
+    /// ttid -> oid -> what `store` holds.
+    held: BTreeMap<Tid, BTreeMap<Oid, Held>>,
+}
+
+impl<E: Engine> SqlBackend<E> {
+    /// Finish opening: create the schema if `initialised` is false, stamp the identity, drop
+    /// what a previous process held but never voted, and commit. `check_identity` came first.
+    pub fn start(engine: E, identity: &Identity, initialised: bool) -> DbResult<Self> {
+        let mut backend = SqlBackend {
+            engine,
+            partitions: None,
+            nid: None,
+            held: BTreeMap::new(),
+        };
+        if !initialised {
+            for ddl in E::SCHEMA {
+                backend.engine.exec(ddl, &[])?;
+            }
+            backend.set_config("name", Some(identity.cluster.clone()))?;
+            backend.set_config("version", Some(SCHEMA_VERSION.to_string()))?;
+        }
+        let config = backend.config()?;
+        if let (Some(nid), None) = (identity.nid, config.nid) {
+            backend.set_config("nid", Some(nid.0.to_string()))?;
+        }
+        let stale = backend.ids("SELECT DISTINCT data_id FROM tdata", &[])?;
+        backend.engine.exec("DELETE FROM tdata", &[])?;
+        backend.prune(stale)?;
+        backend.engine.commit()?;
+        backend.nid = identity.nid.or(config.nid);
+        backend.partitions = backend.count_partitions()?;
+        Ok(backend)
+    }
+
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// The number of rows of each table, for statistics and tests.
+    pub fn row_counts(&self) -> DbResult<BTreeMap<&'static str, u64>> {
+        let mut counts = BTreeMap::new();
+        for table in [
+            "config", "pt", "trans", "obj", "data", "ttrans", "tobj", "tdata",
+        ] {
+            let rows = self
+                .engine
+                .query(&format!("SELECT COUNT(*) FROM {table}"), &[])?;
+            counts.insert(table, rows[0][0].u64()?);
+        }
+        Ok(counts)
+    }
+
+    fn count_partitions(&self) -> DbResult<Option<u32>> {
+        let rows = self.engine.query("SELECT MAX(`partition`) FROM pt", &[])?;
+        match rows[0][0].opt_u64()? {
+            None => Ok(None),
+            Some(max) => u32::try_from(max + 1)
+                .map(Some)
+                .map_err(|_| corrupt(format!("partition {max}"))),
+        }
+    }
+
+    fn np(&self) -> DbResult<u32> {
+        self.partitions.ok_or(DbError::NoPartitionTable)
+    }
+
+    fn part(&self, id: u64) -> DbResult<Param<'static>> {
+        Ok(Param::U64(partition_of(id, self.np()?) as u64))
+    }
+
+    fn set_config(&self, name: &str, value: Option<String>) -> DbResult<()> {
+        match value {
+            Some(v) => self.engine.exec(
+                "REPLACE INTO config (name, value) VALUES (?, ?)",
+                &[Param::Text(name), Param::Text(&v)],
+            ),
+            None => self
+                .engine
+                .exec("DELETE FROM config WHERE name = ?", &[Param::Text(name)]),
+        }
+    }
+
+    /// The first column of every row, as ids.
+    fn ids(&self, sql: &str, params: &[Param]) -> DbResult<Vec<u64>> {
+        self.engine
+            .query(sql, params)?
+            .iter()
+            .map(|row| row[0].u64())
+            .collect()
+    }
+
+    fn first_u64(&self, sql: &str, params: &[Param]) -> DbResult<Option<u64>> {
+        match self.engine.query(sql, params)?.first() {
+            Some(row) => row[0].opt_u64(),
+            None => Ok(None),
+        }
+    }
+
+    /// Delete the data rows among `ids` that no revision and no held store refers to.
+    fn prune(&self, ids: impl IntoIterator<Item = u64>) -> DbResult<()> {
+        let ids: Vec<u64> = ids
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let dead = self.ids(
+                &format!(
+                    "SELECT id FROM data WHERE id IN ({}) \
+                     AND NOT EXISTS (SELECT 1 FROM obj WHERE obj.data_id = data.id) \
+                     AND NOT EXISTS (SELECT 1 FROM tobj WHERE tobj.data_id = data.id) \
+                     AND NOT EXISTS (SELECT 1 FROM tdata WHERE tdata.data_id = data.id)",
+                    int_list(chunk)
+                ),
+                &[],
+            )?;
+            if !dead.is_empty() {
+                self.engine.delete_data(&dead)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The id of the data row holding `data`, inserting it if no row has its checksum.
+    fn hold_data(&self, data: &ObjectData) -> DbResult<u64> {
+        let found = self.first_u64(
+            "SELECT id FROM data WHERE hash = ? AND compression = ?",
+            &[
+                Param::Bytes(&data.checksum),
+                Param::U64(data.compression as u64),
+            ],
+        )?;
+        match found {
+            Some(id) => {
+                let stored = self
+                    .engine
+                    .read_data(id)?
+                    .ok_or_else(|| corrupt(format!("data row {id} vanished")))?;
+                if stored.data != data.data {
+                    return Err(DbError::ChecksumCollision(data.checksum));
+                }
+                Ok(id)
+            }
+            None => self
+                .engine
+                .insert_data(&data.checksum, data.compression, &data.data),
+        }
+    }
+
+    fn revision(&self, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> DbResult<Option<Rev>> {
+        let p = self.part(oid.0)?;
+        let rows = match (at, before) {
+            (Some(at), _) if at.0 > E::MAX_INT => return Ok(None),
+            (Some(at), _) => self.engine.query(
+                "SELECT tid, data_id, value_tid FROM obj \
+                 WHERE `partition` = ? AND oid = ? AND tid = ?",
+                &[p, Param::U64(oid.0), Param::U64(at.0)],
+            )?,
+            (None, Some(before)) if before.0 <= E::MAX_INT => self.engine.query(
+                "SELECT tid, data_id, value_tid FROM obj \
+                 WHERE `partition` = ? AND oid = ? AND tid < ? ORDER BY tid DESC LIMIT 1",
+                &[p, Param::U64(oid.0), Param::U64(before.0)],
+            )?,
+            _ => self.engine.query(
+                "SELECT tid, data_id, value_tid FROM obj \
+                 WHERE `partition` = ? AND oid = ? ORDER BY tid DESC LIMIT 1",
+                &[p, Param::U64(oid.0)],
+            )?,
+        };
+        rows.first().map(rev).transpose()
+    }
+
+    fn object_exists(&self, oid: Oid) -> DbResult<bool> {
+        let rows = self.engine.query(
+            "SELECT 1 FROM obj WHERE `partition` = ? AND oid = ? LIMIT 1",
+            &[self.part(oid.0)?, Param::U64(oid.0)],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    /// The serial whose revision holds the data of `rev`, following undo backpointers. A
+    /// broken chain (a pointer forward, or to a packed revision) gives `rev`'s own serial,
+    /// as NEO does.
+    fn data_serial(&self, oid: Oid, rev: Rev) -> DbResult<Tid> {
+        let mut current = rev;
+        while let Some(target) = current.value_tid {
+            if target >= current.tid {
+                return Ok(rev.tid);
+            }
+            match self.revision(oid, Some(target), None)? {
+                Some(next) => current = next,
+                None => return Ok(rev.tid),
+            }
+        }
+        Ok(current.tid)
+    }
+
+    fn load_data(&self, data_id: Option<u64>) -> DbResult<Option<ObjectData>> {
+        data_id
+            .map(|id| {
+                self.engine
+                    .read_data(id)?
+                    .ok_or_else(|| corrupt(format!("a revision refers to missing data {id}")))
+            })
+            .transpose()
+    }
+
+    fn write_lock(&self, ttid: Tid, tid: Tid) -> DbResult<()> {
+        self.engine.exec(
+            "UPDATE ttrans SET tid = ? WHERE ttid = ?",
+            &[Param::U64(tid.0), Param::U64(ttid.0)],
+        )
+    }
+
+    fn write_unlock(&self, ttid: Tid, tid: Tid) -> DbResult<()> {
+        let np = self.np()?;
+        self.engine.exec(
+            "INSERT INTO trans (`partition`, tid, packed, oids, user, description, ext, ttid) \
+             SELECT ?, ?, packed, oids, user, description, ext, ttid FROM ttrans WHERE ttid = ?",
+            &[
+                Param::U64(partition_of(tid.0, np) as u64),
+                Param::U64(tid.0),
+                Param::U64(ttid.0),
+            ],
+        )?;
+        self.engine.exec(
+            "INSERT INTO obj (`partition`, oid, tid, data_id, value_tid) \
+             SELECT oid % ?, oid, ?, data_id, value_tid FROM tobj WHERE tid = ?",
+            &[Param::U64(np as u64), Param::U64(tid.0), Param::U64(ttid.0)],
+        )?;
+        self.engine
+            .exec("DELETE FROM tobj WHERE tid = ?", &[Param::U64(ttid.0)])?;
+        self.engine
+            .exec("DELETE FROM ttrans WHERE ttid = ?", &[Param::U64(ttid.0)])
+    }
+
+    /// Delete revisions of a partition matching `filter` (a condition on `obj` with the
+    /// given parameters after the partition), releasing their data.
+    fn delete_revisions(&self, partition: u32, filter: &str, params: &[Param]) -> DbResult<()> {
+        let mut all = vec![Param::U64(partition as u64)];
+        all.extend_from_slice(params);
+        let ids = self.ids(
+            &format!(
+                "SELECT DISTINCT data_id FROM obj WHERE `partition` = ? AND data_id IS NOT NULL \
+                 AND {filter}"
+            ),
+            &all,
+        )?;
+        self.engine.exec(
+            &format!("DELETE FROM obj WHERE `partition` = ? AND {filter}"),
+            &all,
+        )?;
+        self.prune(ids)
+    }
+
+    fn partitions_or_all(&self) -> Vec<u32> {
+        (0..self.partitions.unwrap_or(0)).collect()
+    }
+
+    fn pack_partition(&self, tid: Tid, partition: u32) -> DbResult<()> {
+        let p = Param::U64(partition as u64);
+        let mut min_oid = 0u64;
+        loop {
+            // The newest revision at or before `tid` of a batch of objects, with how many
+            // revisions each has there.
+            let rows = self.engine.query(
+                "SELECT o.oid, o.tid, o.data_id, t.n FROM \
+                 (SELECT oid, MAX(tid) AS tid, COUNT(*) AS n FROM obj \
+                  WHERE `partition` = ? AND oid >= ? AND tid <= ? \
+                  GROUP BY oid ORDER BY oid LIMIT ?) t \
+                 JOIN obj o ON o.`partition` = ? AND o.oid = t.oid AND o.tid = t.tid \
+                 ORDER BY o.oid",
+                &[
+                    p,
+                    Param::U64(min_oid),
+                    Param::U64(tid.0.min(E::MAX_INT)),
+                    Param::U64(BATCH),
+                    p,
+                ],
+            )?;
+            for row in &rows {
+                let (oid, newest, data_id, n) = (
+                    row[0].u64()?,
+                    row[1].u64()?,
+                    row[2].opt_u64()?,
+                    row[3].u64()?,
+                );
+                let filter = if data_id.is_none() {
+                    "oid = ? AND tid <= ?"
+                } else if n > 1 {
+                    "oid = ? AND tid < ?"
+                } else {
+                    continue;
+                };
+                self.delete_revisions(partition, filter, &[Param::U64(oid), Param::U64(newest)])?;
+            }
+            match rows.last() {
+                Some(last) if rows.len() as u64 == BATCH => min_oid = last[0].u64()? + 1,
+                _ => break,
+            }
+        }
+        self.engine.exec(
+            "UPDATE trans SET packed = 1 WHERE `partition` = ? AND tid <= ?",
+            &[p, Param::U64(tid.0.min(E::MAX_INT))],
+        )
+    }
+
+    fn txn_row(&self, meta: &TxnMeta) -> DbResult<Vec<u8>> {
+        check_meta(meta)?;
+        Ok(oids_bytes(&meta.oids))
+    }
+}
+
+impl<E: Engine> Backend for SqlBackend<E> {
+    fn config(&self) -> DbResult<DbConfig> {
+        parse_config(&read_config(&self.engine)?)
+    }
+
+    fn set_nid(&mut self, nid: Nid) -> DbResult<()> {
+        self.set_config("nid", Some(nid.0.to_string()))?;
+        self.engine.commit()?;
+        self.nid = Some(nid);
+        Ok(())
+    }
+
+    fn set_truncate_tid(&mut self, tid: Option<Tid>) -> DbResult<()> {
+        self.set_config("truncate_tid", tid.map(hex_tid))?;
+        self.set_config("backup_tid", None)?;
+        self.engine.commit()
+    }
+
+    fn set_backup_tid(&mut self, tid: Option<Tid>) -> DbResult<()> {
+        self.set_config("backup_tid", tid.map(hex_tid))
+    }
+
+    fn partition_table(&self) -> DbResult<Vec<Cell>> {
+        self.engine
+            .query(
+                "SELECT `partition`, nid, state FROM pt ORDER BY `partition`, nid",
+                &[],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(Cell {
+                    partition: u32::try_from(row[0].u64()?)
+                        .map_err(|_| corrupt("partition number"))?,
+                    nid: Nid(i32::try_from(row[1].i64()?).map_err(|_| corrupt("node id"))?),
+                    state: cell_state(row[2].u64()?)?,
+                })
+            })
+            .collect()
+    }
+
+    fn change_partition_table(
+        &mut self,
+        ptid: Ptid,
+        replicas: u32,
+        cells: &[Cell],
+        reset: bool,
+    ) -> DbResult<()> {
+        // Replication marks of own cells that stay OUT_OF_DATE survive the change.
+        let mut marks = BTreeMap::new();
+        if let Some(nid) = self.nid {
+            for row in self.engine.query(
+                "SELECT `partition`, tid FROM pt WHERE nid = ? AND state = ?",
+                &[
+                    Param::I64(nid.0 as i64),
+                    Param::U64(cell_state_code(CellState::OutOfDate)),
+                ],
+            )? {
+                marks.insert(row[0].u64()?, row[1].opt_u64()?);
+            }
+        }
+        if reset {
+            self.engine.exec("DELETE FROM pt", &[])?;
+        }
+        for cell in cells {
+            let (p, nid) = (
+                Param::U64(cell.partition as u64),
+                Param::I64(cell.nid.0 as i64),
+            );
+            if cell.state == CellState::Discarded {
+                self.engine.exec(
+                    "DELETE FROM pt WHERE `partition` = ? AND nid = ?",
+                    &[p, nid],
+                )?;
+                continue;
+            }
+            let mark = if Some(cell.nid) == self.nid && cell.state == CellState::OutOfDate {
+                marks.get(&(cell.partition as u64)).copied().flatten()
+            } else {
+                None
+            };
+            self.engine.exec(
+                "REPLACE INTO pt (`partition`, nid, state, tid) VALUES (?, ?, ?, ?)",
+                &[p, nid, Param::U64(cell_state_code(cell.state)), opt(mark)],
+            )?;
+        }
+        self.set_config("ptid", Some(ptid.0.to_string()))?;
+        self.set_config("replicas", Some(replicas.to_string()))?;
+        self.engine.commit()?;
+        self.partitions = self.count_partitions()?;
+        Ok(())
+    }
+
+    fn replicated_up_to(&self, partition: u32) -> DbResult<Option<Tid>> {
+        let Some(nid) = self.nid else {
+            return Ok(None);
+        };
+        Ok(self
+            .first_u64(
+                "SELECT tid FROM pt WHERE `partition` = ? AND nid = ?",
+                &[Param::U64(partition as u64), Param::I64(nid.0 as i64)],
+            )?
+            .map(Tid))
+    }
+
+    fn set_replicated_up_to(&mut self, partition: u32, tid: Option<Tid>) -> DbResult<()> {
+        let own = self.nid.map(|nid| nid.0 as i64).unwrap_or(i64::MIN);
+        let (p, state) = (
+            Param::U64(partition as u64),
+            Param::U64(cell_state_code(CellState::OutOfDate)),
+        );
+        let found = self.engine.query(
+            "SELECT 1 FROM pt WHERE `partition` = ? AND nid = ? AND state = ?",
+            &[p, Param::I64(own), state],
+        )?;
+        if found.is_empty() {
+            return Err(DbError::Backend(format!(
+                "partition {partition} has no OUT_OF_DATE cell of this node to mark replicated"
+            )));
+        }
+        self.engine.exec(
+            "UPDATE pt SET tid = ? WHERE `partition` = ? AND nid = ?",
+            &[opt(tid.map(|t| t.0)), p, Param::I64(own)],
+        )
+    }
+
+    fn store(&mut self, ttid: Tid, oid: Oid, value: Value) -> DbResult<()> {
+        let held = match value {
+            Value::Data(data) => Held {
+                data_id: Some(self.hold_data(&data)?),
+                value_tid: None,
+            },
+            Value::Deleted => Held {
+                data_id: None,
+                value_tid: None,
+            },
+            Value::Backpointer(tid) => match self.revision(oid, Some(tid), None)? {
+                Some(Rev {
+                    data_id: Some(id), ..
+                }) => Held {
+                    data_id: Some(id),
+                    value_tid: Some(tid),
+                },
+                _ => return Err(DbError::UndoPack { oid, tid }),
+            },
+        };
+        let old = self
+            .held
+            .get(&ttid)
+            .and_then(|objects| objects.get(&oid))
+            .and_then(|h| h.data_id);
+        let key = [Param::U64(ttid.0), Param::U64(oid.0)];
+        match held.data_id {
+            Some(id) => self.engine.exec(
+                "REPLACE INTO tdata (ttid, oid, data_id) VALUES (?, ?, ?)",
+                &[key[0], key[1], Param::U64(id)],
+            )?,
+            None if old.is_some() => self
+                .engine
+                .exec("DELETE FROM tdata WHERE ttid = ? AND oid = ?", &key)?,
+            None => {}
+        }
+        self.held.entry(ttid).or_default().insert(oid, held);
+        self.prune(old.filter(|&id| Some(id) != held.data_id))
+    }
+
+    fn unstore(&mut self, ttid: Tid, oid: Oid) -> DbResult<()> {
+        let Some(held) = self.held.get_mut(&ttid).and_then(|o| o.remove(&oid)) else {
+            return Ok(());
+        };
+        if let Some(id) = held.data_id {
+            self.engine.exec(
+                "DELETE FROM tdata WHERE ttid = ? AND oid = ?",
+                &[Param::U64(ttid.0), Param::U64(oid.0)],
+            )?;
+            self.prune([id])?;
+        }
+        Ok(())
+    }
+
+    fn vote(&mut self, ttid: Tid, meta: Option<&TxnMeta>) -> DbResult<()> {
+        let oids = meta.map(|m| self.txn_row(m)).transpose()?;
+        if let Some(objects) = self.held.get(&ttid) {
+            let mut params = Vec::with_capacity(objects.len() * 4);
+            for (oid, held) in objects {
+                params.extend([
+                    Param::U64(ttid.0),
+                    Param::U64(oid.0),
+                    opt(held.data_id),
+                    opt(held.value_tid.map(|t| t.0)),
+                ]);
+            }
+            self.engine.insert_rows(
+                "INSERT INTO tobj (tid, oid, data_id, value_tid) VALUES",
+                4,
+                &params,
+            )?;
+            self.engine
+                .exec("DELETE FROM tdata WHERE ttid = ?", &[Param::U64(ttid.0)])?;
+        }
+        if let (Some(meta), Some(oids)) = (meta, &oids) {
+            self.engine.exec(
+                "REPLACE INTO ttrans (ttid, tid, packed, oids, user, description, ext) \
+                 VALUES (?, NULL, 0, ?, ?, ?, ?)",
+                &[
+                    Param::U64(ttid.0),
+                    Param::Bytes(oids),
+                    Param::Bytes(&meta.user),
+                    Param::Bytes(&meta.description),
+                    Param::Bytes(&meta.extension),
+                ],
+            )?;
+        }
+        self.engine.commit()?;
+        self.held.remove(&ttid);
+        Ok(())
+    }
+
+    fn lock(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
+        self.write_lock(ttid, tid)?;
+        self.engine.commit()
+    }
+
+    fn unlock(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
+        self.write_unlock(ttid, tid)?;
+        self.engine.commit()
+    }
+
+    fn abort(&mut self, ttid: Tid) -> DbResult<()> {
+        let key = [Param::U64(ttid.0)];
+        let mut ids = self.ids(
+            "SELECT data_id FROM tobj WHERE tid = ? AND data_id IS NOT NULL",
+            &key,
+        )?;
+        ids.extend(self.ids("SELECT data_id FROM tdata WHERE ttid = ?", &key)?);
+        self.engine.exec("DELETE FROM tdata WHERE ttid = ?", &key)?;
+        self.engine.exec("DELETE FROM tobj WHERE tid = ?", &key)?;
+        self.engine
+            .exec("DELETE FROM ttrans WHERE ttid = ?", &key)?;
+        self.prune(ids)?;
+        self.engine.commit()?;
+        self.held.remove(&ttid);
+        Ok(())
+    }
+
+    fn locked_transactions(&self) -> DbResult<BTreeMap<Tid, Option<Tid>>> {
+        let mut voted = BTreeMap::new();
+        for ttid in self.ids("SELECT DISTINCT tid FROM tobj", &[])? {
+            voted.insert(Tid(ttid), None);
+        }
+        for row in self.engine.query("SELECT ttid, tid FROM ttrans", &[])? {
+            voted.insert(Tid(row[0].u64()?), row[1].opt_u64()?.map(Tid));
+        }
+        Ok(voted)
+    }
+
+    fn final_tid(&self, ttid: Tid) -> DbResult<Option<Tid>> {
+        let key = [Param::U64(ttid.0)];
+        let committed = self.first_u64("SELECT tid FROM trans WHERE ttid = ?", &key)?;
+        let found = match committed {
+            Some(tid) => Some(tid),
+            None => self.first_u64("SELECT tid FROM ttrans WHERE ttid = ?", &key)?,
+        };
+        Ok(found.map(Tid))
+    }
+
+    fn validate(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
+        self.write_lock(ttid, tid)?;
+        self.write_unlock(ttid, tid)?;
+        self.engine.commit()
+    }
+
+    fn drop_unfinished(&mut self) -> DbResult<()> {
+        let mut ids = self.ids(
+            "SELECT DISTINCT data_id FROM tobj WHERE data_id IS NOT NULL",
+            &[],
+        )?;
+        ids.extend(self.ids("SELECT DISTINCT data_id FROM tdata", &[])?);
+        for table in ["tdata", "tobj", "ttrans"] {
+            self.engine.exec(&format!("DELETE FROM {table}"), &[])?;
+        }
+        self.prune(ids)?;
+        self.engine.commit()?;
+        self.held.clear();
+        Ok(())
+    }
+
+    fn load(&self, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> DbResult<Load> {
+        let Some(rev) = self.revision(oid, at, before)? else {
+            return Ok(if self.object_exists(oid)? {
+                Load::NotFound
+            } else {
+                Load::DoesNotExist
+            });
+        };
+        let next_serial = self
+            .first_u64(
+                "SELECT MIN(tid) FROM obj WHERE `partition` = ? AND oid = ? AND tid > ?",
+                &[self.part(oid.0)?, Param::U64(oid.0), Param::U64(rev.tid.0)],
+            )?
+            .map(Tid);
+        let data = self.load_data(rev.data_id)?.unwrap_or(ObjectData {
+            compression: 0,
+            checksum: ZERO_HASH,
+            data: Vec::new(),
+        });
+        Ok(Load::Found(Loaded {
+            serial: rev.tid,
+            next_serial,
+            compression: data.compression,
+            checksum: data.checksum,
+            data: data.data,
+            data_serial: rev.value_tid,
+        }))
+    }
+
+    fn history(&self, oid: Oid, offset: u64, length: u64) -> DbResult<Option<Vec<(Tid, u64)>>> {
+        if !self.object_exists(oid)? {
+            return Ok(None);
+        }
+        let rows = self.engine.query(
+            &format!(
+                "SELECT obj.tid, {} FROM obj LEFT JOIN data ON data.id = obj.data_id \
+                 WHERE obj.`partition` = ? AND obj.oid = ? ORDER BY obj.tid DESC LIMIT ? OFFSET ?",
+                E::DATA_SIZE
+            ),
+            &[
+                self.part(oid.0)?,
+                Param::U64(oid.0),
+                Param::U64(length.min(E::MAX_INT)),
+                Param::U64(offset.min(E::MAX_INT)),
+            ],
+        )?;
+        rows.iter()
+            .map(|row| Ok((Tid(row[0].u64()?), row[1].opt_u64()?.unwrap_or(0))))
+            .collect::<DbResult<_>>()
+            .map(Some)
+    }
+
+    fn transaction(&self, tid: Tid) -> DbResult<Option<TxnInfo>> {
+        if tid.0 > E::MAX_INT {
+            return Ok(None);
+        }
+        let mut rows = self.engine.query(
+            "SELECT ttid, packed, user, description, ext, oids FROM trans \
+             WHERE `partition` = ? AND tid = ?",
+            &[self.part(tid.0)?, Param::U64(tid.0)],
+        )?;
+        let Some(row) = rows.first_mut() else {
+            return Ok(None);
+        };
+        Ok(Some(TxnInfo {
+            tid,
+            ttid: Tid(row[0].u64()?),
+            packed: row[1].u64()? != 0,
+            meta: TxnMeta {
+                user: row[2].take_bytes()?,
+                description: row[3].take_bytes()?,
+                extension: row[4].take_bytes()?,
+                oids: parse_oids(&row[5].take_bytes()?)?,
+            },
+        }))
+    }
+
+    fn tids(&self, offset: u64, length: u64, partitions: &[u32]) -> DbResult<Vec<Tid>> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<u64> = partitions.iter().map(|&p| p as u64).collect();
+        let tids = self.ids(
+            &format!(
+                "SELECT tid FROM trans WHERE `partition` IN ({}) \
+                 ORDER BY tid DESC LIMIT ? OFFSET ?",
+                int_list(&list)
+            ),
+            &[
+                Param::U64(length.min(E::MAX_INT)),
+                Param::U64(offset.min(E::MAX_INT)),
+            ],
+        )?;
+        Ok(tids.into_iter().map(Tid).collect())
+    }
+
+    fn tids_from(
+        &self,
+        min_tid: Tid,
+        max_tid: Tid,
+        length: u64,
+        partitions: &[u32],
+    ) -> DbResult<Vec<Tid>> {
+        if partitions.is_empty() || min_tid.0 > E::MAX_INT {
+            return Ok(Vec::new());
+        }
+        let list: Vec<u64> = partitions.iter().map(|&p| p as u64).collect();
+        let tids = self.ids(
+            &format!(
+                "SELECT tid FROM trans WHERE `partition` IN ({}) AND tid >= ? AND tid <= ? \
+                 ORDER BY tid LIMIT ?",
+                int_list(&list)
+            ),
+            &[
+                Param::U64(min_tid.0),
+                Param::U64(max_tid.0.min(E::MAX_INT)),
+                Param::U64(length.min(E::MAX_INT)),
+            ],
+        )?;
+        Ok(tids.into_iter().map(Tid).collect())
+    }
+
+    fn oids_from(
+        &self,
+        partition: u32,
+        length: u64,
+        min_oid: Oid,
+        tid: Tid,
+    ) -> DbResult<(Vec<Oid>, Option<Oid>)> {
+        let p = Param::U64(partition as u64);
+        let mut found = Vec::new();
+        let mut from = min_oid.0;
+        while from <= E::MAX_INT {
+            // The newest revision at or before `tid` of a batch of objects; deleted ones are
+            // skipped, and the first one past `length` is where the caller continues.
+            let rows = self.engine.query(
+                "SELECT o.oid, o.data_id FROM \
+                 (SELECT oid, MAX(tid) AS tid FROM obj \
+                  WHERE `partition` = ? AND oid >= ? AND tid <= ? \
+                  GROUP BY oid ORDER BY oid LIMIT ?) t \
+                 JOIN obj o ON o.`partition` = ? AND o.oid = t.oid AND o.tid = t.tid \
+                 ORDER BY o.oid",
+                &[
+                    p,
+                    Param::U64(from),
+                    Param::U64(tid.0.min(E::MAX_INT)),
+                    Param::U64(BATCH),
+                    p,
+                ],
+            )?;
+            for row in &rows {
+                if row[1] == Field::Null {
+                    continue;
+                }
+                let oid = Oid(row[0].u64()?);
+                if found.len() as u64 == length {
+                    return Ok((found, Some(oid)));
+                }
+                found.push(oid);
+            }
+            match rows.last() {
+                Some(last) if rows.len() as u64 == BATCH => from = last[0].u64()? + 1,
+                _ => break,
+            }
+        }
+        Ok((found, None))
+    }
+
+    fn find_undo(&self, oid: Oid, ltid: Tid, undone_tid: Tid) -> DbResult<Option<UndoInfo>> {
+        let Some(undone) = self.revision(oid, Some(undone_tid), None)? else {
+            return Ok(None);
+        };
+        let Some(current) = self.revision(oid, None, Some(ltid))? else {
+            return Ok(None);
+        };
+        let is_current = self.data_serial(oid, undone)? == self.data_serial(oid, current)?;
+        let undo = match self.revision(oid, None, Some(undone_tid))? {
+            Some(before) => Some(self.data_serial(oid, before)?),
+            None => None,
+        };
+        Ok(Some(UndoInfo {
+            current: current.tid,
+            undo,
+            is_current,
+        }))
+    }
+
+    fn last_ids(&self) -> DbResult<LastIds> {
+        let mut ids = LastIds {
+            last_oid: self.first_u64("SELECT MAX(oid) FROM tobj", &[])?.map(Oid),
+            ..LastIds::default()
+        };
+        // Per partition, so that every aggregate is an index lookup.
+        for partition in self.partitions_or_all() {
+            let p = [Param::U64(partition as u64)];
+            let max = |sql: &str| self.first_u64(sql, &p);
+            let last_trans = max("SELECT MAX(tid) FROM trans WHERE `partition` = ?")?;
+            let last_obj = max("SELECT MAX(tid) FROM obj WHERE `partition` = ?")?;
+            let last_oid = max("SELECT MAX(oid) FROM obj WHERE `partition` = ?")?;
+            let first = max("SELECT MIN(tid) FROM trans WHERE `partition` = ?")?;
+            ids.last_tid = ids.last_tid.max(last_trans.max(last_obj).map(Tid));
+            ids.last_oid = ids.last_oid.max(last_oid.map(Oid));
+            if let Some(first) = first.map(Tid) {
+                ids.first_tid = Some(ids.first_tid.map_or(first, |f| f.min(first)));
+            }
+        }
+        Ok(ids)
+    }
+
+    fn truncate(&mut self) -> DbResult<()> {
+        let Some(tid) = self.config()?.truncate_tid else {
+            return Ok(());
+        };
+        let t = Param::U64(tid.0.min(E::MAX_INT));
+        for partition in self.partitions_or_all() {
+            let p = Param::U64(partition as u64);
+            self.engine.exec(
+                "DELETE FROM trans WHERE `partition` = ? AND tid > ?",
+                &[p, t],
+            )?;
+            self.delete_revisions(partition, "tid > ?", &[t])?;
+        }
+        self.engine
+            .exec("UPDATE pt SET tid = ? WHERE tid > ?", &[t, t])?;
+        self.set_config("truncate_tid", None)?;
+        self.engine.commit()
+    }
+
+    fn replication_tids(
+        &self,
+        partition: u32,
+        min_tid: Tid,
+        max_tid: Tid,
+        length: u64,
+    ) -> DbResult<Vec<Tid>> {
+        self.tids_from(min_tid, max_tid, length, &[partition])
+    }
+
+    fn replication_objects(
+        &self,
+        partition: u32,
+        min_tid: Tid,
+        max_tid: Tid,
+        min_oid: Oid,
+        length: u64,
+    ) -> DbResult<Vec<(Tid, Oid)>> {
+        if min_tid.0 > E::MAX_INT {
+            return Ok(Vec::new());
+        }
+        self.engine
+            .query(
+                "SELECT tid, oid FROM obj WHERE `partition` = ? AND tid >= ? AND tid <= ? \
+                 AND (tid > ? OR oid >= ?) ORDER BY tid, oid LIMIT ?",
+                &[
+                    Param::U64(partition as u64),
+                    Param::U64(min_tid.0),
+                    Param::U64(max_tid.0.min(E::MAX_INT)),
+                    Param::U64(min_tid.0),
+                    Param::U64(min_oid.0.min(E::MAX_INT)),
+                    Param::U64(length.min(E::MAX_INT)),
+                ],
+            )?
+            .iter()
+            .map(|row| Ok((Tid(row[0].u64()?), Oid(row[1].u64()?))))
+            .collect()
+    }
+
+    fn object_record(&self, oid: Oid, serial: Tid) -> DbResult<Option<ObjectRecord>> {
+        let Some(rev) = self.revision(oid, Some(serial), None)? else {
+            return Ok(None);
+        };
+        Ok(Some(ObjectRecord {
+            data: self.load_data(rev.data_id)?,
+            data_serial: rev.value_tid,
+        }))
+    }
+
+    fn put_transaction(&mut self, txn: &TxnInfo) -> DbResult<()> {
+        let oids = self.txn_row(&txn.meta)?;
+        self.engine.exec(
+            "REPLACE INTO trans (`partition`, tid, packed, oids, user, description, ext, ttid) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            &[
+                self.part(txn.tid.0)?,
+                Param::U64(txn.tid.0),
+                Param::U64(txn.packed as u64),
+                Param::Bytes(&oids),
+                Param::Bytes(&txn.meta.user),
+                Param::Bytes(&txn.meta.description),
+                Param::Bytes(&txn.meta.extension),
+                Param::U64(txn.ttid.0),
+            ],
+        )
+    }
+
+    fn put_object(&mut self, oid: Oid, serial: Tid, record: &ObjectRecord) -> DbResult<()> {
+        let p = self.part(oid.0)?;
+        let data_id = match (&record.data, record.data_serial) {
+            (Some(data), _) => Some(self.hold_data(data)?),
+            (None, Some(tid)) => match self.revision(oid, Some(tid), None)? {
+                Some(Rev {
+                    data_id: Some(id), ..
+                }) => Some(id),
+                _ => return Err(DbError::UndoPack { oid, tid }),
+            },
+            (None, None) => None,
+        };
+        let old = self
+            .revision(oid, Some(serial), None)?
+            .and_then(|r| r.data_id);
+        self.engine.exec(
+            "REPLACE INTO obj (`partition`, oid, tid, data_id, value_tid) VALUES (?, ?, ?, ?, ?)",
+            &[
+                p,
+                Param::U64(oid.0),
+                Param::U64(serial.0),
+                opt(data_id),
+                opt(record.data_serial.map(|t| t.0)),
+            ],
+        )?;
+        self.prune(old.filter(|&id| Some(id) != data_id))
+    }
+
+    fn delete_transaction(&mut self, tid: Tid) -> DbResult<()> {
+        if tid.0 > E::MAX_INT {
+            return Ok(());
+        }
+        self.engine.exec(
+            "DELETE FROM trans WHERE `partition` = ? AND tid = ?",
+            &[self.part(tid.0)?, Param::U64(tid.0)],
+        )
+    }
+
+    fn delete_object(&mut self, oid: Oid, serial: Tid) -> DbResult<()> {
+        if serial.0 > E::MAX_INT || oid.0 > E::MAX_INT {
+            return Ok(());
+        }
+        let partition = partition_of(oid.0, self.np()?);
+        self.delete_revisions(
+            partition,
+            "oid = ? AND tid = ?",
+            &[Param::U64(oid.0), Param::U64(serial.0)],
+        )
+    }
+
+    fn check_tid_range(
+        &self,
+        partition: u32,
+        length: u64,
+        min_tid: Tid,
+        max_tid: Tid,
+    ) -> DbResult<TidRangeCheck> {
+        let tids = self.replication_tids(partition, min_tid, max_tid, length)?;
+        Ok(TidRangeCheck {
+            count: tids.len() as u64,
+            sha1: digest(tids.iter().map(|t| t.0)),
+            max_tid: tids.last().copied(),
+        })
+    }
+
+    fn check_serial_range(
+        &self,
+        partition: u32,
+        length: u64,
+        min_tid: Tid,
+        max_tid: Tid,
+        min_oid: Oid,
+    ) -> DbResult<SerialRangeCheck> {
+        let rows = self.replication_objects(partition, min_tid, max_tid, min_oid, length)?;
+        Ok(SerialRangeCheck {
+            count: rows.len() as u64,
+            tid_sha1: digest(rows.iter().map(|(t, _)| t.0)),
+            last_tid: rows.last().map(|(t, _)| *t),
+            oid_sha1: digest(rows.iter().map(|(_, o)| o.0)),
+            last_oid: rows.last().map(|(_, o)| *o),
+        })
+    }
+
+    fn commit(&mut self) -> DbResult<()> {
+        self.engine.commit()
+    }
+
+    fn pack(&mut self, tid: Tid, partitions: &[u32]) -> DbResult<()> {
+        for &partition in partitions {
+            self.pack_partition(tid, partition)?;
+        }
+        self.engine.commit()
+    }
+
+    fn drop_partitions(&mut self, partitions: &[u32]) -> DbResult<()> {
+        for &partition in partitions {
+            self.engine.exec(
+                "DELETE FROM trans WHERE `partition` = ?",
+                &[Param::U64(partition as u64)],
+            )?;
+            self.delete_revisions(partition, "1 = 1", &[])?;
+        }
+        self.engine.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_sha1_of_comma_joined_decimals() {
+        assert_eq!(digest([]), ZERO_HASH);
+        let expected: Checksum = Sha1::digest(b"1,22,333").into();
+        assert_eq!(digest([1, 22, 333]), expected);
+    }
+
+    #[test]
+    fn oid_lists_round_trip_and_bad_lengths_are_errors() {
+        let oids = vec![Oid(1), Oid(u64::MAX), Oid(0x0102_0304_0506_0708)];
+        assert_eq!(parse_oids(&oids_bytes(&oids)).unwrap(), oids);
+        assert!(matches!(parse_oids(&[0; 7]), Err(DbError::Backend(_))));
+    }
+
+    #[test]
+    fn metadata_limits() {
+        let mut meta = TxnMeta {
+            oids: vec![Oid(0); MAX_TXN_OIDS],
+            ..TxnMeta::default()
+        };
+        assert!(check_meta(&meta).is_ok());
+        meta.oids.push(Oid(0));
+        assert!(matches!(check_meta(&meta), Err(DbError::TooLarge(_))));
+        meta.oids.clear();
+        meta.description = vec![b'x'; MAX_TXN_TEXT + 1];
+        assert!(matches!(check_meta(&meta), Err(DbError::TooLarge(_))));
+    }
+}
