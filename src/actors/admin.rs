@@ -79,13 +79,13 @@ impl Admin {
             self.on_closed(cx, conn, peer, CloseReason::TimedOut);
         }
         self.master
-            .tick(cx, &mut self.links, Peer::Master, self.nid);
+            .tick(cx, &mut self.links, Peer::Master, self.nid, Default::default());
     }
 
     fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
         match peer {
             Peer::Master => {
-                if self.master.closed(conn, &reason) == Some(LinkEvent::Lost) {
+                if self.master.closed(cx, conn, &reason) == Some(LinkEvent::Lost) {
                     // What was relayed will never be answered.
                     for (_, (ctl, id)) in std::mem::take(&mut self.relayed) {
                         let e = Packet::error(
@@ -98,7 +98,7 @@ impl Admin {
                 }
                 if !self.stopped {
                     self.master
-                        .tick(cx, &mut self.links, Peer::Master, self.nid);
+                        .tick(cx, &mut self.links, Peer::Master, self.nid, Default::default());
                 }
             }
             Peer::Ctl => self.relayed.retain(|_, (c, _)| *c != conn),

@@ -234,6 +234,12 @@ fn main() -> ExitCode {
                 say!("FAILED seed {}: {}", f.opts.seed, f.what);
                 say!("  shape: {}; swarm: {}", f.report.shape, f.report.swarm);
                 say!("  replay: {}", f.opts.replay_command());
+                if r.failures.len() > 1 {
+                    say!("other failed seeds:");
+                    for (seed, what) in r.failures.iter().skip(1).take(20) {
+                        say!("  {seed}: {what}");
+                    }
+                }
             }
             say!(
                 "simulated {:.0}s in {:.1}s of wall time ({:.0}x)",

@@ -1328,6 +1328,21 @@ impl<E: Engine> Backend for SqlBackend<E> {
         self.engine.commit()
     }
 
+    fn erase(&mut self) -> DbResult<()> {
+        self.held.clear();
+        for table in ["pt", "trans", "obj", "ttrans", "tobj", "tdata"] {
+            self.engine.exec(&format!("DELETE FROM {table}"), &[])?;
+        }
+        let ids = self.ids("SELECT id FROM data", &[])?;
+        self.engine.delete_data(&ids)?;
+        for key in ["nid", "ptid", "replicas", "truncate_tid", "backup_tid"] {
+            self.set_config(key, None)?;
+        }
+        self.partitions = None;
+        self.nid = None;
+        self.engine.commit()
+    }
+
     fn drop_partitions(&mut self, partitions: &[u32]) -> DbResult<()> {
         for &partition in partitions {
             self.engine.exec(

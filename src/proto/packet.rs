@@ -49,6 +49,9 @@ pub struct IdentificationExtra {
     pub read_only: bool,
     /// A storage's place in the topology (machine, disk, ...), for spreading replicas.
     pub devpath: Vec<String>,
+    /// A storage whose node id is in a partition table it holds: that id is its own, and a
+    /// second node claiming it is a copy. Otherwise the id may be replaced.
+    pub established: bool,
 }
 
 macro_rules! packets {

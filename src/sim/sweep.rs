@@ -40,6 +40,8 @@ pub struct SweepReport {
     pub failed: u64,
     /// The failure with the smallest seed.
     pub first: Option<SweepFailure>,
+    /// Every failed seed with what failed, by seed.
+    pub failures: Vec<(u64, String)>,
     pub sim_time: Duration,
     pub wall: Duration,
 }
@@ -88,6 +90,7 @@ pub fn sweep(opts: &SweepOptions) -> SweepReport {
                 r.sim_time += report.sim_time;
                 if let Some(what) = failed {
                     r.failed += 1;
+                    r.failures.push((o.seed, what.clone()));
                     if r.first.as_ref().is_none_or(|f| f.opts.seed > o.seed) {
                         r.first = Some(SweepFailure {
                             opts: o,
@@ -114,6 +117,7 @@ pub fn sweep(opts: &SweepOptions) -> SweepReport {
         eprintln!();
     }
     let mut r = result.into_inner().expect("threads joined");
+    r.failures.sort();
     r.wall = started.elapsed();
     r
 }

@@ -208,6 +208,11 @@ impl World {
         self.seed
     }
 
+    /// True time at virtual time zero.
+    pub fn epoch(&self) -> WallTime {
+        self.epoch
+    }
+
     pub fn failure(&self) -> Option<&Failure> {
         self.failure.as_ref()
     }

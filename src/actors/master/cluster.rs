@@ -72,8 +72,12 @@ pub struct Primary {
     pub claim: Claim,
     pub cluster_state: ClusterState,
     pub pt: PartitionTable,
-    /// `neoctl start`, or an automatic restart: start as soon as the table is operational.
+    /// `neoctl start`: start as soon as the table is operational (or, for a new database,
+    /// with the storages there are).
     pub startup_allowed: bool,
+    /// An automatic restart after the table stopped being operational: start as soon as it
+    /// is again, but never create a new database (a table exists somewhere).
+    pub auto_restart: bool,
     pub last_tid: Option<Tid>,
     pub last_oid: Option<Oid>,
     pub truncate_tid: Option<Tid>,
@@ -93,6 +97,7 @@ impl Primary {
             cluster_state: ClusterState::Recovering,
             pt: PartitionTable::new(partitions, replicas),
             startup_allowed: false,
+            auto_restart: false,
             last_tid: None,
             last_oid: None,
             truncate_tid: None,
@@ -320,8 +325,9 @@ impl Master {
     ) {
         let Some(p) = self.primary_mut() else { return };
         if ptid.is_none() || ptid != p.recovery.target || rows.is_empty() {
-            // It changed since it answered AskRecovery: ask again.
-            self.ask_storage(cx, nid, Packet::AskRecovery, Asked::Recovery);
+            // A newer table was reported meanwhile: ask one of its holders.
+            let _ = nid;
+            self.ask_table(cx);
             return;
         }
         let pt = PartitionTable::from_rows(ptid, replicas, &rows);
@@ -424,7 +430,7 @@ impl Master {
                     }
                     return;
                 }
-            } else if !p.startup_allowed && !no_wait {
+            } else if !p.startup_allowed && !p.auto_restart && !no_wait {
                 // The split-brain rule: wait for every node that has readable cells.
                 let missing: Vec<Nid> =
                     p.pt.readable_nodes()
@@ -467,7 +473,7 @@ impl Master {
         cx.observe(Observation::ClusterStarted {
             ptid: p.pt.ptid(),
             missing,
-            startup_allowed: p.startup_allowed,
+            startup_allowed: p.startup_allowed || p.auto_restart,
         });
         if p.pt.ptid().is_none() {
             p.pt.make(&selected);
@@ -631,6 +637,7 @@ impl Master {
         p.last_oid = p.verification.last_oid;
         p.truncate_tid = None;
         p.startup_allowed = false;
+        p.auto_restart = false;
         info!(
             "verification done: last tid {:?}, last oid {:?}",
             p.last_tid, p.last_oid
@@ -766,13 +773,10 @@ impl Master {
                 }
                 if !operational && state != ClusterState::Stopping {
                     warn!("the partition table is not operational any more: back to recovery");
-                    if let Some(p) = self.primary_mut() {
-                        // An automatic restart: no need to wait for every node again.
-                        p.startup_allowed = true;
-                    }
                     self.enter_recovery(cx);
                     if let Some(p) = self.primary_mut() {
-                        p.startup_allowed = true;
+                        // An automatic restart: no need to wait for every node again.
+                        p.auto_restart = true;
                     }
                 } else if state == ClusterState::Verifying {
                     self.verification_progress(cx);

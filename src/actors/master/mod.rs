@@ -234,7 +234,7 @@ impl Master {
                     address,
                     cluster_name,
                     id_timestamp,
-                    ..
+                    extra,
                 } => {
                     if cluster_name != self.cfg.cluster {
                         let why = format!(
@@ -250,6 +250,7 @@ impl Master {
                         nid,
                         address,
                         id_timestamp,
+                        established: extra.established,
                     };
                     self.identify(cx, node_type, req);
                 }
@@ -360,14 +361,18 @@ impl Master {
             Some(k) => {
                 let nid = k.nid.expect("table entries have an id");
                 if self.conn_of(nid).is_some() && k.address.as_ref() != Some(&address) {
-                    let why = format!("node id {nid} is in use by the storage at {:?}", k.address);
-                    return self.protocol_error(cx, req.conn, req.id, why);
+                    if req.established {
+                        let why = format!("node id {nid} is in use by the storage at {:?}", k.address);
+                        return self.protocol_error(cx, req.conn, req.id, why);
+                    }
+                    // Two masters claiming the primary role at once gave the same id to two
+                    // new storages: the one connected first keeps it.
+                    self.nodes.allocate_nid(NodeType::Storage, None, Some(&address), self.nid)
+                } else {
+                    nid
                 }
-                nid
             }
-            None => self
-                .nodes
-                .allocate_nid(NodeType::Storage, req.nid, Some(&address), self.nid),
+            None => self.nodes.allocate_nid(NodeType::Storage, req.nid, Some(&address), self.nid),
         };
         let in_table = self
             .primary_table()
@@ -651,6 +656,7 @@ struct Identification {
     nid: Option<Nid>,
     address: Option<Address>,
     id_timestamp: Option<WallTime>,
+    established: bool,
 }
 
 impl Actor for Master {

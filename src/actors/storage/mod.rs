@@ -17,7 +17,8 @@ use super::master_link::{LinkEvent, MasterLink};
 use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, TimerId};
 use crate::db::{Backend, Cell, DbError};
 use crate::proto::{
-    Address, CellState, ClusterState, ErrorCode, Message, Nid, NodeState, NodeType, Packet,
+    Address, ClusterState, ErrorCode, IdentificationExtra, Message, Nid, NodeState, NodeType,
+    Packet,
 };
 use crate::pt::PartitionTable;
 use crate::rng;
@@ -109,6 +110,16 @@ impl Storage {
         self.master.cluster_state()
     }
 
+    /// Whether our node id is in a partition table we hold: until then the id means little
+    /// (two masters both claiming the primary role may each have given us one), and the
+    /// primary may give us another rather than refuse us.
+    fn established(&self) -> bool {
+        let (Some(nid), Some(pt)) = (self.nid, &self.pt) else {
+            return false;
+        };
+        pt.nodes().contains(&nid)
+    }
+
     fn me(&self) -> String {
         self.nid
             .map_or_else(|| self.cfg.bind.to_string(), |n| n.to_string())
@@ -148,20 +159,20 @@ impl Storage {
         for (conn, peer) in self.links.check_idle(cx) {
             self.on_closed(cx, conn, peer, CloseReason::TimedOut);
         }
-        let nid = self.nid;
-        self.master.tick(cx, &mut self.links, Peer::Master, nid);
+        let extra = IdentificationExtra { established: self.established(), ..Default::default() };
+        self.master.tick(cx, &mut self.links, Peer::Master, self.nid, extra);
     }
 
     fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
-        if peer == Peer::Master && self.master.closed(conn, &reason) == Some(LinkEvent::Lost) {
+        if peer == Peer::Master && self.master.closed(cx, conn, &reason) == Some(LinkEvent::Lost) {
             // Without a primary we serve nobody until it tells us to start again.
             self.operational = false;
         }
-        let nid = self.nid;
         if self.master.is_identified() || self.failed {
             return;
         }
-        self.master.tick(cx, &mut self.links, Peer::Master, nid);
+        let extra = IdentificationExtra { established: self.established(), ..Default::default() };
+        self.master.tick(cx, &mut self.links, Peer::Master, self.nid, extra);
     }
 
     fn answer(&mut self, cx: &mut Ctx, conn: ConnId, id: u32, packet: Packet) {
@@ -450,7 +461,6 @@ impl Storage {
                 ));
             }
         }
-        let _ = CellState::UpToDate;
         Ok(())
     }
 }

@@ -1,0 +1,408 @@
+//! The cluster scenarios: masters and storages (SQLite in memory) with the swarm's faults.
+//!
+//! `recovery`: a new cluster starts (autostart), runs, loses and regains nodes, goes back to
+//! recovery when its table stops being operational, and must be RUNNING again once faults
+//! heal. `verification`: the storages start from a database holding committed history and
+//! transactions a crash cut in the middle of their commit (voted here, locked there,
+//! unlocked elsewhere); verification must commit everywhere what was locked anywhere and
+//! drop what was not.
+//!
+//! Invariants, after every step: at most one primary past RECOVERING; partition-table ids
+//! only grow on each storage and one id means one table; a primary past RECOVERING keeps a
+//! readable cell in every partition and never runs on a table older than one a storage
+//! holds with readable cells of its own; nodes' own consistency checks; a transaction
+//! never locked is never committed.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sha1::{Digest, Sha1};
+
+use super::check;
+use super::faults::Injector;
+use super::net::NodeIdx;
+use super::scenario::{converged_for, master_address, node_clock, Plan, RunOptions, RunReport, Scenario, LIVENESS_BOUND, STABLE_FOR};
+use super::world::{Failure, NodeActor, World};
+use crate::actors::master::election::Role;
+use crate::actors::master::{Master, MasterConfig};
+use crate::actors::storage::{Storage, StorageConfig};
+use crate::db::sqlite::{MemoryAnchor, SqliteBackend};
+use crate::db::{partition_of, Backend, Cell, Identity, Load, ObjectData, TxnMeta, Value};
+use crate::proto::{Address, CellState, ClusterState, Nid, NodeState, NodeType, Oid, Ptid, Tid, WallTime};
+use crate::pt::PartitionTable;
+use crate::rng::{self, ChaCha8Rng};
+
+const CLUSTER: &str = "sim";
+
+/// Storage `i`'s address.
+pub fn storage_address(i: usize) -> Address {
+    Address::new(format!("10.0.1.{}", i + 1), 20000)
+}
+
+/// In-memory database names are global to the process: sweeps run worlds on several
+/// threads, so each world's names get a unique prefix (not part of any trace).
+fn unique_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("neo-sim-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A transaction the verification scenario wrote into the storages before they start,
+/// and what verification must make of it.
+#[derive(Clone, Debug)]
+pub struct ScriptedTxn {
+    pub ttid: Tid,
+    pub tid: Tid,
+    pub oids: Vec<Oid>,
+    /// Locked (or unlocked) on some node: it must end up committed on every readable cell.
+    pub committed: bool,
+}
+
+fn object_bytes(ttid: Tid, oid: Oid) -> ObjectData {
+    let data = format!("object {oid} written by {ttid:?}").into_bytes();
+    ObjectData {
+        compression: 0,
+        checksum: Sha1::digest(&data).into(),
+        data,
+    }
+}
+
+/// The next TID after `after` in the same partition as `ttid` (final TIDs keep the
+/// partition of their ttid).
+fn final_tid(ttid: Tid, after: Tid, np: u32) -> Tid {
+    let mut t = after.add_units(1);
+    while partition_of(t.0, np) != partition_of(ttid.0, np) {
+        t = t.add_units(1);
+    }
+    t
+}
+
+/// Write the scripted history into the storages' databases: a partition table, committed
+/// transactions, and transactions cut by a crash during vote, lock or unlock.
+fn write_history(rng: &mut ChaCha8Rng, dbs: &mut [SqliteBackend], nids: &[Nid], plan: &Plan, epoch: WallTime) -> Vec<ScriptedTxn> {
+    let np = plan.partitions;
+    let mut pt = PartitionTable::new(np, plan.replicas);
+    pt.make(nids);
+    let cells: Vec<Cell> = (0..np)
+        .flat_map(|p| pt.row(p).map(move |(nid, state)| Cell { partition: p, nid, state }).collect::<Vec<_>>())
+        .collect();
+    for (db, nid) in dbs.iter_mut().zip(nids) {
+        db.set_nid(*nid).expect("history: nid");
+        db.change_partition_table(Ptid(1), plan.replicas, &cells, true).expect("history: table");
+    }
+    let holders = |p: u32| -> Vec<usize> { pt.row(p).map(|(n, _)| nids.iter().position(|x| *x == n).expect("member")).collect() };
+    let mut last = Tid::from_wall(epoch.saturating_sub(Duration::from_secs(3600)));
+    let mut txns = Vec::new();
+    let committed_count = rng::between(rng, 1, 3);
+    let inflight_count = rng::between(rng, 1, 4);
+    for k in 0..committed_count + inflight_count {
+        let ttid = last.add_units(rng::between(rng, 1, 1 << 20));
+        let tid = final_tid(ttid, ttid, np);
+        last = tid;
+        let oids: Vec<Oid> = (0..rng::between(rng, 1, 3)).map(|_| Oid(rng::between(rng, 1, 40))).collect::<BTreeSet<_>>().into_iter().collect();
+        let meta_part = partition_of(ttid.0, np);
+        let mut involved: BTreeMap<usize, Vec<Oid>> = BTreeMap::new();
+        for &oid in &oids {
+            for i in holders(partition_of(oid.0, np)) {
+                involved.entry(i).or_default().push(oid);
+            }
+        }
+        for i in holders(meta_part) {
+            involved.entry(i).or_default();
+        }
+        // How far the commit got: 0 = during vote, 1 = during lock, 2 = during unlock,
+        // 3 = done. The first in-flight transaction is always one that verification must
+        // finish (locked somewhere, unlocked not everywhere).
+        let stage = if k < committed_count {
+            3
+        } else if k == committed_count {
+            rng::between(rng, 1, 2)
+        } else {
+            rng::between(rng, 0, 2)
+        };
+        let meta = TxnMeta {
+            user: b"sim".to_vec(),
+            description: format!("transaction {k}").into_bytes(),
+            extension: Vec::new(),
+            oids: oids.clone(),
+        };
+        let holders_meta = holders(meta_part);
+        // Who reaches each step: everyone before the stage, a random part at the stage.
+        let mut some = |stage_here: u64| -> Vec<usize> {
+            let all: Vec<usize> = involved.keys().copied().collect();
+            if stage > stage_here {
+                all
+            } else if stage == stage_here {
+                all.into_iter().filter(|_| rng::chance(rng, 0.5)).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        let voted = some(0);
+        let mut locked = some(1);
+        let unlocked = some(2);
+        if k == committed_count && stage == 1 && !locked.iter().any(|i| holders_meta.contains(i)) {
+            locked.push(holders_meta[0]);
+        }
+        let committed = locked.iter().any(|i| holders_meta.contains(i)) || stage >= 2;
+        for &i in &voted {
+            let db = &mut dbs[i];
+            for &oid in &involved[&i] {
+                db.store(ttid, oid, Value::Data(object_bytes(ttid, oid))).expect("history: store");
+            }
+            let m = holders_meta.contains(&i).then_some(&meta);
+            db.vote(ttid, m).expect("history: vote");
+        }
+        for &i in &locked {
+            dbs[i].lock(ttid, tid).expect("history: lock");
+        }
+        for &i in &unlocked {
+            if !locked.contains(&i) {
+                dbs[i].lock(ttid, tid).expect("history: lock");
+            }
+            dbs[i].unlock(ttid, tid).expect("history: unlock");
+        }
+        txns.push(ScriptedTxn { ttid, tid, oids, committed });
+    }
+    txns
+}
+
+/// A cluster of the plan's shape; with `history`, storages start from scripted databases.
+pub fn cluster_world(opts: &RunOptions, plan: &Plan, history: bool) -> (World, Rc<Vec<ScriptedTxn>>) {
+    let seed = opts.seed;
+    let mut w = World::new(seed, plan.swarm.latency.clone(), opts.mutant, opts.trace);
+    let mut rng = rng::stream(seed, 5);
+    let masters: Vec<Address> = (0..plan.masters).map(master_address).collect();
+    for (i, address) in masters.iter().enumerate() {
+        let cfg = MasterConfig {
+            cluster: CLUSTER.into(),
+            bind: address.clone(),
+            masters: masters.clone(),
+            autostart: Some(plan.storages as u32),
+            replicas: plan.replicas,
+            partitions: plan.partitions,
+            nid: None,
+        };
+        let clock = node_clock(&mut rng, &plan.swarm);
+        let start = rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(5));
+        w.add_node(format!("m{}", i + 1), address.clone(), Box::new(move || NodeActor::Master(Master::new(cfg.clone()))), clock, start, plan.swarm.buggify);
+    }
+    let identity = Identity { cluster: CLUSTER.into(), nid: None };
+    let prefix = unique_prefix();
+    let names: Vec<String> = (0..plan.storages).map(|i| format!("{prefix}-s{}", i + 1)).collect();
+    let anchors: Vec<Rc<MemoryAnchor>> = names.iter().map(|n| Rc::new(MemoryAnchor::new(n).expect("sim: memory database"))).collect();
+    let txns = if history {
+        let mut dbs: Vec<SqliteBackend> = names.iter().map(|n| SqliteBackend::memory(n, &identity).expect("sim: memory database")).collect();
+        let nids: Vec<Nid> = (1..=plan.storages as u32).map(|n| Nid::new(NodeType::Storage, n)).collect();
+        let epoch = w.epoch();
+        let txns = write_history(&mut rng::stream(seed, 6), &mut dbs, &nids, plan, epoch);
+        drop(dbs);
+        txns
+    } else {
+        Vec::new()
+    };
+    for (i, name) in names.iter().enumerate() {
+        let cfg = StorageConfig { cluster: CLUSTER.into(), bind: storage_address(i), masters: masters.clone() };
+        let (name, identity, anchor) = (name.clone(), identity.clone(), anchors[i].clone());
+        let clock = node_clock(&mut rng, &plan.swarm);
+        let start = rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(5));
+        let make = move || {
+            let _keep = &anchor;
+            // A restarted process opens the same database (the previous one was dropped).
+            let db = SqliteBackend::memory(&name, &identity).expect("sim: reopening a memory database");
+            NodeActor::Storage(Storage::new(cfg.clone(), Box::new(db)))
+        };
+        w.add_node(format!("s{}", i + 1), storage_address(i), Box::new(make), clock, start, plan.swarm.buggify);
+    }
+    let txns = Rc::new(txns);
+    w.add_invariant(Box::new(check::election_safety));
+    w.add_invariant(Box::new(storages_consistent));
+    w.add_invariant(Box::new(table_watch()));
+    let t = txns.clone();
+    w.add_invariant(Box::new(move |w: &World| never_locked_never_committed(w, &t)));
+    (w, txns)
+}
+
+fn storages_consistent(w: &World) -> Result<(), String> {
+    for (i, s) in w.storages() {
+        s.check_invariants().map_err(|e| format!("{}: {e}", w.label(i)))?;
+    }
+    Ok(())
+}
+
+/// The primary past RECOVERING, if any (not paused: a stalled process acts on nothing).
+fn active_primary(w: &World) -> Option<(NodeIdx, &Master)> {
+    w.masters().find(|(i, m)| {
+        w.nodes[*i].paused_until.is_none_or(|t| t <= w.now())
+            && matches!(m.role(), Role::Primary(p) if p.cluster_state != ClusterState::Recovering)
+    })
+}
+
+/// Partition-table history: what each storage persisted last, and the table of each id.
+fn table_watch() -> impl FnMut(&World) -> Result<(), String> {
+    let seen: RefCell<BTreeMap<NodeIdx, (Ptid, Vec<Vec<(Nid, CellState)>>, Option<Nid>)>> = RefCell::new(BTreeMap::new());
+    let tables: RefCell<BTreeMap<Ptid, Vec<Vec<(Nid, CellState)>>>> = RefCell::new(BTreeMap::new());
+    move |w: &World| {
+        let mut seen = seen.borrow_mut();
+        let mut tables = tables.borrow_mut();
+        for (i, s) in w.storages() {
+            let Some(pt) = s.partition_table() else { continue };
+            let Some(ptid) = pt.ptid() else { continue };
+            let rows = pt.rows();
+            if let Some(p) = rows.iter().position(|r| !r.iter().any(|(_, s)| s.is_readable())) {
+                return Err(format!("{}: partition {p} has no readable cell in table {ptid}", w.label(i)));
+            }
+            if let Some((prev, _, _)) = seen.get(&i) {
+                if ptid < *prev {
+                    return Err(format!("{}: partition table id went back from {prev} to {ptid}", w.label(i)));
+                }
+            }
+            match tables.get(&ptid) {
+                Some(t) if *t != rows => {
+                    return Err(format!("{}: partition table {ptid} differs from the table {ptid} another storage holds", w.label(i)));
+                }
+                Some(_) => {}
+                None => {
+                    tables.insert(ptid, rows.clone());
+                }
+            }
+            seen.insert(i, (ptid, rows, s.nid()));
+        }
+        let Some((pi, p)) = active_primary(w) else { return Ok(()) };
+        let pt = p.primary_table().expect("primary");
+        let Some(ptid) = pt.ptid() else { return Ok(()) };
+        if let Some(t) = tables.get(&ptid) {
+            if *t != pt.rows() {
+                return Err(format!("primary {}: partition table {ptid} differs from the one storages hold", w.label(pi)));
+            }
+        }
+        for p in 0..pt.partitions() {
+            if !pt.row(p).any(|(_, s)| s.is_readable()) {
+                return Err(format!("primary {}: partition {p} has no readable cell left (table {ptid})", w.label(pi)));
+            }
+        }
+        // Never running on a table older than one a storage holds with data of its own.
+        for (i, (q, rows, nid)) in seen.iter() {
+            let readable = nid.is_some_and(|n| rows.iter().any(|r| r.iter().any(|(c, s)| *c == n && s.is_readable())));
+            if *q > ptid && readable {
+                return Err(format!(
+                    "primary {} is past RECOVERING with table {ptid}, but {} holds the newer table {q} with readable cells",
+                    w.label(pi),
+                    w.label(*i)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A scripted transaction that was never locked must never show up committed.
+fn never_locked_never_committed(w: &World, txns: &[ScriptedTxn]) -> Result<(), String> {
+    for t in txns.iter().filter(|t| !t.committed) {
+        for (i, s) in w.storages() {
+            let f = s.backend().final_tid(t.ttid).map_err(|e| e.to_string())?;
+            if f.is_some() {
+                return Err(format!("{}: transaction {:?} was never locked, yet it is committed as {f:?}", w.label(i), t.ttid));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The cluster is RUNNING with every running storage serving, and verification's outcome
+/// holds on every readable cell.
+fn cluster_converged(w: &World, txns: &[ScriptedTxn]) -> Result<(), String> {
+    check::election_converged(w)?;
+    let Some((pi, p)) = w.masters().find(|(i, m)| w.nodes[*i].is_up() && matches!(m.role(), Role::Primary(_))) else {
+        return Err("no primary".into());
+    };
+    if p.cluster_state() != Some(ClusterState::Running) {
+        return Err(format!("the cluster is {:?}", p.cluster_state()));
+    }
+    let pt = p.primary_table().expect("primary");
+    let mut by_nid = BTreeMap::new();
+    for (i, s) in w.storages() {
+        if !w.nodes[i].is_up() {
+            continue;
+        }
+        let nid = s.nid().ok_or_else(|| format!("{} has no node id", w.label(i)))?;
+        let listed = p.nodes().get(nid).map(|n| n.state);
+        if !pt.nodes().contains(&nid) {
+            // A storage without cells waits, PENDING, for `neoctl add`.
+            if listed != Some(NodeState::Pending) && listed != Some(NodeState::Running) {
+                return Err(format!("primary {} lists {} ({nid}) as {listed:?}", w.label(pi), w.label(i)));
+            }
+            continue;
+        }
+        if !s.is_operational() {
+            return Err(format!("{} ({nid}) is not operational", w.label(i)));
+        }
+        if listed != Some(NodeState::Running) {
+            return Err(format!("primary {} lists {} ({nid}) as {listed:?}", w.label(pi), w.label(i)));
+        }
+        by_nid.insert(nid, s);
+    }
+    let np = pt.partitions();
+    for t in txns {
+        for (nid, s) in &by_nid {
+            let db = s.backend();
+            if !t.committed {
+                if db.locked_transactions().map_err(|e| e.to_string())?.contains_key(&t.ttid) {
+                    return Err(format!("{nid} still holds the dropped transaction {:?}", t.ttid));
+                }
+                continue;
+            }
+            let readable = |part: u32| pt.cell(part, *nid).is_some_and(|c| c.is_readable());
+            for &oid in &t.oids {
+                if readable(partition_of(oid.0, np)) {
+                    match db.load(oid, Some(t.tid), None).map_err(|e| e.to_string())? {
+                        Load::Found(l) if l.data == object_bytes(t.ttid, oid).data => {}
+                        other => return Err(format!("{nid}: {oid} of committed {:?} is {other:?}", t.tid)),
+                    }
+                }
+            }
+            if readable(partition_of(t.ttid.0, np)) && db.transaction(t.tid).map_err(|e| e.to_string())?.is_none() {
+                return Err(format!("{nid}: committed transaction {:?} has no metadata", t.tid));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn run(opts: &RunOptions, plan: &Plan) -> RunReport {
+    let history = opts.scenario == Scenario::Verification;
+    let (mut w, txns) = cluster_world(opts, plan, history);
+    let mut rng = rng::stream(opts.seed, 4);
+    let safety = Duration::from_secs(30) + rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(90));
+    w.start_faults(Injector::new(plan.swarm.clone(), rng::stream(opts.seed, 3)));
+    let outcome = w.run_for(safety).and_then(|()| {
+        // Liveness: every storage comes back (the split-brain rule waits for them), but a
+        // master may stay down for good.
+        let mut keep_down = vec![];
+        if plan.masters >= 2 && rng::chance(&mut rng, 0.4) {
+            keep_down.push(rng::below(&mut rng, plan.masters as u64) as usize);
+        }
+        let healed = w.heal_all(&keep_down);
+        w.run_until(healed, |_| false)?;
+        let deadline = healed + LIVENESS_BOUND;
+        let t = txns.clone();
+        if !w.run_until(deadline, converged_for(STABLE_FOR, move |w| cluster_converged(w, &t)))? {
+            let why = cluster_converged(&w, &txns).err().unwrap_or_else(|| "not for long enough".into());
+            return Err(Failure {
+                at: w.now(),
+                what: format!("liveness: the cluster is not RUNNING and verified, stable for {STABLE_FOR:?}, within {LIVENESS_BOUND:?} of healing: {why}"),
+            });
+        }
+        Ok(())
+    });
+    RunReport {
+        shape: plan.shape(),
+        swarm: plan.swarm.to_string(),
+        failure: outcome.err(),
+        trace_hash: w.trace.hash(),
+        sim_time: w.now(),
+        steps: w.trace.steps(),
+    }
+}
