@@ -27,7 +27,7 @@ use mysql::{Conn, OptsBuilder};
 use super::sql::{
     check_identity, corrupt, percent_decode, placeholders, Engine, Field, Param, Row, SqlBackend,
 };
-use super::{Checksum, DbError, DbResult, Identity, ObjectData};
+use super::{Checksum, DbError, DbResult, Identity};
 use crate::proto::Address;
 
 /// A storage node's database on a MySQL or MariaDB server.
@@ -345,16 +345,7 @@ impl Engine for Mysql {
         Ok(id)
     }
 
-    fn read_data(&self, id: u64) -> DbResult<Option<ObjectData>> {
-        let mut rows = self.query(
-            "SELECT compression, hash, size, value FROM data WHERE id = ?",
-            &[Param::U64(id)],
-        )?;
-        let Some(row) = rows.first_mut() else {
-            return Ok(None);
-        };
-        let size = row[2].u64()?;
-        let mut data = row[3].take_bytes()?;
+    fn read_pieces(&self, id: u64, size: u64, mut data: Vec<u8>) -> DbResult<Vec<u8>> {
         if (data.len() as u64) < size {
             data.reserve(size as usize - data.len());
             for mut piece in self.query(
@@ -364,21 +355,7 @@ impl Engine for Mysql {
                 data.extend_from_slice(&piece[0].take_bytes()?);
             }
         }
-        if data.len() as u64 != size {
-            return Err(corrupt(format!(
-                "data {id} has {} bytes instead of {size}",
-                data.len()
-            )));
-        }
-        Ok(Some(ObjectData {
-            compression: u8::try_from(row[0].u64()?)
-                .map_err(|_| corrupt(format!("compression of data {id}")))?,
-            checksum: row[1]
-                .take_bytes()?
-                .try_into()
-                .map_err(|_| corrupt(format!("hash of data {id}")))?,
-            data,
-        }))
+        Ok(data)
     }
 
     fn delete_data(&self, ids: &[u64]) -> DbResult<()> {

@@ -116,7 +116,11 @@ pub trait Engine {
     fn table_exists(&self, table: &str) -> DbResult<bool>;
     /// Insert a new `data` row and return its id.
     fn insert_data(&self, checksum: &Checksum, compression: u8, data: &[u8]) -> DbResult<u64>;
-    fn read_data(&self, id: u64) -> DbResult<Option<ObjectData>>;
+    /// The whole value of data row `id` of `size` bytes, given what `data.value` holds.
+    fn read_pieces(&self, id: u64, size: u64, first: Vec<u8>) -> DbResult<Vec<u8>> {
+        let _ = (id, size);
+        Ok(first)
+    }
     fn delete_data(&self, ids: &[u64]) -> DbResult<()>;
     /// Insert rows of `width` parameters each with `head` ("INSERT INTO t (a, b) VALUES").
     fn insert_rows(&self, head: &str, width: usize, params: &[Param]) -> DbResult<()> {
@@ -329,8 +333,17 @@ fn rev(row: &Row) -> DbResult<Rev> {
     })
 }
 
-/// Rows fetched per query by the operations that walk a whole partition.
+/// Objects fetched per query by the operations that walk a whole partition.
 const BATCH: u64 = 1000;
+
+/// Where the walk continues after a batch whose first column is the OID: None when the
+/// batch was the last (short, or ending at the greatest OID).
+fn next_batch(rows: &[Row]) -> DbResult<Option<u64>> {
+    match rows.last() {
+        Some(last) if rows.len() as u64 == BATCH => Ok(last[0].u64()?.checked_add(1)),
+        _ => Ok(None),
+    }
+}
 /// Ids per `IN (...)` list.
 const IDS_PER_STATEMENT: usize = 500;
 
@@ -475,7 +488,6 @@ impl<E: Engine> SqlBackend<E> {
         match found {
             Some(id) => {
                 let stored = self
-                    .engine
                     .read_data(id)?
                     .ok_or_else(|| corrupt(format!("data row {id} vanished")))?;
                 if stored.data != data.data {
@@ -489,27 +501,86 @@ impl<E: Engine> SqlBackend<E> {
         }
     }
 
-    fn revision(&self, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> DbResult<Option<Rev>> {
-        let p = self.part(oid.0)?;
-        let rows = match (at, before) {
+    /// The columns of a data row `data_from` reads.
+    fn data_columns() -> String {
+        format!("data.compression, data.hash, {}, data.value", E::DATA_SIZE)
+    }
+
+    /// The data row `id`, from its columns in `fields`.
+    fn data_from(&self, id: u64, fields: &mut [Field]) -> DbResult<ObjectData> {
+        if fields[0] == Field::Null {
+            return Err(corrupt(format!("a revision refers to missing data {id}")));
+        }
+        let size = fields[2].u64()?;
+        let data = self.engine.read_pieces(id, size, fields[3].take_bytes()?)?;
+        if data.len() as u64 != size {
+            return Err(corrupt(format!(
+                "data {id} has {} bytes instead of {size}",
+                data.len()
+            )));
+        }
+        Ok(ObjectData {
+            compression: u8::try_from(fields[0].u64()?)
+                .map_err(|_| corrupt(format!("compression of data {id}")))?,
+            checksum: fields[1]
+                .take_bytes()?
+                .try_into()
+                .map_err(|_| corrupt(format!("hash of data {id}")))?,
+            data,
+        })
+    }
+
+    fn read_data(&self, id: u64) -> DbResult<Option<ObjectData>> {
+        let mut rows = self.engine.query(
+            &format!("SELECT {} FROM data WHERE id = ?", Self::data_columns()),
+            &[Param::U64(id)],
+        )?;
+        rows.first_mut()
+            .map(|row| self.data_from(id, row))
+            .transpose()
+    }
+
+    /// The revision of `oid` at `at`, or the last before `before`, or the latest; followed
+    /// by its data columns if `with_data` (NULL for no data).
+    fn revision_row(
+        &self,
+        oid: Oid,
+        at: Option<Tid>,
+        before: Option<Tid>,
+        with_data: bool,
+    ) -> DbResult<Option<Row>> {
+        let (condition, bound) = match (at, before) {
             (Some(at), _) if at.0 > E::MAX_INT => return Ok(None),
-            (Some(at), _) => self.engine.query(
-                "SELECT tid, data_id, value_tid FROM obj \
-                 WHERE `partition` = ? AND oid = ? AND tid = ?",
-                &[p, Param::U64(oid.0), Param::U64(at.0)],
-            )?,
-            (None, Some(before)) if before.0 <= E::MAX_INT => self.engine.query(
-                "SELECT tid, data_id, value_tid FROM obj \
-                 WHERE `partition` = ? AND oid = ? AND tid < ? ORDER BY tid DESC LIMIT 1",
-                &[p, Param::U64(oid.0), Param::U64(before.0)],
-            )?,
-            _ => self.engine.query(
-                "SELECT tid, data_id, value_tid FROM obj \
-                 WHERE `partition` = ? AND oid = ? ORDER BY tid DESC LIMIT 1",
-                &[p, Param::U64(oid.0)],
-            )?,
+            (Some(at), _) => ("AND obj.tid = ?", Some(at)),
+            (None, Some(before)) if before.0 <= E::MAX_INT => ("AND obj.tid < ?", Some(before)),
+            _ => ("", None),
         };
-        rows.first().map(rev).transpose()
+        let (columns, join) = if with_data {
+            (
+                format!(", {}", Self::data_columns()),
+                "LEFT JOIN data ON data.id = obj.data_id",
+            )
+        } else {
+            (String::new(), "")
+        };
+        let mut params = vec![self.part(oid.0)?, Param::U64(oid.0)];
+        params.extend(bound.map(|t| Param::U64(t.0)));
+        let rows = self.engine.query(
+            &format!(
+                "SELECT obj.tid, obj.data_id, obj.value_tid{columns} FROM obj {join} \
+                 WHERE obj.`partition` = ? AND obj.oid = ? {condition} \
+                 ORDER BY obj.tid DESC LIMIT 1"
+            ),
+            &params,
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    fn revision(&self, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> DbResult<Option<Rev>> {
+        self.revision_row(oid, at, before, false)?
+            .as_ref()
+            .map(rev)
+            .transpose()
     }
 
     fn object_exists(&self, oid: Oid) -> DbResult<bool> {
@@ -540,8 +611,7 @@ impl<E: Engine> SqlBackend<E> {
     fn load_data(&self, data_id: Option<u64>) -> DbResult<Option<ObjectData>> {
         data_id
             .map(|id| {
-                self.engine
-                    .read_data(id)?
+                self.read_data(id)?
                     .ok_or_else(|| corrupt(format!("a revision refers to missing data {id}")))
             })
             .transpose()
@@ -636,9 +706,9 @@ impl<E: Engine> SqlBackend<E> {
                 };
                 self.delete_revisions(partition, filter, &[Param::U64(oid), Param::U64(newest)])?;
             }
-            match rows.last() {
-                Some(last) if rows.len() as u64 == BATCH => min_oid = last[0].u64()? + 1,
-                _ => break,
+            match next_batch(&rows)? {
+                Some(next) => min_oid = next,
+                None => break,
             }
         }
         self.engine.exec(
@@ -940,24 +1010,32 @@ impl<E: Engine> Backend for SqlBackend<E> {
     }
 
     fn load(&self, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> DbResult<Load> {
-        let Some(rev) = self.revision(oid, at, before)? else {
+        let Some(mut row) = self.revision_row(oid, at, before, true)? else {
             return Ok(if self.object_exists(oid)? {
                 Load::NotFound
             } else {
                 Load::DoesNotExist
             });
         };
-        let next_serial = self
-            .first_u64(
+        let rev = rev(&row)?;
+        let latest = at.is_none() && before.is_none_or(|b| b.0 > E::MAX_INT);
+        let next_serial = if latest {
+            None
+        } else {
+            self.first_u64(
                 "SELECT MIN(tid) FROM obj WHERE `partition` = ? AND oid = ? AND tid > ?",
                 &[self.part(oid.0)?, Param::U64(oid.0), Param::U64(rev.tid.0)],
             )?
-            .map(Tid);
-        let data = self.load_data(rev.data_id)?.unwrap_or(ObjectData {
-            compression: 0,
-            checksum: ZERO_HASH,
-            data: Vec::new(),
-        });
+            .map(Tid)
+        };
+        let data = match rev.data_id {
+            Some(id) => self.data_from(id, &mut row[3..])?,
+            None => ObjectData {
+                compression: 0,
+                checksum: ZERO_HASH,
+                data: Vec::new(),
+            },
+        };
         Ok(Load::Found(Loaded {
             serial: rev.tid,
             next_serial,
@@ -1099,9 +1177,9 @@ impl<E: Engine> Backend for SqlBackend<E> {
                 }
                 found.push(oid);
             }
-            match rows.last() {
-                Some(last) if rows.len() as u64 == BATCH => from = last[0].u64()? + 1,
-                _ => break,
+            match next_batch(&rows)? {
+                Some(next) => from = next,
+                None => break,
             }
         }
         Ok((found, None))

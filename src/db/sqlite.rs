@@ -28,7 +28,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params_from_iter, Connection, OpenFlags, ToSql};
 
 use super::sql::{check_identity, corrupt, percent_decode, Engine, Field, Param, Row, SqlBackend};
-use super::{Checksum, DbError, DbResult, Identity, ObjectData};
+use super::{Checksum, DbError, DbResult, Identity};
 
 /// A storage node's database in SQLite.
 pub type SqliteBackend = SqlBackend<Sqlite>;
@@ -406,25 +406,6 @@ impl Engine for Sqlite {
             ],
         )?;
         Ok(self.conn.last_insert_rowid() as u64)
-    }
-
-    fn read_data(&self, id: u64) -> DbResult<Option<ObjectData>> {
-        let mut rows = self.query(
-            "SELECT compression, hash, value FROM data WHERE id = ?",
-            &[Param::U64(id)],
-        )?;
-        let Some(row) = rows.first_mut() else {
-            return Ok(None);
-        };
-        Ok(Some(ObjectData {
-            compression: u8::try_from(row[0].u64()?)
-                .map_err(|_| corrupt(format!("compression of data {id}")))?,
-            checksum: row[1]
-                .take_bytes()?
-                .try_into()
-                .map_err(|_| corrupt(format!("hash of data {id}")))?,
-            data: row[2].take_bytes()?,
-        }))
     }
 
     fn delete_data(&self, ids: &[u64]) -> DbResult<()> {
