@@ -17,7 +17,7 @@ use mysql::prelude::Queryable;
 use sha1::{Digest, Sha1};
 
 use neo::db::conformance::TempDir;
-use neo::db::mysql::{parse_database, MysqlBackend, Server};
+use neo::db::mysql::{parse_database, MysqlBackend};
 use neo::db::sqlite::SqliteBackend;
 use neo::db::{Backend, Cell, DbResult, Identity, Load, ObjectData, TxnMeta, Value};
 use neo::proto::{CellState, Nid, Oid, Ptid, Tid};
@@ -184,17 +184,7 @@ struct Mysql {
 impl Mysql {
     fn new(url: &str) -> Result<Self, String> {
         let target = parse_database(url)?;
-        let mut opts = mysql::OptsBuilder::new()
-            .user(Some(target.user.clone()))
-            .pass(target.password.clone());
-        opts = match &target.server {
-            Server::Tcp { host, port } => opts
-                .ip_or_hostname(Some(host.clone()))
-                .tcp_port(*port)
-                .prefer_socket(false),
-            Server::Socket(path) => opts.socket(Some(path.clone())),
-        };
-        let admin = mysql::Conn::new(opts).map_err(|e| {
+        let admin = mysql::Conn::new(target.opts()).map_err(|e| {
             format!(
                 "cannot connect to MySQL at {} ({e}); start one with scripts/mariadb.sh",
                 target.server

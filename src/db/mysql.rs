@@ -78,6 +78,26 @@ pub struct MysqlTarget {
     pub server: Server,
 }
 
+impl MysqlTarget {
+    /// Connection options for the server and user (no database selected).
+    pub fn opts(&self) -> OptsBuilder {
+        let opts = OptsBuilder::new()
+            .user(Some(self.user.clone()))
+            .pass(self.password.clone());
+        match &self.server {
+            // Without prefer_socket(false) the crate silently switches to the local socket.
+            Server::Tcp { host, port } => opts
+                .ip_or_hostname(Some(host.clone()))
+                .tcp_port(*port)
+                .prefer_socket(false),
+            Server::Socket(path) => opts.socket(Some(match path.strip_prefix("~/") {
+                Some(rest) => format!("{}/{rest}", std::env::var("HOME").unwrap_or_default()),
+                None => path.clone(),
+            })),
+        }
+    }
+}
+
 /// Parse `[user[:password]@]database[socket]` or `[user[:password]@]database@host[:port]`.
 pub fn parse_database(s: &str) -> Result<MysqlTarget, String> {
     let bad = |why: &str| {
@@ -181,21 +201,9 @@ impl SqlBackend<Mysql> {
     /// Connect, lock and open (creating it if needed) the database; see the module doc.
     pub fn open(database: &str, identity: &Identity) -> DbResult<Self> {
         let target = parse_database(database).map_err(DbError::Unusable)?;
-        let mut opts = OptsBuilder::new()
-            .user(Some(target.user.clone()))
-            .pass(target.password.clone())
+        let opts = target
+            .opts()
             .tcp_connect_timeout(Some(Duration::from_secs(10)));
-        opts = match &target.server {
-            // Without prefer_socket(false) the crate silently switches to the local socket.
-            Server::Tcp { host, port } => opts
-                .ip_or_hostname(Some(host.clone()))
-                .tcp_port(*port)
-                .prefer_socket(false),
-            Server::Socket(path) => opts.socket(Some(match path.strip_prefix("~/") {
-                Some(rest) => format!("{}/{rest}", std::env::var("HOME").unwrap_or_default()),
-                None => path.clone(),
-            })),
-        };
         let conn = Conn::new(opts).map_err(|e| {
             DbError::Unusable(format!("cannot connect to MySQL at {}: {e}", target.server))
         })?;

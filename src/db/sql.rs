@@ -317,6 +317,14 @@ struct Held {
     value_tid: Option<Tid>,
 }
 
+/// The newest revision of an object up to some TID, and how many it has there.
+struct Newest {
+    oid: u64,
+    tid: u64,
+    data_id: Option<u64>,
+    revisions: u64,
+}
+
 /// A revision in `obj`.
 #[derive(Clone, Copy, Debug)]
 struct Rev {
@@ -669,12 +677,18 @@ impl<E: Engine> SqlBackend<E> {
         (0..self.partitions.unwrap_or(0)).collect()
     }
 
-    fn pack_partition(&self, tid: Tid, partition: u32) -> DbResult<()> {
+    /// Visit, in OID order from `min_oid`, the newest revision at or before `tid` of each
+    /// object of a partition, until `visit` returns false. Batches keep memory bounded.
+    fn walk_newest(
+        &self,
+        partition: u32,
+        min_oid: u64,
+        tid: Tid,
+        mut visit: impl FnMut(Newest) -> DbResult<bool>,
+    ) -> DbResult<()> {
         let p = Param::U64(partition as u64);
-        let mut min_oid = 0u64;
-        loop {
-            // The newest revision at or before `tid` of a batch of objects, with how many
-            // revisions each has there.
+        let mut from = min_oid;
+        while from <= E::MAX_INT {
             let rows = self.engine.query(
                 "SELECT o.oid, o.tid, o.data_id, t.n FROM \
                  (SELECT oid, MAX(tid) AS tid, COUNT(*) AS n FROM obj \
@@ -684,36 +698,50 @@ impl<E: Engine> SqlBackend<E> {
                  ORDER BY o.oid",
                 &[
                     p,
-                    Param::U64(min_oid),
+                    Param::U64(from),
                     Param::U64(tid.0.min(E::MAX_INT)),
                     Param::U64(BATCH),
                     p,
                 ],
             )?;
             for row in &rows {
-                let (oid, newest, data_id, n) = (
-                    row[0].u64()?,
-                    row[1].u64()?,
-                    row[2].opt_u64()?,
-                    row[3].u64()?,
-                );
-                let filter = if data_id.is_none() {
-                    "oid = ? AND tid <= ?"
-                } else if n > 1 {
-                    "oid = ? AND tid < ?"
-                } else {
-                    continue;
+                let newest = Newest {
+                    oid: row[0].u64()?,
+                    tid: row[1].u64()?,
+                    data_id: row[2].opt_u64()?,
+                    revisions: row[3].u64()?,
                 };
-                self.delete_revisions(partition, filter, &[Param::U64(oid), Param::U64(newest)])?;
+                if !visit(newest)? {
+                    return Ok(());
+                }
             }
             match next_batch(&rows)? {
-                Some(next) => min_oid = next,
+                Some(next) => from = next,
                 None => break,
             }
         }
+        Ok(())
+    }
+
+    fn pack_partition(&self, tid: Tid, partition: u32) -> DbResult<()> {
+        self.walk_newest(partition, 0, tid, |newest| {
+            let filter = if newest.data_id.is_none() {
+                "oid = ? AND tid <= ?"
+            } else if newest.revisions > 1 {
+                "oid = ? AND tid < ?"
+            } else {
+                return Ok(true);
+            };
+            let params = [Param::U64(newest.oid), Param::U64(newest.tid)];
+            self.delete_revisions(partition, filter, &params)?;
+            Ok(true)
+        })?;
         self.engine.exec(
             "UPDATE trans SET packed = 1 WHERE `partition` = ? AND tid <= ?",
-            &[p, Param::U64(tid.0.min(E::MAX_INT))],
+            &[
+                Param::U64(partition as u64),
+                Param::U64(tid.0.min(E::MAX_INT)),
+            ],
         )
     }
 
@@ -1146,43 +1174,22 @@ impl<E: Engine> Backend for SqlBackend<E> {
         min_oid: Oid,
         tid: Tid,
     ) -> DbResult<(Vec<Oid>, Option<Oid>)> {
-        let p = Param::U64(partition as u64);
+        // Deleted objects are skipped; the first one past `length` is where the caller
+        // continues.
         let mut found = Vec::new();
-        let mut from = min_oid.0;
-        while from <= E::MAX_INT {
-            // The newest revision at or before `tid` of a batch of objects; deleted ones are
-            // skipped, and the first one past `length` is where the caller continues.
-            let rows = self.engine.query(
-                "SELECT o.oid, o.data_id FROM \
-                 (SELECT oid, MAX(tid) AS tid FROM obj \
-                  WHERE `partition` = ? AND oid >= ? AND tid <= ? \
-                  GROUP BY oid ORDER BY oid LIMIT ?) t \
-                 JOIN obj o ON o.`partition` = ? AND o.oid = t.oid AND o.tid = t.tid \
-                 ORDER BY o.oid",
-                &[
-                    p,
-                    Param::U64(from),
-                    Param::U64(tid.0.min(E::MAX_INT)),
-                    Param::U64(BATCH),
-                    p,
-                ],
-            )?;
-            for row in &rows {
-                if row[1] == Field::Null {
-                    continue;
-                }
-                let oid = Oid(row[0].u64()?);
-                if found.len() as u64 == length {
-                    return Ok((found, Some(oid)));
-                }
-                found.push(oid);
+        let mut next = None;
+        self.walk_newest(partition, min_oid.0, tid, |newest| {
+            if newest.data_id.is_none() {
+                return Ok(true);
             }
-            match next_batch(&rows)? {
-                Some(next) => from = next,
-                None => break,
+            if found.len() as u64 == length {
+                next = Some(Oid(newest.oid));
+                return Ok(false);
             }
-        }
-        Ok((found, None))
+            found.push(Oid(newest.oid));
+            Ok(true)
+        })?;
+        Ok((found, next))
     }
 
     fn find_undo(&self, oid: Oid, ltid: Tid, undone_tid: Tid) -> DbResult<Option<UndoInfo>> {
