@@ -214,7 +214,6 @@ impl SqlBackend<Mysql> {
             "SET SESSION sql_mode = 'TRADITIONAL,NO_ENGINE_SUBSTITUTION', \
              autocommit = 0, wait_timeout = 2147483",
         )?;
-        engine.text("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")?;
         let db = &target.database;
         let lock = engine.query(
             "SELECT GET_LOCK(?, ?)",
