@@ -558,6 +558,7 @@ impl<E: Engine> SqlBackend<E> {
         with_data: bool,
     ) -> DbResult<Option<Row>> {
         let (condition, bound) = match (at, before) {
+            _ if oid.0 > E::MAX_INT => return Ok(None),
             (Some(at), _) if at.0 > E::MAX_INT => return Ok(None),
             (Some(at), _) => ("AND obj.tid = ?", Some(at)),
             (None, Some(before)) if before.0 <= E::MAX_INT => ("AND obj.tid < ?", Some(before)),
@@ -592,6 +593,9 @@ impl<E: Engine> SqlBackend<E> {
     }
 
     fn object_exists(&self, oid: Oid) -> DbResult<bool> {
+        if oid.0 > E::MAX_INT {
+            return Ok(false);
+        }
         let rows = self.engine.query(
             "SELECT 1 FROM obj WHERE `partition` = ? AND oid = ? LIMIT 1",
             &[self.part(oid.0)?, Param::U64(oid.0)],
@@ -1007,6 +1011,9 @@ impl<E: Engine> Backend for SqlBackend<E> {
     }
 
     fn final_tid(&self, ttid: Tid) -> DbResult<Option<Tid>> {
+        if ttid.0 > E::MAX_INT {
+            return Ok(None);
+        }
         let key = [Param::U64(ttid.0)];
         let committed = self.first_u64("SELECT tid FROM trans WHERE ttid = ?", &key)?;
         let found = match committed {
