@@ -425,16 +425,33 @@ mod tests {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{RwLock, RwLockReadGuard};
+
+    /// A child process inherits every descriptor between its fork and its exec, and with
+    /// them the `flock` of any database open in another test thread: a test that spawns
+    /// processes takes this for writing, every file database for reading.
+    static SPAWNING: RwLock<()> = RwLock::new(());
 
     /// A database file in a fresh temporary directory.
     pub struct FileFixture {
         dir: TempDir,
+        _spawning: Option<RwLockReadGuard<'static, ()>>,
     }
 
     impl FileFixture {
         pub fn new() -> Self {
+            let guard = SPAWNING.read().unwrap_or_else(|p| p.into_inner());
             FileFixture {
                 dir: TempDir::new("neo-sqlite"),
+                _spawning: Some(guard),
+            }
+        }
+
+        /// For the test that holds `SPAWNING` itself.
+        fn unguarded() -> Self {
+            FileFixture {
+                dir: TempDir::new("neo-sqlite"),
+                _spawning: None,
             }
         }
 
@@ -637,7 +654,8 @@ mod tests {
 
     #[test]
     fn a_file_is_locked_against_this_process_and_others() {
-        let fixture = FileFixture::new();
+        let _spawning = SPAWNING.write().unwrap_or_else(|p| p.into_inner());
+        let fixture = FileFixture::unguarded();
         let backend = SqliteBackend::open(&fixture.path(), &identity()).unwrap();
         // The same process, through another name of the same file.
         let link = fixture.dir.path().join("link.sqlite");
