@@ -133,11 +133,7 @@ impl Fixture for MysqlFixture {
                 .query_first(format!("SHOW CREATE TABLE {table}"))
                 .unwrap()
                 .unwrap();
-            // The AUTO_INCREMENT counter is server state, not content.
-            out.push(format!(
-                "{table}: {}",
-                create.split(" AUTO_INCREMENT=").next().unwrap()
-            ));
+            out.push(format!("{table}: {create}"));
             let mut rows: Vec<String> = conn
                 .query::<mysql::Row, _>(format!("SELECT * FROM {table}"))
                 .unwrap()

@@ -196,6 +196,13 @@ fn tids(list: Vec<Tid>) -> Vec<u64> {
     list.iter().map(|t| t.0).collect()
 }
 
+/// Check the number of rows of each table.
+fn assert_rows<F: Fixture>(f: &F, b: &F::Backend, expected: &[(&str, u64)]) {
+    for &(table, rows) in expected {
+        assert_eq!(f.rows(b, table), rows, "rows in {table}");
+    }
+}
+
 fn crash<F: Fixture>(f: &F, b: F::Backend) -> F::Backend {
     drop(b);
     f.open(&identity()).unwrap()
@@ -441,6 +448,11 @@ pub fn loads_see_every_revision<F: Fixture>(f: &F) {
     assert_eq!(load(&b, 1, Some(u64::MAX), None), Load::NotFound);
     assert_eq!(load(&b, 3, None, None), Load::DoesNotExist);
     assert_eq!(load(&b, 3, Some(100), None), Load::DoesNotExist);
+    // Ids beyond what a backend can store are simply absent (SQLite has 63-bit integers).
+    assert_eq!(load(&b, u64::MAX, None, None), Load::DoesNotExist);
+    assert_eq!(b.history(Oid(u64::MAX), 0, 10).unwrap(), None);
+    assert_eq!(b.final_tid(Tid(u64::MAX)).unwrap(), None);
+    assert_eq!(b.transaction(Tid(u64::MAX)).unwrap(), None);
     let b1 = latest(&b, 2);
     assert_eq!((b1.serial, b1.next_serial), (Tid(100), None));
     let z = latest(&b, 4);
@@ -492,15 +504,17 @@ pub fn held_stores_are_replaced_and_released<F: Fixture>(f: &F) {
     assert_eq!(latest(&b, 1).data, b"y");
     assert_eq!(load(&b, 2, None, None), Load::DoesNotExist);
     assert_eq!(latest(&b, 3).checksum, ZERO_HASH);
-    for (table, rows) in [
-        ("data", 1),
-        ("tdata", 0),
-        ("tobj", 0),
-        ("ttrans", 0),
-        ("obj", 2),
-    ] {
-        assert_eq!(f.rows(&b, table), rows, "{table}");
-    }
+    assert_rows(
+        f,
+        &b,
+        &[
+            ("data", 1),
+            ("tdata", 0),
+            ("tobj", 0),
+            ("ttrans", 0),
+            ("obj", 2),
+        ],
+    );
 }
 
 pub fn abort_releases_everything<F: Fixture>(f: &F) {
@@ -517,9 +531,11 @@ pub fn abort_releases_everything<F: Fixture>(f: &F) {
     assert_eq!(f.rows(&b, "data"), 2);
     b.abort(t).unwrap();
     assert_eq!(b.locked_transactions().unwrap(), BTreeMap::new());
-    for (table, rows) in [("data", 1), ("tobj", 0), ("ttrans", 0), ("tdata", 0)] {
-        assert_eq!(f.rows(&b, table), rows, "{table}");
-    }
+    assert_rows(
+        f,
+        &b,
+        &[("data", 1), ("tobj", 0), ("ttrans", 0), ("tdata", 0)],
+    );
     // A transaction that never voted.
     b.store(ttid(300), Oid(1), value(b"z")).unwrap();
     assert_eq!(f.rows(&b, "data"), 2);
@@ -557,9 +573,7 @@ pub fn crash_after_store_releases_held_data<F: Fixture>(f: &F) {
     assert_eq!(f.rows(&b, "data"), 2);
     b.drop_unfinished().unwrap();
     assert_eq!(b.locked_transactions().unwrap(), BTreeMap::new());
-    for (table, rows) in [("data", 1), ("tobj", 0), ("ttrans", 0)] {
-        assert_eq!(f.rows(&b, table), rows, "{table}");
-    }
+    assert_rows(f, &b, &[("data", 1), ("tobj", 0), ("ttrans", 0)]);
     assert_eq!(latest(&b, 1).data, b"kept");
 }
 
@@ -605,15 +619,17 @@ pub fn crash_after_vote_lock_and_unlock<F: Fixture>(f: &F) {
     assert_eq!(b.transaction(Tid(200)).unwrap().unwrap().meta, meta(&[2]));
     assert_eq!(b.transaction(Tid(400)).unwrap(), None);
     assert_eq!(load(&b, 1, None, None), Load::DoesNotExist);
-    for (table, rows) in [
-        ("data", 3),
-        ("obj", 3),
-        ("trans", 2),
-        ("tobj", 0),
-        ("ttrans", 0),
-    ] {
-        assert_eq!(f.rows(&b, table), rows, "{table}");
-    }
+    assert_rows(
+        f,
+        &b,
+        &[
+            ("data", 3),
+            ("obj", 3),
+            ("trans", 2),
+            ("tobj", 0),
+            ("ttrans", 0),
+        ],
+    );
 }
 
 pub fn identical_data_is_shared<F: Fixture>(f: &F) {
@@ -899,9 +915,7 @@ pub fn drop_partitions_releases_data<F: Fixture>(f: &F) {
     assert_eq!(f.rows(&b, "data"), 2);
     let mut b = crash(f, b);
     b.drop_partitions(&[1]).unwrap();
-    for table in ["data", "obj", "trans"] {
-        assert_eq!(f.rows(&b, table), 0, "{table}");
-    }
+    assert_rows(f, &b, &[("data", 0), ("obj", 0), ("trans", 0)]);
     assert_eq!(b.partition_table().unwrap().len(), 2, "cells stay");
 }
 
@@ -1070,9 +1084,7 @@ pub fn metadata_limits<F: Fixture>(f: &F) {
         b.vote(t, Some(&too_many)),
         Err(DbError::TooLarge(_))
     ));
-    for table in ["tobj", "ttrans"] {
-        assert_eq!(f.rows(&b, table), 0, "{table}");
-    }
+    assert_rows(f, &b, &[("tobj", 0), ("ttrans", 0)]);
     // The largest metadata allowed goes through, and the store is still held.
     let largest = TxnMeta {
         user: vec![b'u'; MAX_TXN_TEXT],
@@ -1112,9 +1124,7 @@ pub fn ten_thousand_objects_in_one_transaction<F: Fixture>(f: &F) {
         .collect();
     commit(&mut b, 1000, objects);
     let b = crash(f, b);
-    for (table, rows) in [("obj", N), ("data", N), ("tobj", 0), ("tdata", 0)] {
-        assert_eq!(f.rows(&b, table), rows, "{table}");
-    }
+    assert_rows(f, &b, &[("obj", N), ("data", N), ("tobj", 0), ("tdata", 0)]);
     assert_eq!(
         b.transaction(Tid(1000)).unwrap().unwrap().meta.oids.len() as u64,
         N

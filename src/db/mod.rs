@@ -1,5 +1,6 @@
 //! The storage node's disk: the [`Backend`] trait with NEO's data model, its SQLite and
-//! MySQL/MariaDB implementations, and the conformance suite both must pass.
+//! MySQL/MariaDB implementations (one SQL core, `sql`, over two engines), and the
+//! conformance suite both must pass.
 //!
 //! The data model (neo-spec section 12): `config` (schema version, cluster name, node id,
 //! partition-table id, replicas, truncate and backup TIDs), the node's view of the partition
@@ -17,7 +18,8 @@
 //! - `abort`: the temporary rows and held data are dropped, committed.
 //!
 //! Every method that says "commits" leaves nothing pending when it returns; the others
-//! (replication's `put_*`/`delete_*`, `set_replicated_up_to`) are committed by `commit`.
+//! (replication's `put_*`/`delete_*`, `set_replicated_up_to`, `set_backup_tid`) are committed
+//! by `commit`.
 //! Partitions: an object's partition is `oid % partitions`, a transaction's `tid %
 //! partitions`, where `partitions` is the number of rows of the stored partition table.
 //!

@@ -27,7 +27,7 @@ use mysql::{Conn, OptsBuilder};
 use super::sql::{
     check_identity, corrupt, percent_decode, placeholders, Engine, Field, Param, Row, SqlBackend,
 };
-use super::{Checksum, DbError, DbResult, Identity, ObjectData};
+use super::{Checksum, DbError, DbResult, Identity};
 use crate::proto::Address;
 
 /// A storage node's database on a MySQL or MariaDB server.
@@ -76,6 +76,26 @@ pub struct MysqlTarget {
     pub password: Option<String>,
     pub database: String,
     pub server: Server,
+}
+
+impl MysqlTarget {
+    /// Connection options for the server and user (no database selected).
+    pub fn opts(&self) -> OptsBuilder {
+        let opts = OptsBuilder::new()
+            .user(Some(self.user.clone()))
+            .pass(self.password.clone());
+        match &self.server {
+            // Without prefer_socket(false) the crate silently switches to the local socket.
+            Server::Tcp { host, port } => opts
+                .ip_or_hostname(Some(host.clone()))
+                .tcp_port(*port)
+                .prefer_socket(false),
+            Server::Socket(path) => opts.socket(Some(match path.strip_prefix("~/") {
+                Some(rest) => format!("{}/{rest}", std::env::var("HOME").unwrap_or_default()),
+                None => path.clone(),
+            })),
+        }
+    }
 }
 
 /// Parse `[user[:password]@]database[socket]` or `[user[:password]@]database@host[:port]`.
@@ -181,21 +201,9 @@ impl SqlBackend<Mysql> {
     /// Connect, lock and open (creating it if needed) the database; see the module doc.
     pub fn open(database: &str, identity: &Identity) -> DbResult<Self> {
         let target = parse_database(database).map_err(DbError::Unusable)?;
-        let mut opts = OptsBuilder::new()
-            .user(Some(target.user.clone()))
-            .pass(target.password.clone())
+        let opts = target
+            .opts()
             .tcp_connect_timeout(Some(Duration::from_secs(10)));
-        opts = match &target.server {
-            // Without prefer_socket(false) the crate silently switches to the local socket.
-            Server::Tcp { host, port } => opts
-                .ip_or_hostname(Some(host.clone()))
-                .tcp_port(*port)
-                .prefer_socket(false),
-            Server::Socket(path) => opts.socket(Some(match path.strip_prefix("~/") {
-                Some(rest) => format!("{}/{rest}", std::env::var("HOME").unwrap_or_default()),
-                None => path.clone(),
-            })),
-        };
         let conn = Conn::new(opts).map_err(|e| {
             DbError::Unusable(format!("cannot connect to MySQL at {}: {e}", target.server))
         })?;
@@ -206,7 +214,6 @@ impl SqlBackend<Mysql> {
             "SET SESSION sql_mode = 'TRADITIONAL,NO_ENGINE_SUBSTITUTION', \
              autocommit = 0, wait_timeout = 2147483",
         )?;
-        engine.text("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")?;
         let db = &target.database;
         let lock = engine.query(
             "SELECT GET_LOCK(?, ?)",
@@ -345,16 +352,7 @@ impl Engine for Mysql {
         Ok(id)
     }
 
-    fn read_data(&self, id: u64) -> DbResult<Option<ObjectData>> {
-        let mut rows = self.query(
-            "SELECT compression, hash, size, value FROM data WHERE id = ?",
-            &[Param::U64(id)],
-        )?;
-        let Some(row) = rows.first_mut() else {
-            return Ok(None);
-        };
-        let size = row[2].u64()?;
-        let mut data = row[3].take_bytes()?;
+    fn read_pieces(&self, id: u64, size: u64, mut data: Vec<u8>) -> DbResult<Vec<u8>> {
         if (data.len() as u64) < size {
             data.reserve(size as usize - data.len());
             for mut piece in self.query(
@@ -364,21 +362,7 @@ impl Engine for Mysql {
                 data.extend_from_slice(&piece[0].take_bytes()?);
             }
         }
-        if data.len() as u64 != size {
-            return Err(corrupt(format!(
-                "data {id} has {} bytes instead of {size}",
-                data.len()
-            )));
-        }
-        Ok(Some(ObjectData {
-            compression: u8::try_from(row[0].u64()?)
-                .map_err(|_| corrupt(format!("compression of data {id}")))?,
-            checksum: row[1]
-                .take_bytes()?
-                .try_into()
-                .map_err(|_| corrupt(format!("hash of data {id}")))?,
-            data,
-        }))
+        Ok(data)
     }
 
     fn delete_data(&self, ids: &[u64]) -> DbResult<()> {

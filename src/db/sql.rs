@@ -116,7 +116,11 @@ pub trait Engine {
     fn table_exists(&self, table: &str) -> DbResult<bool>;
     /// Insert a new `data` row and return its id.
     fn insert_data(&self, checksum: &Checksum, compression: u8, data: &[u8]) -> DbResult<u64>;
-    fn read_data(&self, id: u64) -> DbResult<Option<ObjectData>>;
+    /// The whole value of data row `id` of `size` bytes, given what `data.value` holds.
+    fn read_pieces(&self, id: u64, size: u64, first: Vec<u8>) -> DbResult<Vec<u8>> {
+        let _ = (id, size);
+        Ok(first)
+    }
     fn delete_data(&self, ids: &[u64]) -> DbResult<()>;
     /// Insert rows of `width` parameters each with `head` ("INSERT INTO t (a, b) VALUES").
     fn insert_rows(&self, head: &str, width: usize, params: &[Param]) -> DbResult<()> {
@@ -313,6 +317,14 @@ struct Held {
     value_tid: Option<Tid>,
 }
 
+/// The newest revision of an object up to some TID, and how many it has there.
+struct Newest {
+    oid: u64,
+    tid: u64,
+    data_id: Option<u64>,
+    revisions: u64,
+}
+
 /// A revision in `obj`.
 #[derive(Clone, Copy, Debug)]
 struct Rev {
@@ -329,8 +341,17 @@ fn rev(row: &Row) -> DbResult<Rev> {
     })
 }
 
-/// Rows fetched per query by the operations that walk a whole partition.
+/// Objects fetched per query by the operations that walk a whole partition.
 const BATCH: u64 = 1000;
+
+/// Where the walk continues after a batch whose first column is the OID: None when the
+/// batch was the last (short, or ending at the greatest OID).
+fn next_batch(rows: &[Row]) -> DbResult<Option<u64>> {
+    match rows.last() {
+        Some(last) if rows.len() as u64 == BATCH => Ok(last[0].u64()?.checked_add(1)),
+        _ => Ok(None),
+    }
+}
 /// Ids per `IN (...)` list.
 const IDS_PER_STATEMENT: usize = 500;
 
@@ -475,7 +496,6 @@ impl<E: Engine> SqlBackend<E> {
         match found {
             Some(id) => {
                 let stored = self
-                    .engine
                     .read_data(id)?
                     .ok_or_else(|| corrupt(format!("data row {id} vanished")))?;
                 if stored.data != data.data {
@@ -489,30 +509,93 @@ impl<E: Engine> SqlBackend<E> {
         }
     }
 
-    fn revision(&self, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> DbResult<Option<Rev>> {
-        let p = self.part(oid.0)?;
-        let rows = match (at, before) {
+    /// The columns of a data row `data_from` reads.
+    fn data_columns() -> String {
+        format!("data.compression, data.hash, {}, data.value", E::DATA_SIZE)
+    }
+
+    /// The data row `id`, from its columns in `fields`.
+    fn data_from(&self, id: u64, fields: &mut [Field]) -> DbResult<ObjectData> {
+        if fields[0] == Field::Null {
+            return Err(corrupt(format!("a revision refers to missing data {id}")));
+        }
+        let size = fields[2].u64()?;
+        let data = self.engine.read_pieces(id, size, fields[3].take_bytes()?)?;
+        if data.len() as u64 != size {
+            return Err(corrupt(format!(
+                "data {id} has {} bytes instead of {size}",
+                data.len()
+            )));
+        }
+        Ok(ObjectData {
+            compression: u8::try_from(fields[0].u64()?)
+                .map_err(|_| corrupt(format!("compression of data {id}")))?,
+            checksum: fields[1]
+                .take_bytes()?
+                .try_into()
+                .map_err(|_| corrupt(format!("hash of data {id}")))?,
+            data,
+        })
+    }
+
+    fn read_data(&self, id: u64) -> DbResult<Option<ObjectData>> {
+        let mut rows = self.engine.query(
+            &format!("SELECT {} FROM data WHERE id = ?", Self::data_columns()),
+            &[Param::U64(id)],
+        )?;
+        rows.first_mut()
+            .map(|row| self.data_from(id, row))
+            .transpose()
+    }
+
+    /// The revision of `oid` at `at`, or the last before `before`, or the latest; followed
+    /// by its data columns if `with_data` (NULL for no data).
+    fn revision_row(
+        &self,
+        oid: Oid,
+        at: Option<Tid>,
+        before: Option<Tid>,
+        with_data: bool,
+    ) -> DbResult<Option<Row>> {
+        let (condition, bound) = match (at, before) {
+            _ if oid.0 > E::MAX_INT => return Ok(None),
             (Some(at), _) if at.0 > E::MAX_INT => return Ok(None),
-            (Some(at), _) => self.engine.query(
-                "SELECT tid, data_id, value_tid FROM obj \
-                 WHERE `partition` = ? AND oid = ? AND tid = ?",
-                &[p, Param::U64(oid.0), Param::U64(at.0)],
-            )?,
-            (None, Some(before)) if before.0 <= E::MAX_INT => self.engine.query(
-                "SELECT tid, data_id, value_tid FROM obj \
-                 WHERE `partition` = ? AND oid = ? AND tid < ? ORDER BY tid DESC LIMIT 1",
-                &[p, Param::U64(oid.0), Param::U64(before.0)],
-            )?,
-            _ => self.engine.query(
-                "SELECT tid, data_id, value_tid FROM obj \
-                 WHERE `partition` = ? AND oid = ? ORDER BY tid DESC LIMIT 1",
-                &[p, Param::U64(oid.0)],
-            )?,
+            (Some(at), _) => ("AND obj.tid = ?", Some(at)),
+            (None, Some(before)) if before.0 <= E::MAX_INT => ("AND obj.tid < ?", Some(before)),
+            _ => ("", None),
         };
-        rows.first().map(rev).transpose()
+        let (columns, join) = if with_data {
+            (
+                format!(", {}", Self::data_columns()),
+                "LEFT JOIN data ON data.id = obj.data_id",
+            )
+        } else {
+            (String::new(), "")
+        };
+        let mut params = vec![self.part(oid.0)?, Param::U64(oid.0)];
+        params.extend(bound.map(|t| Param::U64(t.0)));
+        let rows = self.engine.query(
+            &format!(
+                "SELECT obj.tid, obj.data_id, obj.value_tid{columns} FROM obj {join} \
+                 WHERE obj.`partition` = ? AND obj.oid = ? {condition} \
+                 ORDER BY obj.tid DESC LIMIT 1"
+            ),
+            &params,
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    fn revision(&self, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> DbResult<Option<Rev>> {
+        self.revision_row(oid, at, before, false)?
+            .as_ref()
+            .map(rev)
+            .transpose()
     }
 
     fn object_exists(&self, oid: Oid) -> DbResult<bool> {
+        if oid.0 > E::MAX_INT {
+            return Ok(false);
+        }
         let rows = self.engine.query(
             "SELECT 1 FROM obj WHERE `partition` = ? AND oid = ? LIMIT 1",
             &[self.part(oid.0)?, Param::U64(oid.0)],
@@ -540,8 +623,7 @@ impl<E: Engine> SqlBackend<E> {
     fn load_data(&self, data_id: Option<u64>) -> DbResult<Option<ObjectData>> {
         data_id
             .map(|id| {
-                self.engine
-                    .read_data(id)?
+                self.read_data(id)?
                     .ok_or_else(|| corrupt(format!("a revision refers to missing data {id}")))
             })
             .transpose()
@@ -599,12 +681,18 @@ impl<E: Engine> SqlBackend<E> {
         (0..self.partitions.unwrap_or(0)).collect()
     }
 
-    fn pack_partition(&self, tid: Tid, partition: u32) -> DbResult<()> {
+    /// Visit, in OID order from `min_oid`, the newest revision at or before `tid` of each
+    /// object of a partition, until `visit` returns false. Batches keep memory bounded.
+    fn walk_newest(
+        &self,
+        partition: u32,
+        min_oid: u64,
+        tid: Tid,
+        mut visit: impl FnMut(Newest) -> DbResult<bool>,
+    ) -> DbResult<()> {
         let p = Param::U64(partition as u64);
-        let mut min_oid = 0u64;
-        loop {
-            // The newest revision at or before `tid` of a batch of objects, with how many
-            // revisions each has there.
+        let mut from = min_oid;
+        while from <= E::MAX_INT {
             let rows = self.engine.query(
                 "SELECT o.oid, o.tid, o.data_id, t.n FROM \
                  (SELECT oid, MAX(tid) AS tid, COUNT(*) AS n FROM obj \
@@ -614,36 +702,50 @@ impl<E: Engine> SqlBackend<E> {
                  ORDER BY o.oid",
                 &[
                     p,
-                    Param::U64(min_oid),
+                    Param::U64(from),
                     Param::U64(tid.0.min(E::MAX_INT)),
                     Param::U64(BATCH),
                     p,
                 ],
             )?;
             for row in &rows {
-                let (oid, newest, data_id, n) = (
-                    row[0].u64()?,
-                    row[1].u64()?,
-                    row[2].opt_u64()?,
-                    row[3].u64()?,
-                );
-                let filter = if data_id.is_none() {
-                    "oid = ? AND tid <= ?"
-                } else if n > 1 {
-                    "oid = ? AND tid < ?"
-                } else {
-                    continue;
+                let newest = Newest {
+                    oid: row[0].u64()?,
+                    tid: row[1].u64()?,
+                    data_id: row[2].opt_u64()?,
+                    revisions: row[3].u64()?,
                 };
-                self.delete_revisions(partition, filter, &[Param::U64(oid), Param::U64(newest)])?;
+                if !visit(newest)? {
+                    return Ok(());
+                }
             }
-            match rows.last() {
-                Some(last) if rows.len() as u64 == BATCH => min_oid = last[0].u64()? + 1,
-                _ => break,
+            match next_batch(&rows)? {
+                Some(next) => from = next,
+                None => break,
             }
         }
+        Ok(())
+    }
+
+    fn pack_partition(&self, tid: Tid, partition: u32) -> DbResult<()> {
+        self.walk_newest(partition, 0, tid, |newest| {
+            let filter = if newest.data_id.is_none() {
+                "oid = ? AND tid <= ?"
+            } else if newest.revisions > 1 {
+                "oid = ? AND tid < ?"
+            } else {
+                return Ok(true);
+            };
+            let params = [Param::U64(newest.oid), Param::U64(newest.tid)];
+            self.delete_revisions(partition, filter, &params)?;
+            Ok(true)
+        })?;
         self.engine.exec(
             "UPDATE trans SET packed = 1 WHERE `partition` = ? AND tid <= ?",
-            &[p, Param::U64(tid.0.min(E::MAX_INT))],
+            &[
+                Param::U64(partition as u64),
+                Param::U64(tid.0.min(E::MAX_INT)),
+            ],
         )
     }
 
@@ -909,6 +1011,9 @@ impl<E: Engine> Backend for SqlBackend<E> {
     }
 
     fn final_tid(&self, ttid: Tid) -> DbResult<Option<Tid>> {
+        if ttid.0 > E::MAX_INT {
+            return Ok(None);
+        }
         let key = [Param::U64(ttid.0)];
         let committed = self.first_u64("SELECT tid FROM trans WHERE ttid = ?", &key)?;
         let found = match committed {
@@ -940,24 +1045,32 @@ impl<E: Engine> Backend for SqlBackend<E> {
     }
 
     fn load(&self, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> DbResult<Load> {
-        let Some(rev) = self.revision(oid, at, before)? else {
+        let Some(mut row) = self.revision_row(oid, at, before, true)? else {
             return Ok(if self.object_exists(oid)? {
                 Load::NotFound
             } else {
                 Load::DoesNotExist
             });
         };
-        let next_serial = self
-            .first_u64(
+        let rev = rev(&row)?;
+        let latest = at.is_none() && before.is_none_or(|b| b.0 > E::MAX_INT);
+        let next_serial = if latest {
+            None
+        } else {
+            self.first_u64(
                 "SELECT MIN(tid) FROM obj WHERE `partition` = ? AND oid = ? AND tid > ?",
                 &[self.part(oid.0)?, Param::U64(oid.0), Param::U64(rev.tid.0)],
             )?
-            .map(Tid);
-        let data = self.load_data(rev.data_id)?.unwrap_or(ObjectData {
-            compression: 0,
-            checksum: ZERO_HASH,
-            data: Vec::new(),
-        });
+            .map(Tid)
+        };
+        let data = match rev.data_id {
+            Some(id) => self.data_from(id, &mut row[3..])?,
+            None => ObjectData {
+                compression: 0,
+                checksum: ZERO_HASH,
+                data: Vec::new(),
+            },
+        };
         Ok(Load::Found(Loaded {
             serial: rev.tid,
             next_serial,
@@ -1068,43 +1181,22 @@ impl<E: Engine> Backend for SqlBackend<E> {
         min_oid: Oid,
         tid: Tid,
     ) -> DbResult<(Vec<Oid>, Option<Oid>)> {
-        let p = Param::U64(partition as u64);
+        // Deleted objects are skipped; the first one past `length` is where the caller
+        // continues.
         let mut found = Vec::new();
-        let mut from = min_oid.0;
-        while from <= E::MAX_INT {
-            // The newest revision at or before `tid` of a batch of objects; deleted ones are
-            // skipped, and the first one past `length` is where the caller continues.
-            let rows = self.engine.query(
-                "SELECT o.oid, o.data_id FROM \
-                 (SELECT oid, MAX(tid) AS tid FROM obj \
-                  WHERE `partition` = ? AND oid >= ? AND tid <= ? \
-                  GROUP BY oid ORDER BY oid LIMIT ?) t \
-                 JOIN obj o ON o.`partition` = ? AND o.oid = t.oid AND o.tid = t.tid \
-                 ORDER BY o.oid",
-                &[
-                    p,
-                    Param::U64(from),
-                    Param::U64(tid.0.min(E::MAX_INT)),
-                    Param::U64(BATCH),
-                    p,
-                ],
-            )?;
-            for row in &rows {
-                if row[1] == Field::Null {
-                    continue;
-                }
-                let oid = Oid(row[0].u64()?);
-                if found.len() as u64 == length {
-                    return Ok((found, Some(oid)));
-                }
-                found.push(oid);
+        let mut next = None;
+        self.walk_newest(partition, min_oid.0, tid, |newest| {
+            if newest.data_id.is_none() {
+                return Ok(true);
             }
-            match rows.last() {
-                Some(last) if rows.len() as u64 == BATCH => from = last[0].u64()? + 1,
-                _ => break,
+            if found.len() as u64 == length {
+                next = Some(Oid(newest.oid));
+                return Ok(false);
             }
-        }
-        Ok((found, None))
+            found.push(Oid(newest.oid));
+            Ok(true)
+        })?;
+        Ok((found, next))
     }
 
     fn find_undo(&self, oid: Oid, ltid: Tid, undone_tid: Tid) -> DbResult<Option<UndoInfo>> {

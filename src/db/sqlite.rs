@@ -28,7 +28,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params_from_iter, Connection, OpenFlags, ToSql};
 
 use super::sql::{check_identity, corrupt, percent_decode, Engine, Field, Param, Row, SqlBackend};
-use super::{Checksum, DbError, DbResult, Identity, ObjectData};
+use super::{Checksum, DbError, DbResult, Identity};
 
 /// A storage node's database in SQLite.
 pub type SqliteBackend = SqlBackend<Sqlite>;
@@ -408,25 +408,6 @@ impl Engine for Sqlite {
         Ok(self.conn.last_insert_rowid() as u64)
     }
 
-    fn read_data(&self, id: u64) -> DbResult<Option<ObjectData>> {
-        let mut rows = self.query(
-            "SELECT compression, hash, value FROM data WHERE id = ?",
-            &[Param::U64(id)],
-        )?;
-        let Some(row) = rows.first_mut() else {
-            return Ok(None);
-        };
-        Ok(Some(ObjectData {
-            compression: u8::try_from(row[0].u64()?)
-                .map_err(|_| corrupt(format!("compression of data {id}")))?,
-            checksum: row[1]
-                .take_bytes()?
-                .try_into()
-                .map_err(|_| corrupt(format!("hash of data {id}")))?,
-            data: row[2].take_bytes()?,
-        }))
-    }
-
     fn delete_data(&self, ids: &[u64]) -> DbResult<()> {
         let list: Vec<String> = ids.iter().map(u64::to_string).collect();
         self.exec(
@@ -444,16 +425,33 @@ mod tests {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{RwLock, RwLockReadGuard};
+
+    /// A child process inherits every descriptor between its fork and its exec, and with
+    /// them the `flock` of any database open in another test thread: a test that spawns
+    /// processes takes this for writing, every file database for reading.
+    static SPAWNING: RwLock<()> = RwLock::new(());
 
     /// A database file in a fresh temporary directory.
     pub struct FileFixture {
         dir: TempDir,
+        _spawning: Option<RwLockReadGuard<'static, ()>>,
     }
 
     impl FileFixture {
         pub fn new() -> Self {
+            let guard = SPAWNING.read().unwrap_or_else(|p| p.into_inner());
             FileFixture {
                 dir: TempDir::new("neo-sqlite"),
+                _spawning: Some(guard),
+            }
+        }
+
+        /// For the test that holds `SPAWNING` itself.
+        fn unguarded() -> Self {
+            FileFixture {
+                dir: TempDir::new("neo-sqlite"),
+                _spawning: None,
             }
         }
 
@@ -656,7 +654,8 @@ mod tests {
 
     #[test]
     fn a_file_is_locked_against_this_process_and_others() {
-        let fixture = FileFixture::new();
+        let _spawning = SPAWNING.write().unwrap_or_else(|p| p.into_inner());
+        let fixture = FileFixture::unguarded();
         let backend = SqliteBackend::open(&fixture.path(), &identity()).unwrap();
         // The same process, through another name of the same file.
         let link = fixture.dir.path().join("link.sqlite");
