@@ -75,17 +75,24 @@ impl Admin {
     fn on_tick(&mut self, cx: &mut Ctx) {
         let jitter = rng::duration(cx.rng(), Duration::ZERO, Duration::from_millis(100));
         self.tick = Some(cx.set_timer(TICK + jitter, TICK_TOKEN));
-        for (conn, peer) in self.links.check_idle(cx) {
-            self.on_closed(cx, conn, peer, CloseReason::TimedOut);
+        for conn in self.links.check_idle(cx) {
+            if let Some(peer) = self.links.close(cx, conn) {
+                self.on_closed(cx, conn, peer, CloseReason::TimedOut);
+            }
         }
-        self.master
-            .tick(cx, &mut self.links, Peer::Master, self.nid, Default::default());
+        self.master.tick(
+            cx,
+            &mut self.links,
+            Peer::Master,
+            self.nid,
+            Default::default(),
+        );
     }
 
     fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
         match peer {
             Peer::Master => {
-                if self.master.closed(cx, conn, &reason) == Some(LinkEvent::Lost) {
+                if self.master.closed(conn, &reason) == Some(LinkEvent::Lost) {
                     // What was relayed will never be answered.
                     for (_, (ctl, id)) in std::mem::take(&mut self.relayed) {
                         let e = Packet::error(
@@ -97,8 +104,13 @@ impl Admin {
                     self.pt = None;
                 }
                 if !self.stopped {
-                    self.master
-                        .tick(cx, &mut self.links, Peer::Master, self.nid, Default::default());
+                    self.master.tick(
+                        cx,
+                        &mut self.links,
+                        Peer::Master,
+                        self.nid,
+                        Default::default(),
+                    );
                 }
             }
             Peer::Ctl => self.relayed.retain(|_, (c, _)| *c != conn),

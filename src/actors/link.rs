@@ -134,9 +134,9 @@ impl<P> Links<P> {
         }
     }
 
-    /// Ping quiet connections and close silent ones. Returns the closed connections with
-    /// their peers, for the role to react as to any other loss.
-    pub fn check_idle(&mut self, cx: &mut Ctx) -> Vec<(ConnId, P)> {
+    /// Ping quiet connections; return the silent ones, for the role to close and handle one
+    /// at a time (what it says about the first loss must still reach the others).
+    pub fn check_idle(&mut self, cx: &mut Ctx) -> Vec<ConnId> {
         let now = cx.elapsed();
         let dead: Vec<ConnId> = self
             .map
@@ -144,17 +144,12 @@ impl<P> Links<P> {
             .filter(|(_, l)| now.saturating_sub(l.last_rx) >= DEAD_AFTER)
             .map(|(c, _)| *c)
             .collect();
-        let mut closed = Vec::with_capacity(dead.len());
-        for conn in dead {
-            if let Some(peer) = self.close(cx, conn) {
-                closed.push((conn, peer));
-            }
-        }
         let quiet: Vec<ConnId> = self
             .map
             .iter()
-            .filter(|(_, l)| {
-                now.saturating_sub(l.last_rx) >= PING_AFTER
+            .filter(|(c, l)| {
+                !dead.contains(c)
+                    && now.saturating_sub(l.last_rx) >= PING_AFTER
                     && now.saturating_sub(l.last_tx) >= PING_AFTER / 2
             })
             .map(|(c, _)| *c)
@@ -162,7 +157,7 @@ impl<P> Links<P> {
         for conn in quiet {
             self.ask(cx, conn, Packet::Ping);
         }
-        closed
+        dead
     }
 }
 

@@ -2,24 +2,16 @@
 //! `NotPrimaryMaster`), identify, keep the node list and cluster state it sends, and
 //! reconnect when it is lost. Storages and admins (and clients) embed one.
 
-use std::time::Duration;
-
 use tracing::{debug, info, warn};
 
 use super::bootstrap::PrimaryFinder;
-use super::link::{Backoff, Links, DEAD_AFTER};
+use super::link::{Backoff, Links};
 use super::nodes::NodeTable;
 use super::{CloseReason, ConnId, Ctx};
 use crate::proto::{
     Address, ClusterState, IdentificationExtra, Message, Nid, NodeInfo, NodeState, NodeType,
     Packet, WallTime,
 };
-
-/// How long a storage that lost its primary by silence waits before it identifies to
-/// another master. A primary cut off by a partition notices it lost us after `DEAD_AFTER`
-/// of silence too (plus a tick): once we wait that long, it has stopped counting on us, so
-/// a new primary that starts with us cannot run beside it.
-pub const SWITCH_HOLD: Duration = Duration::from_secs(DEAD_AFTER.as_secs() + 2);
 
 /// What the role has to act on after the link handled a message.
 #[derive(Debug, PartialEq)]
@@ -50,10 +42,6 @@ pub struct MasterLink {
     nodes: NodeTable,
     last_notification: Option<WallTime>,
     cluster_state: Option<ClusterState>,
-    /// Whether to wait `SWITCH_HOLD` before following another primary (storages).
-    hold_switch: bool,
-    /// The primary we lost by silence, and until when we only try it again.
-    hold: Option<(Address, Duration)>,
 }
 
 impl MasterLink {
@@ -75,8 +63,6 @@ impl MasterLink {
             nodes: NodeTable::default(),
             last_notification: None,
             cluster_state: None,
-            hold_switch: node_type == NodeType::Storage,
-            hold: None,
         }
     }
 
@@ -101,7 +87,14 @@ impl MasterLink {
     }
 
     /// Connect to the next candidate if we have no link; call on every tick.
-    pub fn tick<P>(&mut self, cx: &mut Ctx, links: &mut Links<P>, peer: P, nid: Option<Nid>, extra: IdentificationExtra) {
+    pub fn tick<P>(
+        &mut self,
+        cx: &mut Ctx,
+        links: &mut Links<P>,
+        peer: P,
+        nid: Option<Nid>,
+        extra: IdentificationExtra,
+    ) {
         if self.conn.is_some() {
             return;
         }
@@ -112,11 +105,6 @@ impl MasterLink {
                 None => return,
             },
         };
-        if let Some((lost, until)) = &self.hold {
-            if cx.elapsed() < *until && *lost != target {
-                return;
-            }
-        }
         if !self.backoff.try_attempt(cx.elapsed(), &target) {
             return;
         }
@@ -134,22 +122,24 @@ impl MasterLink {
         links.ask(cx, conn, req);
     }
 
+    /// The master we follow or try, and whether it accepted us.
+    pub fn target(&self) -> Option<(&Address, bool)> {
+        self.finder.target().map(|t| (t, self.identified))
+    }
+
     /// Whether `conn` is our link to the primary.
     pub fn owns(&self, conn: ConnId) -> bool {
         self.conn == Some(conn)
     }
 
     /// The link was closed (by us or by the host).
-    pub fn closed(&mut self, cx: &Ctx, conn: ConnId, reason: &CloseReason) -> Option<LinkEvent> {
+    pub fn closed(&mut self, conn: ConnId, reason: &CloseReason) -> Option<LinkEvent> {
         if self.conn != Some(conn) {
             return None;
         }
         self.conn = None;
         let target = self.finder.target().cloned();
         if self.identified {
-            if let (true, CloseReason::TimedOut, Some(t)) = (self.hold_switch, reason, &target) {
-                self.hold = Some((t.clone(), cx.elapsed() + SWITCH_HOLD));
-            }
             info!("lost the primary master ({reason:?})");
             self.identified = false;
             self.primary_nid = None;
@@ -216,7 +206,7 @@ impl MasterLink {
             Packet::Error { code, message } if !self.identified => {
                 warn!("the master refused us: {code}: {message}");
                 links.close(cx, conn);
-                self.closed(cx, conn, &CloseReason::Protocol(message))
+                self.closed(conn, &CloseReason::Protocol(message))
             }
             Packet::NotifyNodeInformation { timestamp, nodes } if self.identified => {
                 match self.last_notification {
@@ -248,7 +238,7 @@ impl MasterLink {
                 let why = format!("unexpected {} before identification", msg.packet.name());
                 warn!("{why}");
                 links.close(cx, conn);
-                self.closed(cx, conn, &CloseReason::Protocol(why))
+                self.closed(conn, &CloseReason::Protocol(why))
             }
             _ => Some(LinkEvent::Message(msg)),
         }

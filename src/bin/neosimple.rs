@@ -18,7 +18,11 @@ use neo::proto::{Address, ClusterState, Packet};
 use neo::runtime::{self, client, Process};
 
 #[derive(Parser)]
-#[command(name = "neosimple", about = "Start a local NEO cluster (SQLite) in one process", version)]
+#[command(
+    name = "neosimple",
+    about = "Start a local NEO cluster (SQLite) in one process",
+    version
+)]
 struct Cli {
     /// Folder for the storage databases and the log.
     #[arg(default_value = "neosimple-data")]
@@ -47,7 +51,8 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let admin_address = match Address::parse_with_default(&cli.admin, Some(neo::config::ADMIN_PORT)) {
+    let admin_address = match Address::parse_with_default(&cli.admin, Some(neo::config::ADMIN_PORT))
+    {
         Ok(a) => a,
         Err(e) => return fail(format!("--admin: {e}")),
     };
@@ -60,7 +65,10 @@ fn main() -> ExitCode {
     }
     let replicas = cli.replicas.unwrap_or(if cli.storages > 1 { 1 } else { 0 });
     if replicas >= cli.storages {
-        return fail(format!("{replicas} replicas need more than {} storages", cli.storages));
+        return fail(format!(
+            "{replicas} replicas need more than {} storages",
+            cli.storages
+        ));
     }
     eprintln!(
         "neosimple: starting cluster {:?}: {} master(s), {} storage(s) on SQLite in {}, an admin (log: {})",
@@ -82,7 +90,10 @@ fn main() -> ExitCode {
         eprintln!("neosimple: stopped");
         ExitCode::SUCCESS
     } else {
-        fail(format!("a node failed (exit code {code}); see {}", log.display()))
+        fail(format!(
+            "a node failed (exit code {code}); see {}",
+            log.display()
+        ))
     }
 }
 
@@ -111,7 +122,12 @@ async fn start(cli: &Cli, replicas: u32, admin: Address) -> Result<Vec<Address>,
             partitions: cli.partitions,
             nid: None,
         };
-        runtime::start_node(&process, format!("master{}", i + 1), Some(listener), Master::new(cfg));
+        runtime::start_node(
+            &process,
+            format!("master{}", i + 1),
+            Some(listener),
+            Master::new(cfg),
+        );
     }
     let identity = Identity {
         cluster: cli.cluster.clone(),
@@ -127,19 +143,33 @@ async fn start(cli: &Cli, replicas: u32, admin: Address) -> Result<Vec<Address>,
             bind,
             masters: masters.clone(),
         };
-        runtime::start_node(&process, format!("storage{}", i + 1), Some(listener), Storage::new(cfg, Box::new(db)));
+        runtime::start_node(
+            &process,
+            format!("storage{}", i + 1),
+            Some(listener),
+            Storage::new(cfg, Box::new(db)),
+        );
     }
     let cfg = AdminConfig {
         cluster: cli.cluster.clone(),
         bind: admin.clone(),
         masters: masters.clone(),
     };
-    runtime::start_node(&process, "admin".into(), Some(admin_listener), Admin::new(cfg));
+    runtime::start_node(
+        &process,
+        "admin".into(),
+        Some(admin_listener),
+        Admin::new(cfg),
+    );
     process.shutdown_on_signals();
     let summary = format!(
         "{} master(s) on {}, {} storage(s), partitions {}, replicas {replicas}",
         cli.masters,
-        masters.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
+        masters
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
         cli.storages,
         cli.partitions
     );
@@ -166,7 +196,10 @@ async fn watch(process: Process, admin: Address, cluster: String, summary: Strin
         };
         if state != last {
             if let Some(s) = state {
-                eprintln!("neosimple: cluster {s} ({:.1}s)", started.elapsed().as_secs_f64());
+                eprintln!(
+                    "neosimple: cluster {s} ({:.1}s)",
+                    started.elapsed().as_secs_f64()
+                );
             }
             last = state;
         }

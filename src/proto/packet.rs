@@ -52,6 +52,9 @@ pub struct IdentificationExtra {
     /// A storage whose node id is in a partition table it holds: that id is its own, and a
     /// second node claiming it is a copy. Otherwise the id may be replaced.
     pub established: bool,
+    /// A storage's partition-table id: a primary whose table is not newer moves to a new
+    /// id, so that ids keep growing on every node.
+    pub ptid: Option<Ptid>,
 }
 
 macro_rules! packets {

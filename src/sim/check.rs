@@ -39,19 +39,47 @@ pub fn election_safety(w: &World) -> Result<(), String> {
         if m.following().is_some_and(|(p, _)| p == m.address()) {
             return Err(format!("election: {} follows itself", w.label(i)));
         }
-        match m.role() {
-            Role::Primary(p) if p.cluster_state != ClusterState::Recovering => {
-                past_recovering.push(w.label(i));
-            }
-            _ => {}
+        if matches!(m.role(), Role::Primary(p) if p.cluster_state != ClusterState::Recovering) {
+            past_recovering.push(i);
         }
     }
-    if past_recovering.len() > 1 {
+    // A primary cut off from its storages believes it is past RECOVERING until its idle
+    // checks tell it otherwise (DEAD_AFTER), so two such beliefs may overlap that long.
+    // What must never happen is two primaries that can both serve: each with every
+    // partition readable on storages that follow it and that it counts as running.
+    let serving: Vec<&str> = past_recovering
+        .into_iter()
+        .filter(|i| can_serve(w, *i))
+        .map(|i| w.label(i))
+        .collect();
+    if serving.len() > 1 {
         return Err(format!(
-            "two primaries past RECOVERING: {past_recovering:?}"
+            "two primaries past RECOVERING can both serve: {serving:?}"
         ));
     }
     Ok(())
+}
+
+/// Whether the master at `i` (a primary) can serve: its table is operational on the
+/// storages that follow it and that it counts as running.
+pub fn can_serve(w: &World, i: usize) -> bool {
+    let Some(m) = w.nodes[i].master() else {
+        return false;
+    };
+    let Some(pt) = m.primary_table() else {
+        return false;
+    };
+    let followers: Vec<crate::proto::Nid> = w
+        .storages()
+        .filter(|(j, s)| w.nodes[*j].is_up() && s.primary() == Some(m.address()))
+        .filter_map(|(_, s)| s.nid())
+        .filter(|n| {
+            m.nodes()
+                .get(*n)
+                .is_some_and(|info| info.state == NodeState::Running)
+        })
+        .collect();
+    pt.operational(|n| followers.contains(&n), &[])
 }
 
 /// Whether the election converged: among running masters exactly one primary, every other

@@ -24,14 +24,19 @@ use sha1::{Digest, Sha1};
 use super::check;
 use super::faults::Injector;
 use super::net::NodeIdx;
-use super::scenario::{converged_for, master_address, node_clock, Plan, RunOptions, RunReport, Scenario, LIVENESS_BOUND, STABLE_FOR};
+use super::scenario::{
+    converged_for, master_address, node_clock, Plan, RunOptions, RunReport, Scenario,
+    LIVENESS_BOUND, STABLE_FOR,
+};
 use super::world::{Failure, NodeActor, World};
 use crate::actors::master::election::Role;
 use crate::actors::master::{Master, MasterConfig};
 use crate::actors::storage::{Storage, StorageConfig};
 use crate::db::sqlite::{MemoryAnchor, SqliteBackend};
 use crate::db::{partition_of, Backend, Cell, Identity, Load, ObjectData, TxnMeta, Value};
-use crate::proto::{Address, CellState, ClusterState, Nid, NodeState, NodeType, Oid, Ptid, Tid, WallTime};
+use crate::proto::{
+    Address, CellState, ClusterState, Nid, NodeState, NodeType, Oid, Ptid, Tid, WallTime,
+};
 use crate::pt::PartitionTable;
 use crate::rng::{self, ChaCha8Rng};
 
@@ -46,7 +51,11 @@ pub fn storage_address(i: usize) -> Address {
 /// threads, so each world's names get a unique prefix (not part of any trace).
 fn unique_prefix() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("neo-sim-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "neo-sim-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A transaction the verification scenario wrote into the storages before they start,
@@ -81,18 +90,37 @@ fn final_tid(ttid: Tid, after: Tid, np: u32) -> Tid {
 
 /// Write the scripted history into the storages' databases: a partition table, committed
 /// transactions, and transactions cut by a crash during vote, lock or unlock.
-fn write_history(rng: &mut ChaCha8Rng, dbs: &mut [SqliteBackend], nids: &[Nid], plan: &Plan, epoch: WallTime) -> Vec<ScriptedTxn> {
+fn write_history(
+    rng: &mut ChaCha8Rng,
+    dbs: &mut [SqliteBackend],
+    nids: &[Nid],
+    plan: &Plan,
+    epoch: WallTime,
+) -> Vec<ScriptedTxn> {
     let np = plan.partitions;
     let mut pt = PartitionTable::new(np, plan.replicas);
     pt.make(nids);
     let cells: Vec<Cell> = (0..np)
-        .flat_map(|p| pt.row(p).map(move |(nid, state)| Cell { partition: p, nid, state }).collect::<Vec<_>>())
+        .flat_map(|p| {
+            pt.row(p)
+                .map(move |(nid, state)| Cell {
+                    partition: p,
+                    nid,
+                    state,
+                })
+                .collect::<Vec<_>>()
+        })
         .collect();
     for (db, nid) in dbs.iter_mut().zip(nids) {
         db.set_nid(*nid).expect("history: nid");
-        db.change_partition_table(Ptid(1), plan.replicas, &cells, true).expect("history: table");
+        db.change_partition_table(Ptid(1), plan.replicas, &cells, true)
+            .expect("history: table");
     }
-    let holders = |p: u32| -> Vec<usize> { pt.row(p).map(|(n, _)| nids.iter().position(|x| *x == n).expect("member")).collect() };
+    let holders = |p: u32| -> Vec<usize> {
+        pt.row(p)
+            .map(|(n, _)| nids.iter().position(|x| *x == n).expect("member"))
+            .collect()
+    };
     let mut last = Tid::from_wall(epoch.saturating_sub(Duration::from_secs(3600)));
     let mut txns = Vec::new();
     let committed_count = rng::between(rng, 1, 3);
@@ -101,7 +129,11 @@ fn write_history(rng: &mut ChaCha8Rng, dbs: &mut [SqliteBackend], nids: &[Nid], 
         let ttid = last.add_units(rng::between(rng, 1, 1 << 20));
         let tid = final_tid(ttid, ttid, np);
         last = tid;
-        let oids: Vec<Oid> = (0..rng::between(rng, 1, 3)).map(|_| Oid(rng::between(rng, 1, 40))).collect::<BTreeSet<_>>().into_iter().collect();
+        let oids: Vec<Oid> = (0..rng::between(rng, 1, 3))
+            .map(|_| Oid(rng::between(rng, 1, 40)))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let meta_part = partition_of(ttid.0, np);
         let mut involved: BTreeMap<usize, Vec<Oid>> = BTreeMap::new();
         for &oid in &oids {
@@ -150,7 +182,8 @@ fn write_history(rng: &mut ChaCha8Rng, dbs: &mut [SqliteBackend], nids: &[Nid], 
         for &i in &voted {
             let db = &mut dbs[i];
             for &oid in &involved[&i] {
-                db.store(ttid, oid, Value::Data(object_bytes(ttid, oid))).expect("history: store");
+                db.store(ttid, oid, Value::Data(object_bytes(ttid, oid)))
+                    .expect("history: store");
             }
             let m = holders_meta.contains(&i).then_some(&meta);
             db.vote(ttid, m).expect("history: vote");
@@ -164,13 +197,22 @@ fn write_history(rng: &mut ChaCha8Rng, dbs: &mut [SqliteBackend], nids: &[Nid], 
             }
             dbs[i].unlock(ttid, tid).expect("history: unlock");
         }
-        txns.push(ScriptedTxn { ttid, tid, oids, committed });
+        txns.push(ScriptedTxn {
+            ttid,
+            tid,
+            oids,
+            committed,
+        });
     }
     txns
 }
 
 /// A cluster of the plan's shape; with `history`, storages start from scripted databases.
-pub fn cluster_world(opts: &RunOptions, plan: &Plan, history: bool) -> (World, Rc<Vec<ScriptedTxn>>) {
+pub fn cluster_world(
+    opts: &RunOptions,
+    plan: &Plan,
+    history: bool,
+) -> (World, Rc<Vec<ScriptedTxn>>) {
     let seed = opts.seed;
     let mut w = World::new(seed, plan.swarm.latency.clone(), opts.mutant, opts.trace);
     let mut rng = rng::stream(seed, 5);
@@ -187,15 +229,35 @@ pub fn cluster_world(opts: &RunOptions, plan: &Plan, history: bool) -> (World, R
         };
         let clock = node_clock(&mut rng, &plan.swarm);
         let start = rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(5));
-        w.add_node(format!("m{}", i + 1), address.clone(), Box::new(move || NodeActor::Master(Master::new(cfg.clone()))), clock, start, plan.swarm.buggify);
+        w.add_node(
+            format!("m{}", i + 1),
+            address.clone(),
+            Box::new(move || NodeActor::Master(Master::new(cfg.clone()))),
+            clock,
+            start,
+            plan.swarm.buggify,
+        );
     }
-    let identity = Identity { cluster: CLUSTER.into(), nid: None };
+    let identity = Identity {
+        cluster: CLUSTER.into(),
+        nid: None,
+    };
     let prefix = unique_prefix();
-    let names: Vec<String> = (0..plan.storages).map(|i| format!("{prefix}-s{}", i + 1)).collect();
-    let anchors: Vec<Rc<MemoryAnchor>> = names.iter().map(|n| Rc::new(MemoryAnchor::new(n).expect("sim: memory database"))).collect();
+    let names: Vec<String> = (0..plan.storages)
+        .map(|i| format!("{prefix}-s{}", i + 1))
+        .collect();
+    let anchors: Vec<Rc<MemoryAnchor>> = names
+        .iter()
+        .map(|n| Rc::new(MemoryAnchor::new(n).expect("sim: memory database")))
+        .collect();
     let txns = if history {
-        let mut dbs: Vec<SqliteBackend> = names.iter().map(|n| SqliteBackend::memory(n, &identity).expect("sim: memory database")).collect();
-        let nids: Vec<Nid> = (1..=plan.storages as u32).map(|n| Nid::new(NodeType::Storage, n)).collect();
+        let mut dbs: Vec<SqliteBackend> = names
+            .iter()
+            .map(|n| SqliteBackend::memory(n, &identity).expect("sim: memory database"))
+            .collect();
+        let nids: Vec<Nid> = (1..=plan.storages as u32)
+            .map(|n| Nid::new(NodeType::Storage, n))
+            .collect();
         let epoch = w.epoch();
         let txns = write_history(&mut rng::stream(seed, 6), &mut dbs, &nids, plan, epoch);
         drop(dbs);
@@ -204,88 +266,133 @@ pub fn cluster_world(opts: &RunOptions, plan: &Plan, history: bool) -> (World, R
         Vec::new()
     };
     for (i, name) in names.iter().enumerate() {
-        let cfg = StorageConfig { cluster: CLUSTER.into(), bind: storage_address(i), masters: masters.clone() };
+        let cfg = StorageConfig {
+            cluster: CLUSTER.into(),
+            bind: storage_address(i),
+            masters: masters.clone(),
+        };
         let (name, identity, anchor) = (name.clone(), identity.clone(), anchors[i].clone());
         let clock = node_clock(&mut rng, &plan.swarm);
         let start = rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(5));
         let make = move || {
             let _keep = &anchor;
             // A restarted process opens the same database (the previous one was dropped).
-            let db = SqliteBackend::memory(&name, &identity).expect("sim: reopening a memory database");
+            let db =
+                SqliteBackend::memory(&name, &identity).expect("sim: reopening a memory database");
             NodeActor::Storage(Storage::new(cfg.clone(), Box::new(db)))
         };
-        w.add_node(format!("s{}", i + 1), storage_address(i), Box::new(make), clock, start, plan.swarm.buggify);
+        w.add_node(
+            format!("s{}", i + 1),
+            storage_address(i),
+            Box::new(make),
+            clock,
+            start,
+            plan.swarm.buggify,
+        );
     }
     let txns = Rc::new(txns);
     w.add_invariant(Box::new(check::election_safety));
     w.add_invariant(Box::new(storages_consistent));
     w.add_invariant(Box::new(table_watch()));
     let t = txns.clone();
-    w.add_invariant(Box::new(move |w: &World| never_locked_never_committed(w, &t)));
+    w.add_invariant(Box::new(move |w: &World| {
+        never_locked_never_committed(w, &t)
+    }));
     (w, txns)
 }
 
 fn storages_consistent(w: &World) -> Result<(), String> {
     for (i, s) in w.storages() {
-        s.check_invariants().map_err(|e| format!("{}: {e}", w.label(i)))?;
+        s.check_invariants()
+            .map_err(|e| format!("{}: {e}", w.label(i)))?;
     }
     Ok(())
 }
 
-/// The primary past RECOVERING, if any (not paused: a stalled process acts on nothing).
+/// The primary past RECOVERING that can serve, if any (a primary cut off from its storages
+/// may believe it is past RECOVERING a little longer; see `check::election_safety`).
 fn active_primary(w: &World) -> Option<(NodeIdx, &Master)> {
     w.masters().find(|(i, m)| {
-        w.nodes[*i].paused_until.is_none_or(|t| t <= w.now())
-            && matches!(m.role(), Role::Primary(p) if p.cluster_state != ClusterState::Recovering)
+        matches!(m.role(), Role::Primary(p) if p.cluster_state != ClusterState::Recovering)
+            && check::can_serve(w, *i)
     })
 }
 
-/// Partition-table history: what each storage persisted last, and the table of each id.
+/// Partition-table history: on each storage, ids only grow and one id is one table; the
+/// serving primary's table is the one its storages hold under the same id; every table
+/// keeps a readable cell per partition; and the cluster never runs on a table older than
+/// one a storage holds with readable cells of its own.
 fn table_watch() -> impl FnMut(&World) -> Result<(), String> {
-    let seen: RefCell<BTreeMap<NodeIdx, (Ptid, Vec<Vec<(Nid, CellState)>>, Option<Nid>)>> = RefCell::new(BTreeMap::new());
-    let tables: RefCell<BTreeMap<Ptid, Vec<Vec<(Nid, CellState)>>>> = RefCell::new(BTreeMap::new());
+    type Rows = Vec<Vec<(Nid, CellState)>>;
+    let history: RefCell<BTreeMap<NodeIdx, BTreeMap<Ptid, Rows>>> = RefCell::new(BTreeMap::new());
+    let last: RefCell<BTreeMap<NodeIdx, (Ptid, Rows, Option<Nid>)>> = RefCell::new(BTreeMap::new());
     move |w: &World| {
-        let mut seen = seen.borrow_mut();
-        let mut tables = tables.borrow_mut();
+        let mut history = history.borrow_mut();
+        let mut last = last.borrow_mut();
         for (i, s) in w.storages() {
-            let Some(pt) = s.partition_table() else { continue };
+            let Some(pt) = s.partition_table() else {
+                continue;
+            };
             let Some(ptid) = pt.ptid() else { continue };
             let rows = pt.rows();
-            if let Some(p) = rows.iter().position(|r| !r.iter().any(|(_, s)| s.is_readable())) {
-                return Err(format!("{}: partition {p} has no readable cell in table {ptid}", w.label(i)));
+            if let Some(p) = rows
+                .iter()
+                .position(|r| !r.iter().any(|(_, s)| s.is_readable()))
+            {
+                return Err(format!(
+                    "{}: partition {p} has no readable cell in table {ptid}",
+                    w.label(i)
+                ));
             }
-            if let Some((prev, _, _)) = seen.get(&i) {
-                if ptid < *prev {
-                    return Err(format!("{}: partition table id went back from {prev} to {ptid}", w.label(i)));
+            let seen = history.entry(i).or_default();
+            if let Some((newest, _)) = seen.last_key_value() {
+                if ptid < *newest {
+                    return Err(format!(
+                        "{}: partition table id went back from {newest} to {ptid}",
+                        w.label(i)
+                    ));
                 }
             }
-            match tables.get(&ptid) {
-                Some(t) if *t != rows => {
-                    return Err(format!("{}: partition table {ptid} differs from the table {ptid} another storage holds", w.label(i)));
-                }
-                Some(_) => {}
-                None => {
-                    tables.insert(ptid, rows.clone());
-                }
+            if seen.get(&ptid).is_some_and(|t| *t != rows) {
+                return Err(format!(
+                    "{}: two different partition tables with id {ptid}",
+                    w.label(i)
+                ));
             }
-            seen.insert(i, (ptid, rows, s.nid()));
+            seen.insert(ptid, rows.clone());
+            last.insert(i, (ptid, rows, s.nid()));
         }
-        let Some((pi, p)) = active_primary(w) else { return Ok(()) };
+        let Some((pi, p)) = active_primary(w) else {
+            return Ok(());
+        };
         let pt = p.primary_table().expect("primary");
         let Some(ptid) = pt.ptid() else { return Ok(()) };
-        if let Some(t) = tables.get(&ptid) {
-            if *t != pt.rows() {
-                return Err(format!("primary {}: partition table {ptid} differs from the one storages hold", w.label(pi)));
+        for (i, s) in w
+            .storages()
+            .filter(|(_, s)| s.primary() == Some(p.address()))
+        {
+            if let Some(t) = s.partition_table().filter(|t| t.ptid() == Some(ptid)) {
+                if t.rows() != pt.rows() {
+                    return Err(format!(
+                        "{}: partition table {ptid} differs from its primary {}'s",
+                        w.label(i),
+                        w.label(pi)
+                    ));
+                }
             }
         }
-        for p in 0..pt.partitions() {
-            if !pt.row(p).any(|(_, s)| s.is_readable()) {
-                return Err(format!("primary {}: partition {p} has no readable cell left (table {ptid})", w.label(pi)));
-            }
+        if let Some(part) = (0..pt.partitions()).find(|p| !pt.row(*p).any(|(_, s)| s.is_readable()))
+        {
+            return Err(format!(
+                "primary {}: partition {part} has no readable cell left (table {ptid})",
+                w.label(pi)
+            ));
         }
-        // Never running on a table older than one a storage holds with data of its own.
-        for (i, (q, rows, nid)) in seen.iter() {
-            let readable = nid.is_some_and(|n| rows.iter().any(|r| r.iter().any(|(c, s)| *c == n && s.is_readable())));
+        for (i, (q, rows, nid)) in last.iter() {
+            let readable = nid.is_some_and(|n| {
+                rows.iter()
+                    .any(|r| r.iter().any(|(c, s)| *c == n && s.is_readable()))
+            });
             if *q > ptid && readable {
                 return Err(format!(
                     "primary {} is past RECOVERING with table {ptid}, but {} holds the newer table {q} with readable cells",
@@ -304,7 +411,11 @@ fn never_locked_never_committed(w: &World, txns: &[ScriptedTxn]) -> Result<(), S
         for (i, s) in w.storages() {
             let f = s.backend().final_tid(t.ttid).map_err(|e| e.to_string())?;
             if f.is_some() {
-                return Err(format!("{}: transaction {:?} was never locked, yet it is committed as {f:?}", w.label(i), t.ttid));
+                return Err(format!(
+                    "{}: transaction {:?} was never locked, yet it is committed as {f:?}",
+                    w.label(i),
+                    t.ttid
+                ));
             }
         }
     }
@@ -315,7 +426,10 @@ fn never_locked_never_committed(w: &World, txns: &[ScriptedTxn]) -> Result<(), S
 /// holds on every readable cell.
 fn cluster_converged(w: &World, txns: &[ScriptedTxn]) -> Result<(), String> {
     check::election_converged(w)?;
-    let Some((pi, p)) = w.masters().find(|(i, m)| w.nodes[*i].is_up() && matches!(m.role(), Role::Primary(_))) else {
+    let Some((pi, p)) = w
+        .masters()
+        .find(|(i, m)| w.nodes[*i].is_up() && matches!(m.role(), Role::Primary(_)))
+    else {
         return Err("no primary".into());
     };
     if p.cluster_state() != Some(ClusterState::Running) {
@@ -327,12 +441,18 @@ fn cluster_converged(w: &World, txns: &[ScriptedTxn]) -> Result<(), String> {
         if !w.nodes[i].is_up() {
             continue;
         }
-        let nid = s.nid().ok_or_else(|| format!("{} has no node id", w.label(i)))?;
+        let nid = s
+            .nid()
+            .ok_or_else(|| format!("{} has no node id", w.label(i)))?;
         let listed = p.nodes().get(nid).map(|n| n.state);
         if !pt.nodes().contains(&nid) {
             // A storage without cells waits, PENDING, for `neoctl add`.
             if listed != Some(NodeState::Pending) && listed != Some(NodeState::Running) {
-                return Err(format!("primary {} lists {} ({nid}) as {listed:?}", w.label(pi), w.label(i)));
+                return Err(format!(
+                    "primary {} lists {} ({nid}) as {listed:?}",
+                    w.label(pi),
+                    w.label(i)
+                ));
             }
             continue;
         }
@@ -340,7 +460,11 @@ fn cluster_converged(w: &World, txns: &[ScriptedTxn]) -> Result<(), String> {
             return Err(format!("{} ({nid}) is not operational", w.label(i)));
         }
         if listed != Some(NodeState::Running) {
-            return Err(format!("primary {} lists {} ({nid}) as {listed:?}", w.label(pi), w.label(i)));
+            return Err(format!(
+                "primary {} lists {} ({nid}) as {listed:?}",
+                w.label(pi),
+                w.label(i)
+            ));
         }
         by_nid.insert(nid, s);
     }
@@ -349,8 +473,15 @@ fn cluster_converged(w: &World, txns: &[ScriptedTxn]) -> Result<(), String> {
         for (nid, s) in &by_nid {
             let db = s.backend();
             if !t.committed {
-                if db.locked_transactions().map_err(|e| e.to_string())?.contains_key(&t.ttid) {
-                    return Err(format!("{nid} still holds the dropped transaction {:?}", t.ttid));
+                if db
+                    .locked_transactions()
+                    .map_err(|e| e.to_string())?
+                    .contains_key(&t.ttid)
+                {
+                    return Err(format!(
+                        "{nid} still holds the dropped transaction {:?}",
+                        t.ttid
+                    ));
                 }
                 continue;
             }
@@ -359,12 +490,22 @@ fn cluster_converged(w: &World, txns: &[ScriptedTxn]) -> Result<(), String> {
                 if readable(partition_of(oid.0, np)) {
                     match db.load(oid, Some(t.tid), None).map_err(|e| e.to_string())? {
                         Load::Found(l) if l.data == object_bytes(t.ttid, oid).data => {}
-                        other => return Err(format!("{nid}: {oid} of committed {:?} is {other:?}", t.tid)),
+                        other => {
+                            return Err(format!(
+                                "{nid}: {oid} of committed {:?} is {other:?}",
+                                t.tid
+                            ))
+                        }
                     }
                 }
             }
-            if readable(partition_of(t.ttid.0, np)) && db.transaction(t.tid).map_err(|e| e.to_string())?.is_none() {
-                return Err(format!("{nid}: committed transaction {:?} has no metadata", t.tid));
+            if readable(partition_of(t.ttid.0, np))
+                && db.transaction(t.tid).map_err(|e| e.to_string())?.is_none()
+            {
+                return Err(format!(
+                    "{nid}: committed transaction {:?} has no metadata",
+                    t.tid
+                ));
             }
         }
     }
@@ -375,7 +516,8 @@ pub fn run(opts: &RunOptions, plan: &Plan) -> RunReport {
     let history = opts.scenario == Scenario::Verification;
     let (mut w, txns) = cluster_world(opts, plan, history);
     let mut rng = rng::stream(opts.seed, 4);
-    let safety = Duration::from_secs(30) + rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(90));
+    let safety =
+        Duration::from_secs(30) + rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(90));
     w.start_faults(Injector::new(plan.swarm.clone(), rng::stream(opts.seed, 3)));
     let outcome = w.run_for(safety).and_then(|()| {
         // Liveness: every storage comes back (the split-brain rule waits for them), but a

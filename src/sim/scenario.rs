@@ -57,7 +57,11 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: &'static [Scenario] = &[Scenario::Election, Scenario::Recovery, Scenario::Verification];
+    pub const ALL: &'static [Scenario] = &[
+        Scenario::Election,
+        Scenario::Recovery,
+        Scenario::Verification,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -178,14 +182,32 @@ pub fn plan(opts: &RunOptions) -> Plan {
     let mut rng = rng::stream(opts.seed, 1);
     let swarm = Swarm::draw(&mut rng::stream(opts.seed, 2));
     if opts.scenario == Scenario::Election {
-        let masters = opts.masters.unwrap_or_else(|| *rng::pick(&mut rng, &[1usize, 2, 3, 5]));
-        return Plan { masters, storages: 0, replicas: 0, partitions: 0, swarm };
+        let masters = opts
+            .masters
+            .unwrap_or_else(|| *rng::pick(&mut rng, &[1usize, 2, 3, 5]));
+        return Plan {
+            masters,
+            storages: 0,
+            replicas: 0,
+            partitions: 0,
+            swarm,
+        };
     }
-    let masters = opts.masters.unwrap_or_else(|| rng::between(&mut rng, 1, 3) as usize);
-    let storages = opts.storages.unwrap_or_else(|| rng::between(&mut rng, 1, 6) as usize);
+    let masters = opts
+        .masters
+        .unwrap_or_else(|| rng::between(&mut rng, 1, 3) as usize);
+    let storages = opts
+        .storages
+        .unwrap_or_else(|| rng::between(&mut rng, 1, 6) as usize);
     let replicas = rng::between(&mut rng, 0, (storages as u64 - 1).min(2)) as u32;
     let partitions = rng::between(&mut rng, 1, 12) as u32;
-    Plan { masters, storages, replicas, partitions, swarm }
+    Plan {
+        masters,
+        storages,
+        replicas,
+        partitions,
+        swarm,
+    }
 }
 
 /// Run one seed of a scenario.

@@ -291,7 +291,10 @@ impl World {
                 let mut invariants = std::mem::take(&mut self.invariants);
                 for inv in &mut invariants {
                     if let Err(e) = inv(self) {
-                        self.failure = Some(Failure { at: self.now, what: e });
+                        self.failure = Some(Failure {
+                            at: self.now,
+                            what: e,
+                        });
                         break;
                     }
                 }
@@ -853,7 +856,10 @@ impl World {
     }
 
     pub fn storages(&self) -> impl Iterator<Item = (NodeIdx, &Storage)> {
-        self.nodes.iter().enumerate().filter_map(|(i, n)| n.storage().map(|s| (i, s)))
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.storage().map(|s| (i, s)))
     }
 
     pub fn masters(&self) -> impl Iterator<Item = (NodeIdx, &Master)> {

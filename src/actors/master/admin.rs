@@ -11,9 +11,14 @@ use crate::proto::{ClusterState, ErrorCode, Message, Nid, NodeState, NodeType, P
 
 impl Master {
     pub(super) fn on_admin_request(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
-        if msg.packet == (Packet::SetClusterState { state: ClusterState::Stopping }) {
+        if msg.packet
+            == (Packet::SetClusterState {
+                state: ClusterState::Stopping,
+            })
+        {
             // Answer first: stopping closes every connection.
-            self.links.answer(cx, conn, msg.id, Packet::ack("the cluster is stopping"));
+            self.links
+                .answer(cx, conn, msg.id, Packet::ack("the cluster is stopping"));
             self.stop_cluster(cx);
             return;
         }

@@ -134,6 +134,13 @@ impl Master {
         }
     }
 
+    /// Forget what we asked on a connection that is gone: no answer will come.
+    pub(super) fn forget_asks(&mut self, conn: ConnId) {
+        if let Some(p) = self.primary_mut() {
+            p.asked.retain(|(c, _), _| *c != conn);
+        }
+    }
+
     /// Identified storages: (connection, nid, state).
     pub(super) fn storages(&self) -> Vec<(ConnId, Nid, NodeState)> {
         self.links
@@ -214,6 +221,28 @@ impl Master {
         self.links.notify(cx, conn, packet);
     }
 
+    /// A storage joined with table id `theirs`: if ours is not newer, move to a new id above
+    /// it (same cells) and send everyone the whole table, so that ids only grow on every
+    /// node and one id never names two tables. Returns whether it did.
+    pub(super) fn outgrow_ptid(&mut self, cx: &mut Ctx, theirs: Option<Ptid>) -> bool {
+        let Some(p) = self.primary_mut() else {
+            return false;
+        };
+        let (Some(theirs), Some(ours)) = (theirs, p.pt.ptid()) else {
+            return false;
+        };
+        if theirs < ours {
+            return false;
+        }
+        let next = Ptid(theirs.0 + 1);
+        let nodes: Vec<Nid> = p.pt.nodes().iter().copied().collect();
+        p.pt = PartitionTable::from_rows(Some(next), p.pt.replicas(), &p.pt.rows());
+        p.pt.add_nodes(&nodes);
+        info!("partition table {ours} renumbered {next}: a storage had table {theirs}");
+        self.broadcast_pt(cx);
+        true
+    }
+
     /// Nodes that keep a copy of the table: identified storages and admins.
     fn pt_receivers(&self) -> Vec<ConnId> {
         self.links
@@ -252,17 +281,20 @@ impl Master {
 
     // ---- recovery ----
 
-    /// (Re)enter RECOVERING: forget the table, ask every identified storage.
+    /// Go back to RECOVERING because the table stopped being operational: the table we ran
+    /// with is the newest there is (every change went from us to the storages), so it stays
+    /// the target, and a storage that comes back with an older one cannot start the cluster
+    /// on it.
     pub(super) fn enter_recovery(&mut self, cx: &mut Ctx) {
-        let (partitions, replicas) = (self.cfg.partitions, self.cfg.replicas);
         let Some(p) = self.primary_mut() else { return };
-        p.pt = PartitionTable::new(partitions, replicas);
-        p.recovery = Recovery::default();
+        p.recovery = Recovery {
+            target: p.pt.ptid(),
+            loaded: p.pt.ptid().is_some(),
+            ..Recovery::default()
+        };
         p.verification = Verification::default();
         p.asked.clear();
         p.starting.clear();
-        p.truncate_tid = None;
-        p.backup_tid = None;
         self.set_cluster_state(cx, ClusterState::Recovering);
         for (conn, nid, state) in self.storages() {
             if state != NodeState::Pending {
@@ -431,10 +463,14 @@ impl Master {
                     return;
                 }
             } else if !p.startup_allowed && !p.auto_restart && !no_wait {
-                // The split-brain rule: wait for every node that has readable cells.
+                // The split-brain rule: a new primary waits for every node of the table.
+                // Those with readable cells, or it would serve stale data; the others too,
+                // because one of them may hold a newer table (a change that reached only
+                // them before the previous primary died), which must be the one we start on.
                 let missing: Vec<Nid> =
-                    p.pt.readable_nodes()
-                        .into_iter()
+                    p.pt.nodes()
+                        .iter()
+                        .copied()
                         .filter(|n| !pending.contains(n))
                         .collect();
                 if !missing.is_empty() {
@@ -469,7 +505,11 @@ impl Master {
         let keep_last = !cx.mutant("pt-outdate-last");
         let running: BTreeSet<Nid> = selected.iter().copied().collect();
         let Some(p) = self.primary_mut() else { return };
-        let missing: Vec<Nid> = p.pt.readable_nodes().into_iter().filter(|n| !running.contains(n)).collect();
+        let missing: Vec<Nid> =
+            p.pt.readable_nodes()
+                .into_iter()
+                .filter(|n| !running.contains(n))
+                .collect();
         cx.observe(Observation::ClusterStarted {
             ptid: p.pt.ptid(),
             missing,
@@ -482,7 +522,15 @@ impl Master {
             p.pt.outdate(None, |n| running.contains(&n), keep_last);
             // A new id either way: this table is the one the cluster starts with.
             let (ptid, replicas, rows) = (p.pt.ptid(), p.pt.replicas(), p.pt.rows());
-            p.pt = PartitionTable::from_rows(ptid.map(|t| Ptid(t.0 + 1)), replicas, &rows);
+            // Above every id a storage reported, so that none of them sees an id twice.
+            let newest = p
+                .recovery
+                .answers
+                .values()
+                .filter_map(|(id, _, _)| *id)
+                .max();
+            let next = ptid.max(newest).map_or(Ptid(1), |t| Ptid(t.0 + 1));
+            p.pt = PartitionTable::from_rows(Some(next), replicas, &rows);
             p.pt.add_nodes(&selected);
         }
         info!("recovery done with partition table {:?}", p.pt.ptid());

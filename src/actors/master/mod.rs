@@ -188,9 +188,11 @@ impl Master {
 
     fn on_tick(&mut self, cx: &mut Ctx) {
         self.arm_tick(cx);
-        for (conn, peer) in self.links.check_idle(cx) {
-            debug!("closing silent connection {conn:?} to {peer:?}");
-            self.on_lost(cx, conn, peer, CloseReason::TimedOut);
+        for conn in self.links.check_idle(cx) {
+            if let Some(peer) = self.links.close(cx, conn) {
+                debug!("closed silent connection {conn:?} to {peer:?}");
+                self.on_lost(cx, conn, peer, CloseReason::TimedOut);
+            }
         }
         self.election_tick(cx);
     }
@@ -251,6 +253,7 @@ impl Master {
                         address,
                         id_timestamp,
                         established: extra.established,
+                        ptid: extra.ptid,
                     };
                     self.identify(cx, node_type, req);
                 }
@@ -362,17 +365,21 @@ impl Master {
                 let nid = k.nid.expect("table entries have an id");
                 if self.conn_of(nid).is_some() && k.address.as_ref() != Some(&address) {
                     if req.established {
-                        let why = format!("node id {nid} is in use by the storage at {:?}", k.address);
+                        let why =
+                            format!("node id {nid} is in use by the storage at {:?}", k.address);
                         return self.protocol_error(cx, req.conn, req.id, why);
                     }
                     // Two masters claiming the primary role at once gave the same id to two
                     // new storages: the one connected first keeps it.
-                    self.nodes.allocate_nid(NodeType::Storage, None, Some(&address), self.nid)
+                    self.nodes
+                        .allocate_nid(NodeType::Storage, None, Some(&address), self.nid)
                 } else {
                     nid
                 }
             }
-            None => self.nodes.allocate_nid(NodeType::Storage, req.nid, Some(&address), self.nid),
+            None => self
+                .nodes
+                .allocate_nid(NodeType::Storage, req.nid, Some(&address), self.nid),
         };
         let in_table = self
             .primary_table()
@@ -397,7 +404,9 @@ impl Master {
         match state {
             ClusterState::Recovering => self.recovery_join(cx, nid),
             _ => {
-                self.send_partition_table(cx, req.conn);
+                if !self.outgrow_ptid(cx, req.ptid) {
+                    self.send_partition_table(cx, req.conn);
+                }
                 if state == ClusterState::Running && node_state == NodeState::Running {
                     self.start_operation(cx, nid);
                 }
@@ -482,6 +491,7 @@ impl Master {
                 self.me()
             );
             self.links.close(cx, c);
+            self.forget_asks(c);
         }
     }
 
@@ -657,6 +667,7 @@ struct Identification {
     address: Option<Address>,
     id_timestamp: Option<WallTime>,
     established: bool,
+    ptid: Option<crate::proto::Ptid>,
 }
 
 impl Actor for Master {

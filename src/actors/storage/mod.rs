@@ -106,6 +106,14 @@ impl Storage {
         self.db.as_ref()
     }
 
+    /// The primary master we are identified by, if any.
+    pub fn primary(&self) -> Option<&Address> {
+        self.master
+            .target()
+            .filter(|(_, identified)| *identified)
+            .map(|(a, _)| a)
+    }
+
     pub fn cluster_state(&self) -> Option<ClusterState> {
         self.master.cluster_state()
     }
@@ -113,6 +121,14 @@ impl Storage {
     /// Whether our node id is in a partition table we hold: until then the id means little
     /// (two masters both claiming the primary role may each have given us one), and the
     /// primary may give us another rather than refuse us.
+    fn identification_extra(&self) -> IdentificationExtra {
+        IdentificationExtra {
+            established: self.established(),
+            ptid: self.pt.as_ref().and_then(|p| p.ptid()),
+            ..Default::default()
+        }
+    }
+
     fn established(&self) -> bool {
         let (Some(nid), Some(pt)) = (self.nid, &self.pt) else {
             return false;
@@ -156,23 +172,27 @@ impl Storage {
     fn on_tick(&mut self, cx: &mut Ctx) {
         let jitter = rng::duration(cx.rng(), Duration::ZERO, Duration::from_millis(100));
         self.tick = Some(cx.set_timer(TICK + jitter, TICK_TOKEN));
-        for (conn, peer) in self.links.check_idle(cx) {
-            self.on_closed(cx, conn, peer, CloseReason::TimedOut);
+        for conn in self.links.check_idle(cx) {
+            if let Some(peer) = self.links.close(cx, conn) {
+                self.on_closed(cx, conn, peer, CloseReason::TimedOut);
+            }
         }
-        let extra = IdentificationExtra { established: self.established(), ..Default::default() };
-        self.master.tick(cx, &mut self.links, Peer::Master, self.nid, extra);
+        let extra = self.identification_extra();
+        self.master
+            .tick(cx, &mut self.links, Peer::Master, self.nid, extra);
     }
 
     fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
-        if peer == Peer::Master && self.master.closed(cx, conn, &reason) == Some(LinkEvent::Lost) {
+        if peer == Peer::Master && self.master.closed(conn, &reason) == Some(LinkEvent::Lost) {
             // Without a primary we serve nobody until it tells us to start again.
             self.operational = false;
         }
         if self.master.is_identified() || self.failed {
             return;
         }
-        let extra = IdentificationExtra { established: self.established(), ..Default::default() };
-        self.master.tick(cx, &mut self.links, Peer::Master, self.nid, extra);
+        let extra = self.identification_extra();
+        self.master
+            .tick(cx, &mut self.links, Peer::Master, self.nid, extra);
     }
 
     fn answer(&mut self, cx: &mut Ctx, conn: ConnId, id: u32, packet: Packet) {
