@@ -65,8 +65,20 @@ pub struct ScriptedTxn {
     pub ttid: Tid,
     pub tid: Tid,
     pub oids: Vec<Oid>,
-    /// Locked (or unlocked) on some node: it must end up committed on every readable cell.
-    pub committed: bool,
+    pub expect: Expect,
+}
+
+/// What verification must make of a scripted transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Never locked anywhere: gone everywhere.
+    Dropped,
+    /// Locked on some node while the lock was still in progress (the client was not told):
+    /// either outcome, but the same on every readable cell.
+    Atomic,
+    /// Unlocked somewhere (every lock was done: the client was told it committed): on every
+    /// readable cell.
+    Committed,
 }
 
 fn object_bytes(ttid: Tid, oid: Oid) -> ObjectData {
@@ -146,11 +158,11 @@ fn write_history(
         }
         // How far the commit got: 0 = during vote, 1 = during lock, 2 = during unlock,
         // 3 = done. The first in-flight transaction is always one that verification must
-        // finish (locked somewhere, unlocked not everywhere).
+        // finish: unlocked somewhere, not everywhere.
         let stage = if k < committed_count {
             3
         } else if k == committed_count {
-            rng::between(rng, 1, 2)
+            2
         } else {
             rng::between(rng, 0, 2)
         };
@@ -173,12 +185,21 @@ fn write_history(
             }
         };
         let voted = some(0);
-        let mut locked = some(1);
-        let unlocked = some(2);
-        if k == committed_count && stage == 1 && !locked.iter().any(|i| holders_meta.contains(i)) {
-            locked.push(holders_meta[0]);
+        let locked = some(1);
+        let mut unlocked = some(2);
+        if k == committed_count {
+            let first = *involved.keys().next().expect("involved nodes");
+            unlocked.retain(|i| *i != first);
+            if unlocked.is_empty() && involved.len() > 1 {
+                unlocked.push(*involved.keys().last().expect("involved nodes"));
+            }
         }
-        let committed = locked.iter().any(|i| holders_meta.contains(i)) || stage >= 2;
+        let expect = match stage {
+            0 => Expect::Dropped,
+            1 if !locked.iter().any(|i| holders_meta.contains(i)) => Expect::Dropped,
+            1 => Expect::Atomic,
+            _ => Expect::Committed,
+        };
         for &i in &voted {
             let db = &mut dbs[i];
             for &oid in &involved[&i] {
@@ -201,7 +222,7 @@ fn write_history(
             ttid,
             tid,
             oids,
-            committed,
+            expect,
         });
     }
     txns
@@ -407,7 +428,7 @@ fn table_watch() -> impl FnMut(&World) -> Result<(), String> {
 
 /// A scripted transaction that was never locked must never show up committed.
 fn never_locked_never_committed(w: &World, txns: &[ScriptedTxn]) -> Result<(), String> {
-    for t in txns.iter().filter(|t| !t.committed) {
+    for t in txns.iter().filter(|t| t.expect == Expect::Dropped) {
         for (i, s) in w.storages() {
             let f = s.backend().final_tid(t.ttid).map_err(|e| e.to_string())?;
             if f.is_some() {
@@ -470,43 +491,60 @@ fn cluster_converged(w: &World, txns: &[ScriptedTxn]) -> Result<(), String> {
     }
     let np = pt.partitions();
     for t in txns {
+        // Where the transaction is, on each readable cell it concerns: (node, what, present).
+        let mut seen: Vec<(Nid, String, bool)> = Vec::new();
         for (nid, s) in &by_nid {
             let db = s.backend();
-            if !t.committed {
-                if db
-                    .locked_transactions()
-                    .map_err(|e| e.to_string())?
-                    .contains_key(&t.ttid)
-                {
-                    return Err(format!(
-                        "{nid} still holds the dropped transaction {:?}",
-                        t.ttid
-                    ));
-                }
-                continue;
+            let err = |e: crate::db::DbError| e.to_string();
+            if db.locked_transactions().map_err(err)?.contains_key(&t.ttid) {
+                return Err(format!(
+                    "{nid} is operational and still holds {:?} as unfinished",
+                    t.ttid
+                ));
             }
             let readable = |part: u32| pt.cell(part, *nid).is_some_and(|c| c.is_readable());
             for &oid in &t.oids {
                 if readable(partition_of(oid.0, np)) {
-                    match db.load(oid, Some(t.tid), None).map_err(|e| e.to_string())? {
-                        Load::Found(l) if l.data == object_bytes(t.ttid, oid).data => {}
-                        other => {
+                    let present = match db.load(oid, Some(t.tid), None).map_err(err)? {
+                        Load::Found(l) if l.data == object_bytes(t.ttid, oid).data => true,
+                        Load::Found(l) => {
                             return Err(format!(
-                                "{nid}: {oid} of committed {:?} is {other:?}",
+                                "{nid}: {oid} at {:?} holds other data: {l:?}",
                                 t.tid
                             ))
                         }
-                    }
+                        _ => false,
+                    };
+                    seen.push((*nid, format!("{oid}"), present));
                 }
             }
-            if readable(partition_of(t.ttid.0, np))
-                && db.transaction(t.tid).map_err(|e| e.to_string())?.is_none()
-            {
+            if readable(partition_of(t.ttid.0, np)) {
+                let present = db.transaction(t.tid).map_err(err)?.is_some();
+                seen.push((*nid, "its metadata".into(), present));
+            }
+        }
+        let missing = seen.iter().find(|(_, _, p)| !p);
+        let found = seen.iter().find(|(_, _, p)| *p);
+        match (t.expect, missing, found) {
+            (Expect::Committed, Some((nid, what, _)), _) => {
                 return Err(format!(
-                    "{nid}: committed transaction {:?} has no metadata",
+                    "{nid}: {what} of the committed transaction {:?} is missing",
                     t.tid
                 ));
             }
+            (Expect::Dropped, _, Some((nid, what, _))) => {
+                return Err(format!(
+                    "{nid}: {what} of the dropped transaction {:?} is there",
+                    t.tid
+                ));
+            }
+            (Expect::Atomic, Some((a, wa, _)), Some((b, wb, _))) => {
+                return Err(format!(
+                    "transaction {:?} committed in part: {wb} on {b}, but not {wa} on {a}",
+                    t.tid
+                ));
+            }
+            _ => {}
         }
     }
     Ok(())

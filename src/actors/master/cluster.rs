@@ -75,8 +75,9 @@ pub struct Primary {
     /// `neoctl start`: start as soon as the table is operational (or, for a new database,
     /// with the storages there are).
     pub startup_allowed: bool,
-    /// An automatic restart after the table stopped being operational: start as soon as it
-    /// is again, but never create a new database (a table exists somewhere).
+    /// An automatic restart after the table stopped being operational: never create a new
+    /// database (a table exists somewhere), and start as soon as the table is operational
+    /// again if no other master can have become primary meanwhile (see `relaxed_start`).
     pub auto_restart: bool,
     pub last_tid: Option<Tid>,
     pub last_oid: Option<Oid>,
@@ -411,6 +412,30 @@ impl Master {
             .collect()
     }
 
+    /// Whether an automatic restart may start without waiting for every node: only while
+    /// every other known master follows us. A master cut off from us may have become
+    /// primary and run the cluster on the nodes we would not wait for; then our table is
+    /// not the newest and we must wait for everyone (and meet that primary meanwhile).
+    fn relaxed_start(&self) -> bool {
+        let Some(p) = self.primary() else {
+            return false;
+        };
+        p.auto_restart
+            && self
+                .finder
+                .known()
+                .iter()
+                .filter(|a| **a != self.cfg.bind)
+                .all(|a| {
+                    self.links.iter().any(|(_, peer)| match peer {
+                        Peer::Node(n) => {
+                            self.nodes.get(*n).and_then(|i| i.address.as_ref()) == Some(a)
+                        }
+                        _ => false,
+                    })
+                })
+    }
+
     /// Leave RECOVERING if it is safe (neo-spec 4.4).
     pub(super) fn try_start(&mut self, cx: &mut Ctx) {
         let no_wait = cx.mutant("recovery-no-wait");
@@ -462,7 +487,7 @@ impl Master {
                     }
                     return;
                 }
-            } else if !p.startup_allowed && !p.auto_restart && !no_wait {
+            } else if !p.startup_allowed && !self.relaxed_start() && !no_wait {
                 // The split-brain rule: a new primary waits for every node of the table.
                 // Those with readable cells, or it would serve stale data; the others too,
                 // because one of them may hold a newer table (a change that reached only
@@ -504,6 +529,7 @@ impl Master {
         }
         let keep_last = !cx.mutant("pt-outdate-last");
         let running: BTreeSet<Nid> = selected.iter().copied().collect();
+        let relaxed = self.relaxed_start();
         let Some(p) = self.primary_mut() else { return };
         let missing: Vec<Nid> =
             p.pt.readable_nodes()
@@ -513,7 +539,7 @@ impl Master {
         cx.observe(Observation::ClusterStarted {
             ptid: p.pt.ptid(),
             missing,
-            startup_allowed: p.startup_allowed || p.auto_restart,
+            startup_allowed: p.startup_allowed || relaxed,
         });
         if p.pt.ptid().is_none() {
             p.pt.make(&selected);
@@ -540,6 +566,14 @@ impl Master {
     }
 
     // ---- verification ----
+
+    /// Verify again from the start (a node we asked reconnected; its answer is lost).
+    pub(super) fn restart_verification(&mut self, cx: &mut Ctx) {
+        if let Some(p) = self.primary_mut() {
+            p.asked.clear();
+        }
+        self.start_verification(cx);
+    }
 
     fn start_verification(&mut self, cx: &mut Ctx) {
         let Some(p) = self.primary_mut() else { return };
@@ -672,9 +706,6 @@ impl Master {
             .collect();
         for nid in &running {
             self.ask_storage(cx, *nid, Packet::AskLastIDs, Asked::LastIds);
-        }
-        if running.is_empty() {
-            self.verification_progress(cx);
         }
     }
 

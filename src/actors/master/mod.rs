@@ -407,6 +407,12 @@ impl Master {
                 if !self.outgrow_ptid(cx, req.ptid) {
                     self.send_partition_table(cx, req.conn);
                 }
+                if state == ClusterState::Verifying && node_state == NodeState::Running {
+                    // A node that was running reconnected: what we asked it for
+                    // verification is lost with its old connection, and it may hold
+                    // readable cells: verify again, with it.
+                    self.restart_verification(cx);
+                }
                 if state == ClusterState::Running && node_state == NodeState::Running {
                     self.start_operation(cx, nid);
                 }
