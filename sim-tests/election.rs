@@ -6,33 +6,20 @@
 //! Every failure names its seed and the `neosim replay` command that reproduces it.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+mod common;
+
 use std::time::Duration;
 
 use neo::actors::master::election::Role;
 use neo::sim::check::{election_converged, election_converged_among};
 use neo::sim::faults::Swarm;
 use neo::sim::scenario::{
-    self, converged_for, election_world, primary, run_election_with, RunOptions, Scenario,
+    converged_for, election_world, primary, run_election_with, RunOptions, Scenario,
 };
-use neo::sim::sweep::{run_checked, sweep, SweepOptions};
-use neo::sim::{World, MUTANTS};
+use neo::sim::sweep::run_checked;
+use neo::sim::World;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The seed range of a test: `NEO_SIM_SEEDS` (or `default`) seeds from `NEO_SIM_SEED_START`.
-fn seeds(default: u64) -> std::ops::Range<u64> {
-    let start = env("NEO_SIM_SEED_START", 0);
-    start..start + env("NEO_SIM_SEEDS", default)
-}
-
-fn jobs() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
+use common::seeds;
 
 /// Panic with the seed and how to look at it.
 fn fail(seed: u64, masters: usize, what: &str) -> ! {
@@ -81,34 +68,7 @@ const STABLE: Duration = Duration::from_secs(5);
 
 #[test]
 fn swarm_sweep_finds_no_failure() {
-    let range = seeds(1000);
-    let report = sweep(&SweepOptions {
-        base: RunOptions::new(Scenario::Election, range.start),
-        count: range.end - range.start,
-        jobs: jobs(),
-        stop_at_first: false,
-        determinism_every: 50,
-        progress: false,
-    });
-    if let Some(f) = &report.first {
-        panic!(
-            "{} of {} seeds failed; first: seed {}: {}\n  shape: {}; swarm: {}\n  replay: {}",
-            report.failed,
-            report.run,
-            f.opts.seed,
-            f.what,
-            f.report.shape,
-            f.report.swarm,
-            f.opts.replay_command()
-        );
-    }
-    assert_eq!(report.run, range.end - range.start);
-    eprintln!(
-        "election sweep: {} seeds, {:.0} simulated s in {:.1} s",
-        report.run,
-        report.sim_time.as_secs_f64(),
-        report.wall.as_secs_f64()
-    );
+    common::sweep_passes(Scenario::Election, 1000);
 }
 
 /// Seeds that once found a bug (see BUGS.md). The code has changed since, so they no longer
@@ -117,17 +77,7 @@ const REGRESSIONS: &[u64] = &[15, 1286, 7097, 38168];
 
 #[test]
 fn regression_seeds_pass() {
-    for &seed in REGRESSIONS {
-        let opts = RunOptions::new(Scenario::Election, seed);
-        let (report, failed) = run_checked(&opts, true);
-        if let Some(what) = failed {
-            panic!(
-                "seed {seed}: {what}\n  swarm: {}\n  replay: {}",
-                report.swarm,
-                opts.replay_command()
-            );
-        }
-    }
+    common::regressions_pass(Scenario::Election, REGRESSIONS);
 }
 
 #[test]
@@ -302,27 +252,5 @@ fn runs_are_deterministic() {
 
 #[test]
 fn each_election_mutant_is_caught_within_1000_seeds() {
-    for (name, sc, what) in MUTANTS
-        .iter()
-        .filter(|(_, sc, _)| *sc == Scenario::Election)
-    {
-        let mutant = scenario::mutant(name).unwrap();
-        let mut base = RunOptions::new(*sc, env("NEO_SIM_SEED_START", 0));
-        base.mutant = Some(mutant);
-        let report = sweep(&SweepOptions {
-            base,
-            count: 1000,
-            jobs: jobs(),
-            stop_at_first: true,
-            determinism_every: 0,
-            progress: false,
-        });
-        let first = report
-            .first
-            .unwrap_or_else(|| panic!("mutant {name} ({what}) survived 1000 seeds"));
-        eprintln!(
-            "mutant {name} caught by seed {}: {}",
-            first.opts.seed, first.what
-        );
-    }
+    common::mutants_are_caught(Scenario::Election);
 }
