@@ -253,7 +253,7 @@ pub fn cluster_world(
         w.add_node(
             format!("m{}", i + 1),
             address.clone(),
-            Box::new(move || NodeActor::Master(Master::new(cfg.clone()))),
+            Box::new(move || NodeActor::Master(Box::new(Master::new(cfg.clone())))),
             clock,
             start,
             plan.swarm.buggify,
@@ -300,7 +300,7 @@ pub fn cluster_world(
             // A restarted process opens the same database (the previous one was dropped).
             let db =
                 SqliteBackend::memory(&name, &identity).expect("sim: reopening a memory database");
-            NodeActor::Storage(Storage::new(cfg.clone(), Box::new(db)))
+            NodeActor::Storage(Box::new(Storage::new(cfg.clone(), Box::new(db))))
         };
         w.add_node(
             format!("s{}", i + 1),
@@ -346,7 +346,8 @@ fn active_primary(w: &World) -> Option<(NodeIdx, &Master)> {
 fn table_watch() -> impl FnMut(&World) -> Result<(), String> {
     type Rows = Vec<Vec<(Nid, CellState)>>;
     let history: RefCell<BTreeMap<NodeIdx, BTreeMap<Ptid, Rows>>> = RefCell::new(BTreeMap::new());
-    let last: RefCell<BTreeMap<NodeIdx, (Ptid, Rows, Option<Nid>)>> = RefCell::new(BTreeMap::new());
+    type Last = (Ptid, Rows, Option<Nid>);
+    let last: RefCell<BTreeMap<NodeIdx, Last>> = RefCell::new(BTreeMap::new());
     move |w: &World| {
         let mut history = history.borrow_mut();
         let mut last = last.borrow_mut();

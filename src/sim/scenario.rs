@@ -251,7 +251,7 @@ pub fn election_world(
         w.add_node(
             format!("m{}", i + 1),
             address.clone(),
-            Box::new(move || NodeActor::Master(Master::new(cfg.clone()))),
+            Box::new(move || NodeActor::Master(Box::new(Master::new(cfg.clone())))),
             clock,
             start,
             swarm.buggify,

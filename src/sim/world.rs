@@ -26,17 +26,17 @@ use crate::rng::{self, ChaCha8Rng};
 /// The role a simulated node plays (one variant per actor type, so checkers can look
 /// inside).
 pub enum NodeActor {
-    Master(Master),
-    Storage(Storage),
-    Admin(Admin),
+    Master(Box<Master>),
+    Storage(Box<Storage>),
+    Admin(Box<Admin>),
 }
 
 impl NodeActor {
     fn actor(&mut self) -> &mut dyn Actor {
         match self {
-            NodeActor::Master(m) => m,
-            NodeActor::Storage(s) => s,
-            NodeActor::Admin(a) => a,
+            NodeActor::Master(m) => m.as_mut(),
+            NodeActor::Storage(s) => s.as_mut(),
+            NodeActor::Admin(a) => a.as_mut(),
         }
     }
 }

@@ -91,6 +91,15 @@ impl Node {
         }
     }
 
+    /// SIGINT, as Ctrl-C.
+    pub fn interrupt(&self) {
+        if let Some(c) = self.child.lock().unwrap().as_ref() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// The exit status, if the process ended.
     pub fn try_wait(&self) -> Option<std::process::ExitStatus> {
         self.child

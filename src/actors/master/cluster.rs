@@ -30,6 +30,9 @@ enum Asked {
     LastIds,
 }
 
+/// A storage's AnswerRecovery: (ptid, truncate_tid, backup_tid).
+type RecoveryAnswer = (Option<Ptid>, Option<Tid>, Option<Tid>);
+
 /// Recovery's progress.
 #[derive(Clone, Debug, Default)]
 struct Recovery {
@@ -39,7 +42,7 @@ struct Recovery {
     /// Whether the table loaded is the target's.
     loaded: bool,
     /// What each storage answered to AskRecovery: (ptid, truncate_tid, backup_tid).
-    answers: BTreeMap<Nid, (Option<Ptid>, Option<Tid>, Option<Tid>)>,
+    answers: BTreeMap<Nid, RecoveryAnswer>,
 }
 
 /// Where verification is.
@@ -458,8 +461,7 @@ impl Master {
         if p.recovery.target.is_some() && !p.recovery.loaded {
             return;
         }
-        let selected: Vec<Nid>;
-        if p.recovery.target.is_some() {
+        let selected: Vec<Nid> = if p.recovery.target.is_some() {
             let pending_node = |n: Nid| pending.contains(&n);
             if !p.pt.operational(pending_node, &[]) {
                 return;
@@ -503,12 +505,11 @@ impl Master {
                     return;
                 }
             }
-            selected =
-                p.pt.nodes()
-                    .iter()
-                    .copied()
-                    .filter(|n| pending.contains(n))
-                    .collect();
+            p.pt.nodes()
+                .iter()
+                .copied()
+                .filter(|n| pending.contains(n))
+                .collect()
         } else {
             // A new database.
             let enough = self
@@ -518,8 +519,8 @@ impl Master {
             if !p.startup_allowed && !enough {
                 return;
             }
-            selected = pending.iter().copied().collect();
-        }
+            pending.iter().copied().collect()
+        };
         self.start_cluster(cx, selected);
     }
 

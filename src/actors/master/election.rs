@@ -29,7 +29,7 @@ pub struct Claim {
 pub enum Role {
     /// Before `start`.
     Starting,
-    Primary(Primary),
+    Primary(Box<Primary>),
     Secondary(Secondary),
 }
 
@@ -81,7 +81,8 @@ impl Master {
         }
         info!("role: primary {nid} (claim at {ts:?})");
         let claim = Claim { ts, address };
-        self.role = Role::Primary(Primary::new(claim, self.cfg.partitions, self.cfg.replicas));
+        let primary = Primary::new(claim, self.cfg.partitions, self.cfg.replicas);
+        self.role = Role::Primary(Box::new(primary));
         self.election_tick(cx);
     }
 

@@ -1,0 +1,260 @@
+//! A real cluster of node processes on 127.0.0.1: it reaches RUNNING and neoctl shows the
+//! expected state, table and nodes; killing a storage with SIGKILL (replicas 1) leaves it
+//! RUNNING with that storage's cells OUT_OF_DATE; `set cluster STOPPING` stops every node.
+//! On SQLite, on MariaDB, and through neosimple.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{free_port, wait_for, Node, TempDir};
+
+fn neoctl(admin: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_neoctl"))
+        .arg("-a")
+        .arg(admin)
+        .args(args)
+        .output()
+        .expect("neoctl runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text.trim().to_string())
+}
+
+fn wait_ctl(
+    admin: &str,
+    args: &[&str],
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+    nodes: &[Node],
+) -> String {
+    wait_for(Duration::from_secs(30), || {
+        let (ok, text) = neoctl(admin, args);
+        (ok && pred(&text)).then_some(text)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{what}: `neoctl {}` never satisfied the test; last: {:?}\nlogs:\n{}",
+            args.join(" "),
+            neoctl(admin, args),
+            common::logs(nodes)
+        )
+    })
+}
+
+/// The storage line of `print pt`'s compact table for `nid`.
+fn pt_line<'a>(pt: &'a str, nid: &str) -> &'a str {
+    pt.lines()
+        .find(|l| l.starts_with(&format!("{nid} ")))
+        .unwrap_or("")
+}
+
+/// Start a master, two storages (built by `storage_db(i)`) and an admin; check the cluster
+/// as the test's doc says.
+fn cluster_lifecycle(dir: &TempDir, adapter: &str, storage_db: impl Fn(usize) -> String) {
+    let master = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let common_args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["--cluster", "proc-test", "--masters", &master]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let args = |v: &[String]| {
+        v.iter()
+            .map(String::as_str)
+            .collect::<Vec<&str>>()
+            .join("\u{1}")
+    };
+    let spawn = |prog: &str, name: &str, v: Vec<String>| {
+        let joined = args(&v);
+        let parts: Vec<&str> = joined.split('\u{1}').collect();
+        Node::spawn(prog, dir, name, &parts)
+    };
+    let mut nodes = vec![spawn(
+        env!("CARGO_BIN_EXE_neomaster"),
+        "master",
+        common_args(&[
+            "--bind",
+            &master,
+            "--autostart",
+            "2",
+            "--replicas",
+            "1",
+            "--partitions",
+            "5",
+        ]),
+    )];
+    for i in 0..2 {
+        let db = storage_db(i);
+        nodes.push(spawn(
+            env!("CARGO_BIN_EXE_neostorage"),
+            &format!("storage{}", i + 1),
+            common_args(&[
+                "--bind",
+                "127.0.0.1:0",
+                "--adapter",
+                adapter,
+                "--database",
+                &db,
+            ]),
+        ));
+    }
+    nodes.push(spawn(
+        env!("CARGO_BIN_EXE_neoadmin"),
+        "admin",
+        common_args(&["--bind", &admin]),
+    ));
+
+    wait_ctl(
+        &admin,
+        &["print", "cluster"],
+        "RUNNING",
+        |t| t == "RUNNING",
+        &nodes,
+    );
+    let pt = wait_ctl(
+        &admin,
+        &["print", "pt"],
+        "table",
+        |t| t.contains("S2"),
+        &nodes,
+    );
+    assert!(pt.starts_with("# ptid: "), "{pt}");
+    assert!(pt.contains("replicas: 1"), "{pt}");
+    for nid in ["S1", "S2"] {
+        assert!(
+            pt_line(&pt, nid).ends_with("UUUUU"),
+            "{nid} should hold every partition: {pt}"
+        );
+    }
+    let (_, node_list) = neoctl(&admin, &["print", "node"]);
+    for (nid, ty) in [
+        ("M1", "MASTER"),
+        ("S1", "STORAGE"),
+        ("S2", "STORAGE"),
+        ("A1", "ADMIN"),
+    ] {
+        let line = node_list
+            .lines()
+            .find(|l| l.starts_with(nid))
+            .unwrap_or_else(|| panic!("no {nid}: {node_list}"));
+        assert!(line.contains(ty) && line.contains("RUNNING"), "{line}");
+    }
+    assert_eq!(
+        neoctl(&admin, &["print", "primary"]),
+        (true, "M1".to_string())
+    );
+
+    // Kill one storage as a crash: the other has a readable copy of everything.
+    let victim = 1;
+    let log = nodes[victim].log();
+    let victim_nid = if log.contains("as S1") { "S1" } else { "S2" };
+    nodes[victim].kill9();
+    let pt = wait_ctl(
+        &admin,
+        &["print", "pt"],
+        "cells outdated",
+        |t| pt_line(t, victim_nid).contains("OOOOO"),
+        &nodes,
+    );
+    assert!(
+        pt_line(&pt, victim_nid).contains('D'),
+        "the killed node should be DOWN: {pt}"
+    );
+    assert_eq!(
+        neoctl(&admin, &["print", "cluster"]),
+        (true, "RUNNING".to_string())
+    );
+
+    // A refused request prints its reason and fails.
+    let (ok, text) = neoctl(&admin, &["drop", "S7"]);
+    assert!(!ok && text.contains("unknown node S7"), "{text}");
+
+    // Stop the whole cluster: every remaining node exits, successfully.
+    let (ok, text) = neoctl(&admin, &["set", "cluster", "STOPPING"]);
+    assert!(ok, "{text}");
+    for (i, n) in nodes.iter().enumerate() {
+        if i == victim {
+            continue;
+        }
+        let status = wait_for(Duration::from_secs(15), || n.try_wait())
+            .unwrap_or_else(|| panic!("{} did not stop:\n{}", n.name, n.log()));
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{}",
+            n.name,
+            n.log()
+        );
+    }
+}
+
+#[test]
+fn sqlite_cluster_runs_survives_a_storage_kill_and_stops() {
+    let dir = TempDir::new("cluster-sqlite");
+    let path = dir.path().to_path_buf();
+    cluster_lifecycle(&dir, "SQLite", |i| {
+        path.join(format!("s{i}.sqlite")).display().to_string()
+    });
+}
+
+#[test]
+fn mariadb_cluster_runs_survives_a_storage_kill_and_stops() {
+    let host = std::env::var("NEO_MYSQL_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = std::env::var("NEO_MYSQL_PORT").unwrap_or_else(|_| "3306".into());
+    let names: Vec<String> = (0..2)
+        .map(|i| format!("neo_proc_{}_{i}", std::process::id()))
+        .collect();
+    let dir = TempDir::new("cluster-mariadb");
+    let dbs = names.clone();
+    cluster_lifecycle(&dir, "MySQL", |i| format!("root@{}@{host}:{port}", dbs[i]));
+    let drop = names
+        .iter()
+        .map(|n| format!("DROP DATABASE IF EXISTS {n};"))
+        .collect::<String>();
+    let _ = Command::new("mariadb")
+        .args(["-uroot", "-h127.0.0.1", "-e", &drop])
+        .status();
+}
+
+#[test]
+fn neosimple_starts_a_running_cluster_and_stops_on_sigint() {
+    let dir = TempDir::new("neosimple");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let data = dir.path().join("data");
+    let node = Node::spawn(
+        env!("CARGO_BIN_EXE_neosimple"),
+        &dir,
+        "neosimple",
+        &[data.to_str().unwrap(), "--admin", &admin, "--storages", "3"],
+    );
+    wait_for(Duration::from_secs(30), || {
+        node.log().contains("is RUNNING").then_some(())
+    })
+    .unwrap_or_else(|| panic!("neosimple did not report RUNNING:\n{}", node.log()));
+    assert!(
+        node.log()
+            .contains(&format!("neoctl -a {admin} print node")),
+        "{}",
+        node.log()
+    );
+    assert_eq!(
+        neoctl(&admin, &["print", "cluster"]),
+        (true, "RUNNING".to_string())
+    );
+    let (_, nodes) = neoctl(&admin, &["print", "node", "storage"]);
+    assert_eq!(
+        nodes.lines().filter(|l| l.contains("RUNNING")).count(),
+        3,
+        "{nodes}"
+    );
+    node.interrupt();
+    let status =
+        wait_for(Duration::from_secs(15), || node.try_wait()).expect("neosimple stops on SIGINT");
+    assert!(status.success(), "{}", node.log());
+    assert!(data.join("storage1.sqlite").exists());
+}
