@@ -258,3 +258,182 @@ fn neosimple_starts_a_running_cluster_and_stops_on_sigint() {
     assert!(status.success(), "{}", node.log());
     assert!(data.join("storage1.sqlite").exists());
 }
+
+/// An operator grows and shrinks the cluster: a new storage waits PENDING, `add` lets it
+/// serve, `tweak` gives it cells (OUT_OF_DATE: data must come to it first), a second tweak
+/// changes nothing, `kill` stops it, `drop` removes it; refused commands say why.
+#[test]
+fn operators_add_tweak_kill_and_drop_storages() {
+    let dir = TempDir::new("cluster-admin");
+    let master = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let db = |i: usize| {
+        dir.path()
+            .join(format!("s{i}.sqlite"))
+            .display()
+            .to_string()
+    };
+    let storage = |i: usize| {
+        Node::spawn(
+            env!("CARGO_BIN_EXE_neostorage"),
+            &dir,
+            &format!("storage{i}"),
+            &[
+                "--cluster",
+                "ops",
+                "--masters",
+                &master,
+                "--bind",
+                "127.0.0.1:0",
+                "--database",
+                &db(i),
+            ],
+        )
+    };
+    let mut nodes = vec![
+        Node::spawn(
+            env!("CARGO_BIN_EXE_neomaster"),
+            &dir,
+            "master",
+            &[
+                "--cluster",
+                "ops",
+                "--bind",
+                &master,
+                "--autostart",
+                "2",
+                "--replicas",
+                "1",
+                "--partitions",
+                "4",
+            ],
+        ),
+        Node::spawn(
+            env!("CARGO_BIN_EXE_neoadmin"),
+            &dir,
+            "admin",
+            &["--cluster", "ops", "--masters", &master, "--bind", &admin],
+        ),
+        storage(1),
+        storage(2),
+    ];
+    wait_ctl(
+        &admin,
+        &["print", "cluster"],
+        "RUNNING",
+        |t| t == "RUNNING",
+        &nodes,
+    );
+
+    // A third storage joins a running cluster: PENDING, no cells.
+    nodes.push(storage(3));
+    wait_ctl(
+        &admin,
+        &["print", "node", "storage"],
+        "S3 pending",
+        |t| t.contains("S3") && t.contains("PENDING"),
+        &nodes,
+    );
+    let (ok, text) = neoctl(&admin, &["tweak", "-n"]);
+    assert!(
+        ok && text == "No change done.",
+        "pending nodes are left out of a tweak: {text}"
+    );
+    assert_eq!(
+        neoctl(&admin, &["add", "all"]),
+        (true, "Nodes added: S3".to_string())
+    );
+    wait_ctl(
+        &admin,
+        &["print", "node", "storage"],
+        "S3 running",
+        |t| t.lines().filter(|l| l.contains("RUNNING")).count() == 3,
+        &nodes,
+    );
+
+    // Tweak: 4 partitions x 2 copies over 3 nodes. S3 gets cells to replicate; the cells
+    // it takes stay as FEEDING sources on the others until it has the data.
+    let (ok, table) = neoctl(&admin, &["tweak"]);
+    assert!(ok, "{table}");
+    let pt = wait_ctl(
+        &admin,
+        &["print", "pt"],
+        "S3 has cells",
+        |t| pt_line(t, "S3").contains('O'),
+        &nodes,
+    );
+    let s3 = pt_line(&pt, "S3");
+    assert!(
+        !s3.contains('U') && !s3.contains('F'),
+        "new cells are OUT_OF_DATE: {pt}"
+    );
+    assert!(
+        pt.contains('F'),
+        "moved cells are kept as FEEDING sources: {pt}"
+    );
+    let (ok, text) = neoctl(&admin, &["tweak"]);
+    assert!(
+        ok && text == "No change done.",
+        "a second tweak changes nothing: {text}"
+    );
+    let (_, detail) = neoctl(&admin, &["print", "pt", "0", "1"]);
+    assert!(
+        detail.contains("000 | ") && detail.contains("001 | ") && !detail.contains("002 | "),
+        "{detail}"
+    );
+
+    // Refusals.
+    let (ok, text) = neoctl(&admin, &["drop", "S3"]);
+    assert!(
+        !ok && text.contains("running"),
+        "a running node cannot be dropped: {text}"
+    );
+    let (ok, text) = neoctl(&admin, &["kill", "M1"]);
+    assert!(!ok && text.contains("primary"), "{text}");
+    let (ok, text) = neoctl(&admin, &["set", "cluster", "RUNNING"]);
+    assert!(!ok && text.contains("cannot switch"), "{text}");
+
+    // Kill S3 (its cells hold nothing readable): it is told to stop, and exits.
+    let (ok, text) = neoctl(&admin, &["kill", "S3"]);
+    assert!(ok, "{text}");
+    let status =
+        wait_for(Duration::from_secs(15), || nodes[4].try_wait()).expect("S3 stops when killed");
+    assert!(status.success(), "{}", nodes[4].log());
+    wait_ctl(
+        &admin,
+        &["print", "node", "storage"],
+        "S3 down",
+        |t| t.lines().any(|l| l.starts_with("S3") && l.contains("DOWN")),
+        &nodes,
+    );
+
+    // Drop it: its cells go, the FEEDING ones become UP_TO_DATE again.
+    let (ok, text) = neoctl(&admin, &["drop", "S3"]);
+    assert!(ok, "{text}");
+    let pt = wait_ctl(
+        &admin,
+        &["print", "pt"],
+        "S3 gone",
+        |t| pt_line(t, "S3").is_empty(),
+        &nodes,
+    );
+    assert!(
+        !pt.contains('F') && pt_line(&pt, "S1").ends_with("UUUU"),
+        "{pt}"
+    );
+    assert_eq!(
+        neoctl(&admin, &["print", "cluster"]),
+        (true, "RUNNING".to_string())
+    );
+
+    let (ok, text) = neoctl(&admin, &["set", "replicas", "0"]);
+    assert!(ok, "{text}");
+    wait_ctl(
+        &admin,
+        &["print", "pt"],
+        "replicas 0",
+        |t| t.contains("replicas: 0"),
+        &nodes,
+    );
+    assert!(neoctl(&admin, &["set", "cluster", "STOPPING"]).0);
+}

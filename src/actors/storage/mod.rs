@@ -484,3 +484,170 @@ impl Storage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::testing::{sent, Harness};
+    use crate::actors::{ConnId, Effect};
+    use crate::db::sqlite::SqliteBackend;
+    use crate::db::Identity;
+    use crate::proto::{NodeInfo, Ptid, WallTime};
+
+    fn storage(name: &str) -> Harness<Storage> {
+        let identity = Identity {
+            cluster: "c".into(),
+            nid: None,
+        };
+        let db = SqliteBackend::memory(name, &identity).unwrap();
+        let cfg = StorageConfig {
+            cluster: "c".into(),
+            bind: Address::new("10.0.1.1", 20000),
+            masters: vec![Address::new("10.0.0.1", 10000)],
+        };
+        Harness::new(Storage::new(cfg, Box::new(db)))
+    }
+
+    /// Start, connect to the master, get identified as S1 with a one-cell table.
+    fn identified(h: &mut Harness<Storage>) -> ConnId {
+        let out = h.start();
+        let conn = out
+            .iter()
+            .find_map(|e| match e {
+                Effect::Connect { conn, .. } => Some(*conn),
+                _ => None,
+            })
+            .expect("connects to the master");
+        let s1 = Nid::new(NodeType::Storage, 1);
+        let m1 = Nid::new(NodeType::Master, 1);
+        let msg = |id, packet| Event::Received {
+            conn,
+            msg: Message { id, packet },
+        };
+        h.handle(Event::Connected { conn });
+        h.handle(msg(
+            0,
+            Packet::AcceptIdentification {
+                node_type: NodeType::Master,
+                nid: Some(m1),
+                your_nid: Some(s1),
+            },
+        ));
+        let me = NodeInfo {
+            node_type: NodeType::Storage,
+            address: Some(Address::new("10.0.1.1", 20000)),
+            nid: Some(s1),
+            state: NodeState::Running,
+            id_timestamp: None,
+        };
+        h.handle(msg(
+            0,
+            Packet::NotifyNodeInformation {
+                timestamp: WallTime(1),
+                nodes: vec![me],
+            },
+        ));
+        let rows = vec![vec![(s1, crate::proto::CellState::UpToDate)]];
+        h.handle(msg(
+            1,
+            Packet::SendPartitionTable {
+                ptid: Some(Ptid(1)),
+                num_replicas: 0,
+                rows,
+            },
+        ));
+        conn
+    }
+
+    #[test]
+    fn recovery_questions_are_answered_from_the_database() {
+        let mut h = storage("storage-unit-answers");
+        let conn = identified(&mut h);
+        assert_eq!(h.actor.nid(), Some(Nid::new(NodeType::Storage, 1)));
+        assert_eq!(
+            h.actor.backend().config().unwrap().nid,
+            Some(Nid::new(NodeType::Storage, 1))
+        );
+        let out = h.handle(Event::Received {
+            conn,
+            msg: Message {
+                id: 7,
+                packet: Packet::AskRecovery,
+            },
+        });
+        assert_eq!(
+            sent(&out, conn),
+            vec![Packet::AnswerRecovery {
+                ptid: Some(Ptid(1)),
+                backup_tid: None,
+                truncate_tid: None
+            }]
+        );
+        // A change that does not follow our table id is refused: we reconnect for the
+        // whole table instead of applying it.
+        let bad = Packet::NotifyPartitionChanges {
+            ptid: Ptid(3),
+            num_replicas: 0,
+            changes: vec![],
+        };
+        let out = h.handle(Event::Received {
+            conn,
+            msg: Message { id: 2, packet: bad },
+        });
+        assert!(out
+            .iter()
+            .any(|e| matches!(e, Effect::Close { conn: c } if *c == conn)));
+        assert_eq!(h.actor.backend().config().unwrap().ptid, Some(Ptid(1)));
+    }
+
+    #[test]
+    fn told_unknown_it_erases_its_database_and_exits() {
+        let mut h = storage("storage-unit-erase");
+        let conn = identified(&mut h);
+        assert!(!h.actor.backend().partition_table().unwrap().is_empty());
+        let mut gone = NodeInfo {
+            node_type: NodeType::Storage,
+            address: Some(Address::new("10.0.1.1", 20000)),
+            nid: Some(Nid::new(NodeType::Storage, 1)),
+            state: NodeState::Unknown,
+            id_timestamp: None,
+        };
+        let out = h.handle(Event::Received {
+            conn,
+            msg: Message {
+                id: 3,
+                packet: Packet::NotifyNodeInformation {
+                    timestamp: WallTime(2),
+                    nodes: vec![gone.clone()],
+                },
+            },
+        });
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Effect::Exit { success: true, .. })),
+            "{out:?}"
+        );
+        let config = h.actor.backend().config().unwrap();
+        assert_eq!((config.nid, config.ptid), (None, None));
+        assert!(h.actor.backend().partition_table().unwrap().is_empty());
+
+        // Told DOWN instead: it stops and keeps its data.
+        let mut h = storage("storage-unit-down");
+        let conn = identified(&mut h);
+        gone.state = NodeState::Down;
+        let out = h.handle(Event::Received {
+            conn,
+            msg: Message {
+                id: 3,
+                packet: Packet::NotifyNodeInformation {
+                    timestamp: WallTime(2),
+                    nodes: vec![gone],
+                },
+            },
+        });
+        assert!(out
+            .iter()
+            .any(|e| matches!(e, Effect::Exit { success: true, .. })));
+        assert_eq!(h.actor.backend().config().unwrap().ptid, Some(Ptid(1)));
+    }
+}
