@@ -9,8 +9,7 @@ use super::link::{Backoff, Links};
 use super::nodes::NodeTable;
 use super::{CloseReason, ConnId, Ctx};
 use crate::proto::{
-    Address, ClusterState, IdentificationExtra, Message, Nid, NodeInfo, NodeState, NodeType,
-    Packet, WallTime,
+    Address, ClusterState, IdentificationExtra, Message, Nid, NodeState, NodeType, Packet, WallTime,
 };
 
 /// What the role has to act on after the link handled a message.
@@ -209,26 +208,17 @@ impl MasterLink {
                 self.closed(conn, &CloseReason::Protocol(message))
             }
             Packet::NotifyNodeInformation { timestamp, nodes } if self.identified => {
-                match self.last_notification {
-                    Some(last) if timestamp <= last => {
-                        debug!("ignoring an old node notification");
-                        return None;
-                    }
-                    Some(_) => self.nodes.apply(&nodes),
-                    None => self.nodes.replace_all(&nodes),
+                let Some(n) =
+                    self.nodes
+                        .notified(&mut self.last_notification, timestamp, &nodes, own)
+                else {
+                    debug!("ignoring an old node notification");
+                    return None;
+                };
+                for m in &n.masters {
+                    self.finder.learn(m);
                 }
-                self.last_notification = Some(timestamp);
-                for n in nodes.iter().filter(|n| n.node_type == NodeType::Master) {
-                    if let Some(a) = &n.address {
-                        self.finder.learn(a);
-                    }
-                }
-                let told = nodes
-                    .iter()
-                    .find(|n: &&NodeInfo| n.nid.is_some() && n.nid == own)
-                    .map(|n| n.state)
-                    .filter(|s| matches!(s, NodeState::Down | NodeState::Unknown));
-                told.map(LinkEvent::Told)
+                n.told.map(LinkEvent::Told)
             }
             Packet::NotifyClusterInformation { state } if self.identified => {
                 self.cluster_state = Some(state);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::proto::{Address, Nid, NodeInfo, NodeState, NodeType};
+use crate::proto::{Address, Nid, NodeInfo, NodeState, NodeType, WallTime};
 
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
 pub struct NodeTable {
@@ -84,6 +84,37 @@ impl NodeTable {
         }
     }
 
+    /// Apply a primary's `NotifyNodeInformation` as a node following it does: the first one
+    /// after identification (`last` is None) is the full list, later ones must be newer.
+    /// Returns None for a stale one; otherwise the masters it names and what it tells of
+    /// `own` (DOWN: stop; UNKNOWN: dropped).
+    pub fn notified(
+        &mut self,
+        last: &mut Option<WallTime>,
+        timestamp: WallTime,
+        nodes: &[NodeInfo],
+        own: Option<Nid>,
+    ) -> Option<Notified> {
+        match *last {
+            Some(l) if timestamp <= l => return None,
+            Some(_) => self.apply(nodes),
+            None => self.replace_all(nodes),
+        }
+        *last = Some(timestamp);
+        Some(Notified {
+            masters: nodes
+                .iter()
+                .filter(|n| n.node_type == NodeType::Master)
+                .filter_map(|n| n.address.clone())
+                .collect(),
+            told: nodes
+                .iter()
+                .find(|n| n.nid.is_some() && n.nid == own)
+                .map(|n| n.state)
+                .filter(|s| matches!(s, NodeState::Down | NodeState::Unknown)),
+        })
+    }
+
     /// NEO's node-id allocation: keep the id a node proposes if it is of the right type,
     /// not `own`, and either unknown or known with the same address; otherwise the lowest
     /// free number of the type.
@@ -110,6 +141,12 @@ impl NodeTable {
             .find(|nid| Some(*nid) != own && !self.nodes.contains_key(nid))
             .expect("node ids exhausted")
     }
+}
+
+/// What a node learns from a primary's node notification (see `NodeTable::notified`).
+pub struct Notified {
+    pub masters: Vec<Address>,
+    pub told: Option<NodeState>,
 }
 
 /// Whether a node of type `receiver` is told about nodes of type `about` (NEO's routing of

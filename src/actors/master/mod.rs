@@ -620,27 +620,18 @@ impl Master {
                 self.redirected(cx, primary);
             }
             Packet::NotifyNodeInformation { timestamp, nodes } => {
-                if let Some(last) = self.last_notification {
-                    if timestamp <= last {
-                        debug!("{}: ignoring an old node notification", self.me());
-                        return;
-                    }
-                    self.nodes.apply(&nodes);
-                } else {
-                    self.nodes.replace_all(&nodes);
+                let own = self.nid;
+                let Some(n) =
+                    self.nodes
+                        .notified(&mut self.last_notification, timestamp, &nodes, own)
+                else {
+                    debug!("{}: ignoring an old node notification", self.me());
+                    return;
+                };
+                for m in &n.masters {
+                    self.learn_master(m);
                 }
-                self.last_notification = Some(timestamp);
-                for n in nodes.iter().filter(|n| n.node_type == NodeType::Master) {
-                    if let Some(a) = &n.address {
-                        self.learn_master(a);
-                    }
-                }
-                let told = nodes
-                    .iter()
-                    .find(|n| n.nid.is_some() && n.nid == self.nid)
-                    .map(|n| n.state)
-                    .filter(|s| matches!(s, NodeState::Down | NodeState::Unknown));
-                if let Some(state) = told {
+                if let Some(state) = n.told {
                     info!(
                         "{}: the primary says this node is {state}: exiting",
                         self.me()
