@@ -138,12 +138,19 @@ impl<P> Links<P> {
     /// at a time (what it says about the first loss must still reach the others).
     pub fn check_idle(&mut self, cx: &mut Ctx) -> Vec<ConnId> {
         let now = cx.elapsed();
-        let dead: Vec<ConnId> = self
+        let mut dead: Vec<ConnId> = self
             .map
             .iter()
             .filter(|(_, l)| now.saturating_sub(l.last_rx) >= DEAD_AFTER)
             .map(|(c, _)| *c)
             .collect();
+        // Simulation: now and then give up on a healthy connection, as a flaky network or
+        // a too eager keepalive would, to exercise every reconnection path.
+        if let Some(&c) = self.map.keys().next() {
+            if !dead.contains(&c) && cx.buggify("link-drop-healthy") {
+                dead.push(c);
+            }
+        }
         let quiet: Vec<ConnId> = self
             .map
             .iter()

@@ -312,6 +312,11 @@ impl Master {
     /// A storage identified during RECOVERING.
     pub(super) fn recovery_join(&mut self, cx: &mut Ctx, nid: Nid) {
         self.ask_storage(cx, nid, Packet::AskRecovery, Asked::Recovery);
+        // Simulation: ask twice, as after a reconnection: the second answer must not
+        // confuse the choice of table.
+        if cx.buggify("recovery-ask-twice") {
+            self.ask_storage(cx, nid, Packet::AskRecovery, Asked::Recovery);
+        }
     }
 
     fn on_answer_recovery(

@@ -101,6 +101,10 @@ impl Master {
                     .cloned()
                     .collect();
                 for address in targets {
+                    // Simulation: a claim that reaches a master late.
+                    if cx.buggify("election-late-claim") {
+                        continue;
+                    }
                     if self.may_connect(cx, &address) {
                         let conn = cx.connect(&address);
                         self.links.insert(cx, conn, Peer::Election(address));
