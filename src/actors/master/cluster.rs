@@ -5,7 +5,14 @@
 //! table stops being operational, and STOPPING.
 //!
 //! The split-brain rule: after an election the primary does not start the cluster until
-//! every storage holding readable cells is back, unless an operator says `neoctl start`.
+//! every storage of the newest table is back, unless an operator says `neoctl start`. NEO
+//! waits only for the storages holding readable cells; we wait for all of them because the
+//! simulator showed a storage without readable cells holding a newer table than the others
+//! (a change that reached only it before the previous primary was lost), and starting on the
+//! older table then serves from cells that table still calls readable but the newer one had
+//! outdated. An automatic restart of the same primary (the table stopped being operational)
+//! starts on its own table as soon as it is operational again, but only while every other
+//! known master follows it: otherwise another primary may have run the cluster meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
 
