@@ -190,6 +190,11 @@ impl NodeEnv {
         ConnId(self.next_id)
     }
 
+    /// No more rare paths (the simulator's liveness phase: faults have healed).
+    pub fn stop_buggify(&mut self) {
+        self.buggify = None;
+    }
+
     /// Re-seed after a simulated restart: a new process draws new numbers, but ids keep
     /// counting so that nothing from the previous life can be mistaken for a new one.
     pub fn reseed(&mut self, rng: ChaCha8Rng) {

@@ -832,11 +832,14 @@ impl World {
         self.schedule(first, Ev::FaultTick);
     }
 
-    /// The liveness phase: no more faults, partitions heal, and every node that is down
+    /// The liveness phase: no more faults (nor buggify), partitions heal, and every node that is down
     /// starts again, except `keep_down`. Pauses and clogs run out by themselves (they are
     /// short); returns when the last one ends.
     pub fn heal_all(&mut self, keep_down: &[NodeIdx]) -> Duration {
         self.injector = None;
+        for n in &mut self.nodes {
+            n.env.stop_buggify();
+        }
         self.heal_partitions();
         for &k in keep_down {
             self.crash(k);
