@@ -80,12 +80,10 @@ fn main() -> ExitCode {
     );
     let system = actix::System::new();
     let started = system.block_on(start(&cli, replicas, admin_address.clone()));
-    let masters = match started {
-        Ok(m) => m,
-        Err(e) => return fail(e),
-    };
+    if let Err(e) = started {
+        return fail(e);
+    }
     let code = system.run_with_code().unwrap_or(1);
-    let _ = masters;
     if code == 0 {
         eprintln!("neosimple: stopped");
         ExitCode::SUCCESS
@@ -97,7 +95,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn start(cli: &Cli, replicas: u32, admin: Address) -> Result<Vec<Address>, String> {
+async fn start(cli: &Cli, replicas: u32, admin: Address) -> Result<(), String> {
     let localhost = Address::new("127.0.0.1", 0);
     let mut master_listeners = Vec::new();
     for _ in 0..cli.masters {
@@ -174,7 +172,7 @@ async fn start(cli: &Cli, replicas: u32, admin: Address) -> Result<Vec<Address>,
         cli.partitions
     );
     actix_rt::spawn(watch(process, admin, cli.cluster.clone(), summary));
-    Ok(masters)
+    Ok(())
 }
 
 /// Show progress until the cluster is RUNNING, then how to reach it.

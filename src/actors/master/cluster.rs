@@ -374,7 +374,6 @@ impl Master {
         let Some(p) = self.primary_mut() else { return };
         if ptid.is_none() || ptid != p.recovery.target || rows.is_empty() {
             // A newer table was reported meanwhile: ask one of its holders.
-            let _ = nid;
             self.ask_table(cx);
             return;
         }

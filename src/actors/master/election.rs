@@ -228,7 +228,7 @@ impl Master {
         match via {
             Some((conn, primary_nid)) => {
                 *self.links.get_mut(conn).expect("kept link") = Peer::ToPrimary(primary);
-                self.identified_by_primary(cx, primary_nid, self.nid);
+                self.identified_by_primary(primary_nid, self.nid);
             }
             None => self.connect_to_primary(cx),
         }
@@ -255,7 +255,6 @@ impl Master {
 
     pub(super) fn identified_by_primary(
         &mut self,
-        cx: &mut Ctx,
         primary_nid: Option<Nid>,
         your_nid: Option<Nid>,
     ) {
@@ -277,7 +276,6 @@ impl Master {
             .unwrap_or_default();
         let primary = primary_nid.map_or(target, |n| n.to_string());
         info!("role: secondary of {primary} (this node is {me})");
-        let _ = cx;
     }
 
     /// Our connection to the primary (or to the master we tried) is gone.

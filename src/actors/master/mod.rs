@@ -608,7 +608,7 @@ impl Master {
                 node_type: NodeType::Master,
                 nid,
                 your_nid,
-            } => self.identified_by_primary(cx, nid, your_nid),
+            } => self.identified_by_primary(nid, your_nid),
             Packet::NotPrimaryMaster {
                 primary,
                 known_masters,

@@ -160,12 +160,11 @@ impl Storage {
         self.stop(cx, format!("database error while {what}: {e}"), false);
     }
 
-    fn load(&mut self, cx: &mut Ctx) -> Result<(), DbError> {
+    fn load(&mut self) -> Result<(), DbError> {
         let config = self.db.config()?;
         self.nid = config.nid;
         let cells = self.db.partition_table()?;
         self.pt = table_from_cells(config.ptid, config.replicas.unwrap_or(0), &cells);
-        let _ = cx;
         Ok(())
     }
 
@@ -415,7 +414,7 @@ impl Storage {
 
 impl Actor for Storage {
     fn start(&mut self, cx: &mut Ctx) {
-        if let Err(e) = self.load(cx) {
+        if let Err(e) = self.load() {
             self.db_failed(cx, "loading", e);
             return;
         }
