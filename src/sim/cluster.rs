@@ -25,12 +25,12 @@ use super::check;
 use super::faults::Injector;
 use super::net::NodeIdx;
 use super::scenario::{
-    converged_for, master_address, node_clock, Plan, RunOptions, RunReport, Scenario,
+    add_masters, converged_for, node_clock, Plan, RunOptions, RunReport, Scenario, CLUSTER,
     LIVENESS_BOUND, STABLE_FOR,
 };
 use super::world::{Failure, NodeActor, World};
 use crate::actors::master::election::Role;
-use crate::actors::master::{Master, MasterConfig};
+use crate::actors::master::Master;
 use crate::actors::storage::{Storage, StorageConfig};
 use crate::db::sqlite::{MemoryAnchor, SqliteBackend};
 use crate::db::{partition_of, Backend, Cell, Identity, Load, ObjectData, TxnMeta, Value};
@@ -39,8 +39,6 @@ use crate::proto::{
 };
 use crate::pt::PartitionTable;
 use crate::rng::{self, ChaCha8Rng};
-
-const CLUSTER: &str = "sim";
 
 /// Storage `i`'s address.
 pub fn storage_address(i: usize) -> Address {
@@ -237,28 +235,18 @@ pub fn cluster_world(
     let seed = opts.seed;
     let mut w = World::new(seed, plan.swarm.latency.clone(), opts.mutant, opts.trace);
     let mut rng = rng::stream(seed, 5);
-    let masters: Vec<Address> = (0..plan.masters).map(master_address).collect();
-    for (i, address) in masters.iter().enumerate() {
-        let cfg = MasterConfig {
-            cluster: CLUSTER.into(),
-            bind: address.clone(),
-            masters: masters.clone(),
-            autostart: Some(plan.storages as u32),
-            replicas: plan.replicas,
-            partitions: plan.partitions,
-            nid: None,
-        };
-        let clock = node_clock(&mut rng, &plan.swarm);
-        let start = rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(5));
-        w.add_node(
-            format!("m{}", i + 1),
-            address.clone(),
-            Box::new(move || NodeActor::Master(Box::new(Master::new(cfg.clone())))),
-            clock,
-            start,
-            plan.swarm.buggify,
-        );
-    }
+    let masters = add_masters(
+        &mut w,
+        &mut rng,
+        &plan.swarm,
+        plan.masters,
+        Duration::from_secs(5),
+        |cfg| {
+            cfg.autostart = Some(plan.storages as u32);
+            cfg.replicas = plan.replicas;
+            cfg.partitions = plan.partitions;
+        },
+    );
     let identity = Identity {
         cluster: CLUSTER.into(),
         nid: None,

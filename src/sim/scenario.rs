@@ -235,10 +235,35 @@ pub fn election_world(
 ) -> World {
     let mut w = World::new(seed, swarm.latency.clone(), mutant, trace);
     let mut rng = rng::stream(seed, 5);
-    let addresses: Vec<Address> = (0..masters).map(master_address).collect();
+    add_masters(
+        &mut w,
+        &mut rng,
+        swarm,
+        masters,
+        Duration::from_secs(10),
+        |_| {},
+    );
+    w.add_invariant(Box::new(check::election_safety));
+    w
+}
+
+/// The simulated clusters' name.
+pub const CLUSTER: &str = "sim";
+
+/// Add `count` masters that know each other, with the swarm's clocks, each starting at a
+/// random time within `start_within`; `configure` adjusts their shared configuration.
+pub fn add_masters(
+    w: &mut World,
+    rng: &mut crate::rng::ChaCha8Rng,
+    swarm: &Swarm,
+    count: usize,
+    start_within: Duration,
+    configure: impl Fn(&mut MasterConfig),
+) -> Vec<Address> {
+    let addresses: Vec<Address> = (0..count).map(master_address).collect();
     for (i, address) in addresses.iter().enumerate() {
-        let cfg = MasterConfig {
-            cluster: "sim".into(),
+        let mut cfg = MasterConfig {
+            cluster: CLUSTER.into(),
             bind: address.clone(),
             masters: addresses.clone(),
             autostart: None,
@@ -246,8 +271,9 @@ pub fn election_world(
             partitions: 12,
             nid: None,
         };
-        let clock = node_clock(&mut rng, swarm);
-        let start = rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(10));
+        configure(&mut cfg);
+        let clock = node_clock(rng, swarm);
+        let start = rng::duration(rng, Duration::ZERO, start_within);
         w.add_node(
             format!("m{}", i + 1),
             address.clone(),
@@ -257,8 +283,7 @@ pub fn election_world(
             swarm.buggify,
         );
     }
-    w.add_invariant(Box::new(check::election_safety));
-    w
+    addresses
 }
 
 /// A node's clock under the swarm's skew.
