@@ -437,3 +437,112 @@ fn operators_add_tweak_kill_and_drop_storages() {
     );
     assert!(neoctl(&admin, &["set", "cluster", "STOPPING"]).0);
 }
+
+/// The split-brain rule on real processes: a primary restarted while a storage is away
+/// stays in RECOVERING; `neoctl start` lets it start with the storages that are there.
+#[test]
+fn a_new_primary_waits_for_every_storage_unless_told_to_start() {
+    let dir = TempDir::new("cluster-start");
+    let master = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let db = |i: usize| {
+        dir.path()
+            .join(format!("s{i}.sqlite"))
+            .display()
+            .to_string()
+    };
+    let storage = |i: usize| {
+        Node::spawn(
+            env!("CARGO_BIN_EXE_neostorage"),
+            &dir,
+            &format!("storage{i}"),
+            &[
+                "--cluster",
+                "split",
+                "--masters",
+                &master,
+                "--bind",
+                "127.0.0.1:0",
+                "--database",
+                &db(i),
+            ],
+        )
+    };
+    let master_node = |generation: u32| {
+        Node::spawn(
+            env!("CARGO_BIN_EXE_neomaster"),
+            &dir,
+            &format!("master-{generation}"),
+            &[
+                "--cluster",
+                "split",
+                "--bind",
+                &master,
+                "--autostart",
+                "2",
+                "--replicas",
+                "1",
+                "--partitions",
+                "3",
+            ],
+        )
+    };
+    let mut nodes = vec![
+        master_node(0),
+        Node::spawn(
+            env!("CARGO_BIN_EXE_neoadmin"),
+            &dir,
+            "admin",
+            &["--cluster", "split", "--masters", &master, "--bind", &admin],
+        ),
+        storage(1),
+        storage(2),
+    ];
+    wait_ctl(
+        &admin,
+        &["print", "cluster"],
+        "RUNNING",
+        |t| t == "RUNNING",
+        &nodes,
+    );
+
+    // The master and one storage go away; the master comes back, the storage does not.
+    nodes[0].kill9();
+    nodes[3].kill9();
+    nodes[0] = master_node(1);
+    wait_ctl(
+        &admin,
+        &["print", "cluster"],
+        "RECOVERING",
+        |t| t == "RECOVERING",
+        &nodes,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        neoctl(&admin, &["print", "cluster"]),
+        (true, "RECOVERING".to_string()),
+        "it must wait for the missing storage"
+    );
+
+    let (ok, text) = neoctl(&admin, &["start"]);
+    assert!(ok, "{text}");
+    wait_ctl(
+        &admin,
+        &["print", "cluster"],
+        "RUNNING after start",
+        |t| t == "RUNNING",
+        &nodes,
+    );
+    let pt = wait_ctl(
+        &admin,
+        &["print", "pt"],
+        "the missing storage outdated",
+        |t| t.lines().any(|l| l.contains("OOO")),
+        &nodes,
+    );
+    assert!(
+        pt.lines().any(|l| l.ends_with("UUU")),
+        "the storage there serves every partition: {pt}"
+    );
+    assert!(neoctl(&admin, &["set", "cluster", "STOPPING"]).0);
+}
