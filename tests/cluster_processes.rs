@@ -259,92 +259,120 @@ fn neosimple_starts_a_running_cluster_and_stops_on_sigint() {
     assert!(data.join("storage1.sqlite").exists());
 }
 
+/// One cluster of separate node processes on 127.0.0.1, storages on SQLite files.
+struct Procs {
+    dir: TempDir,
+    cluster: &'static str,
+    master: String,
+    admin: String,
+}
+
+impl Procs {
+    fn new(cluster: &'static str) -> Procs {
+        Procs {
+            dir: TempDir::new(cluster),
+            cluster,
+            master: format!("127.0.0.1:{}", free_port()),
+            admin: format!("127.0.0.1:{}", free_port()),
+        }
+    }
+
+    /// A master (with `--autostart 2 --replicas 1` and `partitions` partitions).
+    fn master(&self, name: &str, partitions: &str) -> Node {
+        let args = [
+            "--cluster",
+            self.cluster,
+            "--bind",
+            &self.master,
+            "--autostart",
+            "2",
+            "--replicas",
+            "1",
+            "--partitions",
+            partitions,
+        ];
+        Node::spawn(env!("CARGO_BIN_EXE_neomaster"), &self.dir, name, &args)
+    }
+
+    fn admin(&self) -> Node {
+        let args = [
+            "--cluster",
+            self.cluster,
+            "--masters",
+            &self.master,
+            "--bind",
+            &self.admin,
+        ];
+        Node::spawn(env!("CARGO_BIN_EXE_neoadmin"), &self.dir, "admin", &args)
+    }
+
+    /// Storage `i`, on the SQLite file `s{i}.sqlite`.
+    fn storage(&self, i: usize) -> Node {
+        let db = self
+            .dir
+            .path()
+            .join(format!("s{i}.sqlite"))
+            .display()
+            .to_string();
+        let args = [
+            "--cluster",
+            self.cluster,
+            "--masters",
+            &self.master,
+            "--bind",
+            "127.0.0.1:0",
+            "--database",
+            &db,
+        ];
+        Node::spawn(
+            env!("CARGO_BIN_EXE_neostorage"),
+            &self.dir,
+            &format!("storage{i}"),
+            &args,
+        )
+    }
+}
+
 /// An operator grows and shrinks the cluster: a new storage waits PENDING, `add` lets it
 /// serve, `tweak` gives it cells (OUT_OF_DATE: data must come to it first), a second tweak
 /// changes nothing, `kill` stops it, `drop` removes it; refused commands say why.
 #[test]
 fn operators_add_tweak_kill_and_drop_storages() {
-    let dir = TempDir::new("cluster-admin");
-    let master = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let db = |i: usize| {
-        dir.path()
-            .join(format!("s{i}.sqlite"))
-            .display()
-            .to_string()
-    };
-    let storage = |i: usize| {
-        Node::spawn(
-            env!("CARGO_BIN_EXE_neostorage"),
-            &dir,
-            &format!("storage{i}"),
-            &[
-                "--cluster",
-                "ops",
-                "--masters",
-                &master,
-                "--bind",
-                "127.0.0.1:0",
-                "--database",
-                &db(i),
-            ],
-        )
-    };
+    let c = Procs::new("ops");
+    let admin = c.admin.as_str();
     let mut nodes = vec![
-        Node::spawn(
-            env!("CARGO_BIN_EXE_neomaster"),
-            &dir,
-            "master",
-            &[
-                "--cluster",
-                "ops",
-                "--bind",
-                &master,
-                "--autostart",
-                "2",
-                "--replicas",
-                "1",
-                "--partitions",
-                "4",
-            ],
-        ),
-        Node::spawn(
-            env!("CARGO_BIN_EXE_neoadmin"),
-            &dir,
-            "admin",
-            &["--cluster", "ops", "--masters", &master, "--bind", &admin],
-        ),
-        storage(1),
-        storage(2),
+        c.master("master", "4"),
+        c.admin(),
+        c.storage(1),
+        c.storage(2),
     ];
     wait_ctl(
-        &admin,
+        admin,
         &["print", "cluster"],
         "RUNNING",
         |t| t == "RUNNING",
         &nodes,
     );
-
     // A third storage joins a running cluster: PENDING, no cells.
-    nodes.push(storage(3));
+    nodes.push(c.storage(3));
     wait_ctl(
-        &admin,
+        admin,
         &["print", "node", "storage"],
         "S3 pending",
         |t| t.contains("S3") && t.contains("PENDING"),
         &nodes,
     );
-    let (ok, text) = neoctl(&admin, &["tweak", "-n"]);
+    let (ok, text) = neoctl(admin, &["tweak", "-n"]);
     assert!(
         ok && text == "No change done.",
         "pending nodes are left out of a tweak: {text}"
     );
     assert_eq!(
-        neoctl(&admin, &["add", "all"]),
+        neoctl(admin, &["add", "all"]),
         (true, "Nodes added: S3".to_string())
     );
     wait_ctl(
-        &admin,
+        admin,
         &["print", "node", "storage"],
         "S3 running",
         |t| t.lines().filter(|l| l.contains("RUNNING")).count() == 3,
@@ -353,10 +381,10 @@ fn operators_add_tweak_kill_and_drop_storages() {
 
     // Tweak: 4 partitions x 2 copies over 3 nodes. S3 gets cells to replicate; the cells
     // it takes stay as FEEDING sources on the others until it has the data.
-    let (ok, table) = neoctl(&admin, &["tweak"]);
+    let (ok, table) = neoctl(admin, &["tweak"]);
     assert!(ok, "{table}");
     let pt = wait_ctl(
-        &admin,
+        admin,
         &["print", "pt"],
         "S3 has cells",
         |t| pt_line(t, "S3").contains('O'),
@@ -371,36 +399,36 @@ fn operators_add_tweak_kill_and_drop_storages() {
         pt.contains('F'),
         "moved cells are kept as FEEDING sources: {pt}"
     );
-    let (ok, text) = neoctl(&admin, &["tweak"]);
+    let (ok, text) = neoctl(admin, &["tweak"]);
     assert!(
         ok && text == "No change done.",
         "a second tweak changes nothing: {text}"
     );
-    let (_, detail) = neoctl(&admin, &["print", "pt", "0", "1"]);
+    let (_, detail) = neoctl(admin, &["print", "pt", "0", "1"]);
     assert!(
         detail.contains("000 | ") && detail.contains("001 | ") && !detail.contains("002 | "),
         "{detail}"
     );
 
     // Refusals.
-    let (ok, text) = neoctl(&admin, &["drop", "S3"]);
+    let (ok, text) = neoctl(admin, &["drop", "S3"]);
     assert!(
         !ok && text.contains("running"),
         "a running node cannot be dropped: {text}"
     );
-    let (ok, text) = neoctl(&admin, &["kill", "M1"]);
+    let (ok, text) = neoctl(admin, &["kill", "M1"]);
     assert!(!ok && text.contains("primary"), "{text}");
-    let (ok, text) = neoctl(&admin, &["set", "cluster", "RUNNING"]);
+    let (ok, text) = neoctl(admin, &["set", "cluster", "RUNNING"]);
     assert!(!ok && text.contains("cannot switch"), "{text}");
 
     // Kill S3 (its cells hold nothing readable): it is told to stop, and exits.
-    let (ok, text) = neoctl(&admin, &["kill", "S3"]);
+    let (ok, text) = neoctl(admin, &["kill", "S3"]);
     assert!(ok, "{text}");
     let status =
         wait_for(Duration::from_secs(15), || nodes[4].try_wait()).expect("S3 stops when killed");
     assert!(status.success(), "{}", nodes[4].log());
     wait_ctl(
-        &admin,
+        admin,
         &["print", "node", "storage"],
         "S3 down",
         |t| t.lines().any(|l| l.starts_with("S3") && l.contains("DOWN")),
@@ -408,10 +436,10 @@ fn operators_add_tweak_kill_and_drop_storages() {
     );
 
     // Drop it: its cells go, the FEEDING ones become UP_TO_DATE again.
-    let (ok, text) = neoctl(&admin, &["drop", "S3"]);
+    let (ok, text) = neoctl(admin, &["drop", "S3"]);
     assert!(ok, "{text}");
     let pt = wait_ctl(
-        &admin,
+        admin,
         &["print", "pt"],
         "S3 gone",
         |t| pt_line(t, "S3").is_empty(),
@@ -422,96 +450,47 @@ fn operators_add_tweak_kill_and_drop_storages() {
         "{pt}"
     );
     assert_eq!(
-        neoctl(&admin, &["print", "cluster"]),
+        neoctl(admin, &["print", "cluster"]),
         (true, "RUNNING".to_string())
     );
 
-    let (ok, text) = neoctl(&admin, &["set", "replicas", "0"]);
+    let (ok, text) = neoctl(admin, &["set", "replicas", "0"]);
     assert!(ok, "{text}");
     wait_ctl(
-        &admin,
+        admin,
         &["print", "pt"],
         "replicas 0",
         |t| t.contains("replicas: 0"),
         &nodes,
     );
-    assert!(neoctl(&admin, &["set", "cluster", "STOPPING"]).0);
+    assert!(neoctl(admin, &["set", "cluster", "STOPPING"]).0);
 }
 
 /// The split-brain rule on real processes: a primary restarted while a storage is away
 /// stays in RECOVERING; `neoctl start` lets it start with the storages that are there.
 #[test]
 fn a_new_primary_waits_for_every_storage_unless_told_to_start() {
-    let dir = TempDir::new("cluster-start");
-    let master = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let db = |i: usize| {
-        dir.path()
-            .join(format!("s{i}.sqlite"))
-            .display()
-            .to_string()
-    };
-    let storage = |i: usize| {
-        Node::spawn(
-            env!("CARGO_BIN_EXE_neostorage"),
-            &dir,
-            &format!("storage{i}"),
-            &[
-                "--cluster",
-                "split",
-                "--masters",
-                &master,
-                "--bind",
-                "127.0.0.1:0",
-                "--database",
-                &db(i),
-            ],
-        )
-    };
-    let master_node = |generation: u32| {
-        Node::spawn(
-            env!("CARGO_BIN_EXE_neomaster"),
-            &dir,
-            &format!("master-{generation}"),
-            &[
-                "--cluster",
-                "split",
-                "--bind",
-                &master,
-                "--autostart",
-                "2",
-                "--replicas",
-                "1",
-                "--partitions",
-                "3",
-            ],
-        )
-    };
+    let c = Procs::new("split");
+    let admin = c.admin.as_str();
     let mut nodes = vec![
-        master_node(0),
-        Node::spawn(
-            env!("CARGO_BIN_EXE_neoadmin"),
-            &dir,
-            "admin",
-            &["--cluster", "split", "--masters", &master, "--bind", &admin],
-        ),
-        storage(1),
-        storage(2),
+        c.master("master-0", "3"),
+        c.admin(),
+        c.storage(1),
+        c.storage(2),
     ];
     wait_ctl(
-        &admin,
+        admin,
         &["print", "cluster"],
         "RUNNING",
         |t| t == "RUNNING",
         &nodes,
     );
-
     // The master and one storage go away; the master comes back, the storage does not.
     nodes[0].kill9();
     nodes[3].kill9();
-    nodes[0] = master_node(1);
+    nodes[0] = c.master("master-1", "3");
     wait_ctl(
-        &admin,
+        admin,
         &["print", "cluster"],
         "RECOVERING",
         |t| t == "RECOVERING",
@@ -519,22 +498,22 @@ fn a_new_primary_waits_for_every_storage_unless_told_to_start() {
     );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        neoctl(&admin, &["print", "cluster"]),
+        neoctl(admin, &["print", "cluster"]),
         (true, "RECOVERING".to_string()),
         "it must wait for the missing storage"
     );
 
-    let (ok, text) = neoctl(&admin, &["start"]);
+    let (ok, text) = neoctl(admin, &["start"]);
     assert!(ok, "{text}");
     wait_ctl(
-        &admin,
+        admin,
         &["print", "cluster"],
         "RUNNING after start",
         |t| t == "RUNNING",
         &nodes,
     );
     let pt = wait_ctl(
-        &admin,
+        admin,
         &["print", "pt"],
         "the missing storage outdated",
         |t| t.lines().any(|l| l.contains("OOO")),
@@ -544,5 +523,5 @@ fn a_new_primary_waits_for_every_storage_unless_told_to_start() {
         pt.lines().any(|l| l.ends_with("UUU")),
         "the storage there serves every partition: {pt}"
     );
-    assert!(neoctl(&admin, &["set", "cluster", "STOPPING"]).0);
+    assert!(neoctl(admin, &["set", "cluster", "STOPPING"]).0);
 }
