@@ -331,6 +331,24 @@ impl Procs {
             &args,
         )
     }
+
+    /// A master, the admin and storages 1 and 2 (in that order), once RUNNING.
+    fn running(&self, master: &str, partitions: &str) -> Vec<Node> {
+        let nodes = vec![
+            self.master(master, partitions),
+            self.admin(),
+            self.storage(1),
+            self.storage(2),
+        ];
+        wait_ctl(
+            &self.admin,
+            &["print", "cluster"],
+            "RUNNING",
+            |t| t == "RUNNING",
+            &nodes,
+        );
+        nodes
+    }
 }
 
 /// An operator grows and shrinks the cluster: a new storage waits PENDING, `add` lets it
@@ -340,19 +358,7 @@ impl Procs {
 fn operators_add_tweak_kill_and_drop_storages() {
     let c = Procs::new("ops");
     let admin = c.admin.as_str();
-    let mut nodes = vec![
-        c.master("master", "4"),
-        c.admin(),
-        c.storage(1),
-        c.storage(2),
-    ];
-    wait_ctl(
-        admin,
-        &["print", "cluster"],
-        "RUNNING",
-        |t| t == "RUNNING",
-        &nodes,
-    );
+    let mut nodes = c.running("master", "4");
     // A third storage joins a running cluster: PENDING, no cells.
     nodes.push(c.storage(3));
     wait_ctl(
@@ -472,19 +478,7 @@ fn operators_add_tweak_kill_and_drop_storages() {
 fn a_new_primary_waits_for_every_storage_unless_told_to_start() {
     let c = Procs::new("split");
     let admin = c.admin.as_str();
-    let mut nodes = vec![
-        c.master("master-0", "3"),
-        c.admin(),
-        c.storage(1),
-        c.storage(2),
-    ];
-    wait_ctl(
-        admin,
-        &["print", "cluster"],
-        "RUNNING",
-        |t| t == "RUNNING",
-        &nodes,
-    );
+    let mut nodes = c.running("master-0", "3");
     // The master and one storage go away; the master comes back, the storage does not.
     nodes[0].kill9();
     nodes[3].kill9();

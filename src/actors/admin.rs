@@ -5,16 +5,14 @@
 //! neoctl does not identify: any connection to the admin's address may send requests.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
 use super::link::Links;
 use super::master_link::{LinkEvent, MasterLink};
-use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, TimerId};
+use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Ticker};
 use crate::proto::{Address, ClusterState, ErrorCode, Message, Nid, NodeType, Packet};
 use crate::pt::PartitionTable;
-use crate::rng;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminConfig {
@@ -29,9 +27,6 @@ enum Peer {
     Ctl,
 }
 
-const TICK: Duration = Duration::from_secs(1);
-const TICK_TOKEN: u64 = 1;
-
 pub struct Admin {
     cfg: AdminConfig,
     nid: Option<Nid>,
@@ -40,7 +35,7 @@ pub struct Admin {
     pt: Option<PartitionTable>,
     /// Requests relayed to the primary: our message id there -> (neoctl's link, its id).
     relayed: BTreeMap<u32, (ConnId, u32)>,
-    tick: Option<TimerId>,
+    tick: Ticker,
     stopped: bool,
 }
 
@@ -59,7 +54,7 @@ impl Admin {
             master,
             pt: None,
             relayed: BTreeMap::new(),
-            tick: None,
+            tick: Ticker::default(),
             stopped: false,
         }
     }
@@ -73,13 +68,17 @@ impl Admin {
     }
 
     fn on_tick(&mut self, cx: &mut Ctx) {
-        let jitter = rng::duration(cx.rng(), Duration::ZERO, Duration::from_millis(100));
-        self.tick = Some(cx.set_timer(TICK + jitter, TICK_TOKEN));
+        self.tick.arm(cx);
         for conn in self.links.check_idle(cx) {
             if let Some(peer) = self.links.close(cx, conn) {
                 self.on_closed(cx, conn, peer, CloseReason::TimedOut);
             }
         }
+        self.follow_master(cx);
+    }
+
+    /// Find the primary master and stay identified to it.
+    fn follow_master(&mut self, cx: &mut Ctx) {
         self.master.tick(
             cx,
             &mut self.links,
@@ -104,13 +103,7 @@ impl Admin {
                     self.pt = None;
                 }
                 if !self.stopped {
-                    self.master.tick(
-                        cx,
-                        &mut self.links,
-                        Peer::Master,
-                        self.nid,
-                        Default::default(),
-                    );
+                    self.follow_master(cx);
                 }
             }
             Peer::Ctl => self.relayed.retain(|_, (c, _)| *c != conn),
@@ -281,7 +274,7 @@ impl Actor for Admin {
                 }
             }
             Event::Timer { id, token } => {
-                if token == TICK_TOKEN && Some(id) == self.tick {
+                if self.tick.fired(id, token) {
                     self.on_tick(cx);
                 }
             }

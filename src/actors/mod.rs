@@ -41,6 +41,32 @@ pub struct ConnId(pub u64);
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct TimerId(pub u64);
 
+/// The periodic tick every role runs (reconnections, idle checks, elections): a second
+/// apart, plus up to 100 ms of jitter so that nodes started together do not act in
+/// lockstep.
+#[derive(Default)]
+pub struct Ticker {
+    armed: Option<TimerId>,
+}
+
+impl Ticker {
+    const PERIOD: Duration = Duration::from_secs(1);
+    const JITTER: Duration = Duration::from_millis(100);
+    const TOKEN: u64 = 1;
+
+    /// Schedule the next tick (forgetting any earlier one).
+    pub fn arm(&mut self, cx: &mut Ctx) {
+        let jitter = rng::duration(cx.rng(), Duration::ZERO, Self::JITTER);
+        self.armed = Some(cx.set_timer(Self::PERIOD + jitter, Self::TOKEN));
+    }
+
+    /// Whether a timer event is the tick armed last (one superseded by a later `arm` is
+    /// not).
+    pub fn fired(&self, id: TimerId, token: u64) -> bool {
+        token == Self::TOKEN && self.armed == Some(id)
+    }
+}
+
 /// Why a connection ended.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum CloseReason {

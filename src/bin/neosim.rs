@@ -147,6 +147,9 @@ fn log_nodes() {
 }
 
 fn run_one(opts: &RunOptions) -> ExitCode {
+    if opts.trace {
+        log_nodes();
+    }
     say!(
         "scenario: {}, seed: {}{}",
         opts.scenario,
@@ -186,22 +189,12 @@ fn main() -> ExitCode {
             common,
             seed,
             trace,
-        } => {
-            if trace {
-                log_nodes();
-            }
-            run_one(&options(&common, seed.unwrap_or_else(random_seed), trace))
-        }
+        } => run_one(&options(&common, seed.unwrap_or_else(random_seed), trace)),
         Cmd::Replay {
             common,
             seed,
             trace,
-        } => {
-            if trace {
-                log_nodes();
-            }
-            run_one(&options(&common, seed, trace))
-        }
+        } => run_one(&options(&common, seed, trace)),
         Cmd::Sweep {
             common,
             seeds,

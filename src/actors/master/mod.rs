@@ -11,7 +11,6 @@ pub mod cluster;
 pub mod election;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
@@ -19,13 +18,12 @@ use self::election::{Claim, Role};
 use super::bootstrap::PrimaryFinder;
 use super::link::{Backoff, Links};
 use super::nodes::{hears_about, NodeTable};
-use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Observation, TimerId};
+use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Observation, Ticker};
 use crate::proto::{
     Address, ClusterState, ErrorCode, IdentificationExtra, Message, Nid, NodeInfo, NodeState,
     NodeType, Packet, WallTime,
 };
 use crate::pt::PartitionTable;
-use crate::rng;
 
 /// How a master is configured (neo.conf's master section and neomaster's options).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,9 +53,6 @@ pub enum Peer {
     Node(Nid),
 }
 
-/// The periodic tick: elections, reconnections and idle checks.
-const TICK: Duration = Duration::from_secs(1);
-const TICK_TOKEN: u64 = 1;
 /// Election timestamps are forced to increase by at least this much.
 const TIME_STEP: u64 = 1_000_000;
 
@@ -75,7 +70,7 @@ pub struct Master {
     backoff: Backoff,
     /// As a secondary: the time stamp of the primary's last node notification.
     last_notification: Option<WallTime>,
-    tick: Option<TimerId>,
+    tick: Ticker,
 }
 
 impl Master {
@@ -89,7 +84,7 @@ impl Master {
             last_time: WallTime(0),
             backoff: Backoff::default(),
             last_notification: None,
-            tick: None,
+            tick: Ticker::default(),
             cfg,
         }
     }
@@ -180,14 +175,8 @@ impl Master {
         }
     }
 
-    fn arm_tick(&mut self, cx: &mut Ctx) {
-        // A little jitter keeps masters that started together from acting in lockstep.
-        let jitter = rng::duration(cx.rng(), Duration::ZERO, Duration::from_millis(100));
-        self.tick = Some(cx.set_timer(TICK + jitter, TICK_TOKEN));
-    }
-
     fn on_tick(&mut self, cx: &mut Ctx) {
-        self.arm_tick(cx);
+        self.tick.arm(cx);
         for conn in self.links.check_idle(cx) {
             if let Some(peer) = self.links.close(cx, conn) {
                 debug!("closed silent connection {conn:?} to {peer:?}");
@@ -669,7 +658,7 @@ struct Identification {
 
 impl Actor for Master {
     fn start(&mut self, cx: &mut Ctx) {
-        self.arm_tick(cx);
+        self.tick.arm(cx);
         self.play_primary(cx);
     }
 
@@ -688,7 +677,7 @@ impl Actor for Master {
                 }
             }
             Event::Timer { id, token } => {
-                if token == TICK_TOKEN && Some(id) == self.tick {
+                if self.tick.fired(id, token) {
                     self.on_tick(cx);
                 }
             }

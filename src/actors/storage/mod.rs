@@ -8,20 +8,17 @@
 //! (a crash loses memory and uncommitted work, not what was committed). A database error is
 //! fatal: the node stops rather than serve from a state it cannot trust.
 
-use std::time::Duration;
-
 use tracing::{debug, error, info, warn};
 
 use super::link::Links;
 use super::master_link::{LinkEvent, MasterLink};
-use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, TimerId};
+use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Ticker};
 use crate::db::{Backend, Cell, DbError};
 use crate::proto::{
     Address, ClusterState, ErrorCode, IdentificationExtra, Message, Nid, NodeState, NodeType,
     Packet,
 };
 use crate::pt::PartitionTable;
-use crate::rng;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StorageConfig {
@@ -38,9 +35,6 @@ enum Peer {
     Incoming,
 }
 
-const TICK: Duration = Duration::from_secs(1);
-const TICK_TOKEN: u64 = 1;
-
 pub struct Storage {
     cfg: StorageConfig,
     db: Box<dyn Backend>,
@@ -50,7 +44,7 @@ pub struct Storage {
     /// Our copy of the partition table (also in the database).
     pt: Option<PartitionTable>,
     operational: bool,
-    tick: Option<TimerId>,
+    tick: Ticker,
     /// Set once a fatal error stopped us.
     failed: bool,
 }
@@ -85,7 +79,7 @@ impl Storage {
             master,
             pt: None,
             operational: false,
-            tick: None,
+            tick: Ticker::default(),
             failed: false,
         }
     }
@@ -169,13 +163,17 @@ impl Storage {
     }
 
     fn on_tick(&mut self, cx: &mut Ctx) {
-        let jitter = rng::duration(cx.rng(), Duration::ZERO, Duration::from_millis(100));
-        self.tick = Some(cx.set_timer(TICK + jitter, TICK_TOKEN));
+        self.tick.arm(cx);
         for conn in self.links.check_idle(cx) {
             if let Some(peer) = self.links.close(cx, conn) {
                 self.on_closed(cx, conn, peer, CloseReason::TimedOut);
             }
         }
+        self.follow_master(cx);
+    }
+
+    /// Find the primary master and stay identified to it.
+    fn follow_master(&mut self, cx: &mut Ctx) {
         let extra = self.identification_extra();
         self.master
             .tick(cx, &mut self.links, Peer::Master, self.nid, extra);
@@ -186,12 +184,9 @@ impl Storage {
             // Without a primary we serve nobody until it tells us to start again.
             self.operational = false;
         }
-        if self.master.is_identified() || self.failed {
-            return;
+        if !self.master.is_identified() && !self.failed {
+            self.follow_master(cx);
         }
-        let extra = self.identification_extra();
-        self.master
-            .tick(cx, &mut self.links, Peer::Master, self.nid, extra);
     }
 
     fn answer(&mut self, cx: &mut Ctx, conn: ConnId, id: u32, packet: Packet) {
@@ -449,7 +444,7 @@ impl Actor for Storage {
                 }
             }
             Event::Timer { id, token } => {
-                if token == TICK_TOKEN && Some(id) == self.tick {
+                if self.tick.fired(id, token) {
                     self.on_tick(cx);
                 }
             }
