@@ -231,7 +231,9 @@ fn partitions_and_clogs_heal_into_one_primary() {
 #[test]
 fn runs_are_deterministic() {
     let mut hashes = std::collections::BTreeSet::new();
-    for seed in seeds(30) {
+    let range = seeds(30);
+    let count = range.end - range.start;
+    for seed in range {
         let opts = RunOptions::new(Scenario::Election, seed);
         let (report, failed) = run_checked(&opts, true);
         assert_eq!(
@@ -244,8 +246,8 @@ fn runs_are_deterministic() {
     }
     // Different seeds are different runs.
     assert!(
-        hashes.len() > 25,
-        "only {} distinct trace hashes",
+        hashes.len() as u64 > count * 5 / 6,
+        "only {} distinct trace hashes in {count} seeds",
         hashes.len()
     );
 }

@@ -353,18 +353,6 @@ impl Settings {
         })
     }
 
-    pub fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
-        self.parse(
-            key,
-            "a boolean (true/false, yes/no, on/off, 1/0)",
-            |v| match v.to_lowercase().as_str() {
-                "1" | "yes" | "true" | "on" => Ok(true),
-                "0" | "no" | "false" | "off" => Ok(false),
-                _ => Err("not a boolean".into()),
-            },
-        )
-    }
-
     pub fn nid(&self, key: &str) -> Result<Option<Nid>, ConfigError> {
         let ty = self.node_type;
         self.parse(

@@ -16,7 +16,10 @@ pub fn env(name: &str, default: u64) -> u64 {
 /// The seed range of a test: `NEO_SIM_SEEDS` (or `default`) seeds from `NEO_SIM_SEED_START`.
 pub fn seeds(default: u64) -> std::ops::Range<u64> {
     let start = env("NEO_SIM_SEED_START", 0);
-    start..start + env("NEO_SIM_SEEDS", default)
+    let count = env("NEO_SIM_SEEDS", default);
+    // No seeds would make every test pass without running anything.
+    assert!(count > 0, "NEO_SIM_SEEDS must be at least 1");
+    start..start + count
 }
 
 pub fn jobs() -> usize {
@@ -78,6 +81,17 @@ pub fn mutants_are_caught(scenario: Scenario) {
         let first = report
             .first
             .unwrap_or_else(|| panic!("mutant {name} ({what}) survived 1000 seeds"));
+        // Caught by the mutant, not by a bug the seed finds anyway.
+        let mut plain = first.opts.clone();
+        plain.mutant = None;
+        let (_, failed) = run_checked(&plain, false);
+        assert_eq!(
+            failed,
+            None,
+            "mutant {name}'s catching seed {} fails without the mutant too; replay: {}",
+            plain.seed,
+            plain.replay_command()
+        );
         eprintln!(
             "mutant {name} caught by seed {}: {}",
             first.opts.seed, first.what

@@ -59,18 +59,6 @@ impl<P> Links<P> {
         self.map.get_mut(&conn).map(|l| &mut l.peer)
     }
 
-    pub fn contains(&self, conn: ConnId) -> bool {
-        self.map.contains_key(&conn)
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (ConnId, &P)> {
         self.map.iter().map(|(c, l)| (*c, &l.peer))
     }

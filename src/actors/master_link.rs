@@ -33,7 +33,7 @@ pub struct MasterLink {
     cluster: String,
     /// Our listening address, told to the primary.
     address: Option<Address>,
-    pub finder: PrimaryFinder,
+    finder: PrimaryFinder,
     backoff: Backoff,
     conn: Option<ConnId>,
     identified: bool,
@@ -124,11 +124,6 @@ impl MasterLink {
     /// The master we follow or try, and whether it accepted us.
     pub fn target(&self) -> Option<(&Address, bool)> {
         self.finder.target().map(|t| (t, self.identified))
-    }
-
-    /// Whether `conn` is our link to the primary.
-    pub fn owns(&self, conn: ConnId) -> bool {
-        self.conn == Some(conn)
     }
 
     /// The link was closed (by us or by the host).

@@ -108,11 +108,6 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Whether the peer's handshake has been read and accepted.
-    pub fn handshake_done(&self) -> bool {
-        self.handshake_done
-    }
-
     /// The next complete message, `Ok(None)` if more bytes are needed. After an error the
     /// decoder keeps returning it: the connection is finished.
     pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
@@ -176,17 +171,12 @@ impl Decoder {
         self.start += 4 + size;
         Ok(Some(msg))
     }
-
-    /// How many bytes wait for more to complete a frame (for back-pressure and memory caps).
-    pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{Address, ErrorCode, Nid, NodeType, Packet};
+    use crate::proto::{ErrorCode, Nid, NodeType, Packet};
     use proptest::prelude::*;
 
     fn stream(msgs: &[Message]) -> Vec<u8> {
@@ -335,6 +325,5 @@ mod tests {
             d.next_message(),
             Err(FrameError::Malformed { .. })
         ));
-        let _ = Address::new("h", 1);
     }
 }

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::proto::frame::{self, Decoder};
-use crate::proto::{Address, Message, Packet};
+use crate::proto::{Address, Kind, Message, Packet};
 
 /// Send `requests` to `address` and return their answers, in order.
 pub fn request(
@@ -85,7 +85,12 @@ pub fn request(
                     );
                     let _ = stream.write_all(&pong);
                 }
-                p if (msg.id as usize) < answers.len() && answers[msg.id as usize].is_none() => {
+                // Only an answer answers: a request or notification from the peer may carry
+                // any id of its own counter.
+                p if p.kind() == Kind::Answer
+                    && (msg.id as usize) < answers.len()
+                    && answers[msg.id as usize].is_none() =>
+                {
                     answers[msg.id as usize] = Some(p);
                 }
                 _ => {}
@@ -96,4 +101,64 @@ pub fn request(
         .into_iter()
         .map(|a| a.expect("all answered"))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ClusterState;
+    use std::net::TcpListener;
+
+    /// A peer that pings and notifies with the request's id before answering: the client
+    /// answers the ping and takes only the answer as the answer.
+    #[test]
+    fn only_an_answer_answers_and_pings_get_pongs() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut out = frame::handshake().to_vec();
+            for packet in [
+                Packet::Ping,
+                Packet::NotifyClusterInformation {
+                    state: ClusterState::Verifying,
+                },
+                Packet::AnswerClusterState {
+                    state: Some(ClusterState::Running),
+                },
+            ] {
+                frame::encode(&Message { id: 0, packet }, &mut out).unwrap();
+            }
+            s.write_all(&out).unwrap();
+            // Read what the client sent until its Pong arrives.
+            let mut decoder = Decoder::new();
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !got.contains(&Packet::Pong) {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the client closed before its Pong; got {got:?}");
+                decoder.feed(&buf[..n]);
+                while let Some(m) = decoder.next_message().unwrap() {
+                    got.push(m.packet);
+                }
+            }
+            got
+        });
+        let answers = request(
+            &Address::new("127.0.0.1", port),
+            &[Packet::AskClusterState],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(
+            answers,
+            vec![Packet::AnswerClusterState {
+                state: Some(ClusterState::Running)
+            }]
+        );
+        assert_eq!(
+            peer.join().unwrap(),
+            vec![Packet::AskClusterState, Packet::Pong]
+        );
+    }
 }

@@ -137,14 +137,14 @@ fn wall_now() -> WallTime {
 }
 
 impl<A: actors::Actor + 'static> NodeHost<A> {
-    pub fn new(name: String, actor: A, process: Process) -> NodeHost<A> {
+    pub fn new(name: String, actor: A, process: Process, transport: Transport) -> NodeHost<A> {
         let seed = wall_now().0 ^ ((std::process::id() as u64) << 32);
         NodeHost {
             name,
             actor: Box::new(actor),
             env: NodeEnv::production(ChaCha8Rng::seed_from_u64(seed)),
             started: Instant::now(),
-            transport: Transport::Plain,
+            transport,
             conns: BTreeMap::new(),
             timers: BTreeMap::new(),
             exited: false,
@@ -369,10 +369,12 @@ pub fn start_node<A: actors::Actor + 'static>(
     listener: Option<TcpListener>,
     actor: A,
 ) {
-    let host = NodeHost::new(name, actor, process.clone()).start();
+    // One transport for both directions: what we accept is secured as what we dial.
+    let transport = Transport::default();
+    let host = NodeHost::new(name, actor, process.clone(), transport.clone()).start();
     process.node_started(host.clone().recipient());
     if let Some(l) = listener {
-        actix_rt::spawn(accept_loop(l, Transport::Plain, host));
+        actix_rt::spawn(accept_loop(l, transport, host));
     }
 }
 

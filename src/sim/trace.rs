@@ -44,11 +44,6 @@ impl Trace {
         }
     }
 
-    /// Whether lines are wanted (callers skip formatting them otherwise).
-    pub fn printing(&self) -> bool {
-        self.print
-    }
-
     /// Record one step: `key` feeds the hash, `line` is printed when tracing.
     pub fn step(&mut self, now: Duration, key: impl Hash, line: impl FnOnce() -> String) {
         self.steps += 1;

@@ -213,10 +213,6 @@ impl World {
         self.epoch
     }
 
-    pub fn failure(&self) -> Option<&Failure> {
-        self.failure.as_ref()
-    }
-
     pub fn add_invariant(&mut self, inv: Invariant) {
         self.invariants.push(inv);
     }

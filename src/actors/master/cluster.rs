@@ -43,9 +43,8 @@ type RecoveryAnswer = (Option<Ptid>, Option<Tid>, Option<Tid>);
 /// Recovery's progress.
 #[derive(Clone, Debug, Default)]
 struct Recovery {
-    /// The newest table id a storage reported, and who reported it.
+    /// The newest table id a storage reported (its holders are those whose answer names it).
     target: Option<Ptid>,
-    holders: BTreeSet<Nid>,
     /// Whether the table loaded is the target's.
     loaded: bool,
     /// What each storage answered to AskRecovery: (ptid, truncate_tid, backup_tid).
@@ -340,11 +339,9 @@ impl Master {
             if p.recovery.target.is_none_or(|t| ptid > t) {
                 debug!("recovery: {nid} has the newest table so far ({ptid})");
                 p.recovery.target = Some(ptid);
-                p.recovery.holders = [nid].into();
                 p.recovery.loaded = false;
                 self.ask_table(cx);
             } else if Some(ptid) == p.recovery.target {
-                p.recovery.holders.insert(nid);
                 self.ask_table(cx);
             }
         }
@@ -357,7 +354,14 @@ impl Master {
         if p.recovery.loaded || p.waiting_for(|a| *a == Asked::PartitionTable) {
             return;
         }
-        let holders: Vec<Nid> = p.recovery.holders.iter().copied().collect();
+        let target = p.recovery.target;
+        let holders: Vec<Nid> = p
+            .recovery
+            .answers
+            .iter()
+            .filter(|(_, (ptid, _, _))| ptid.is_some() && *ptid == target)
+            .map(|(nid, _)| *nid)
+            .collect();
         if let Some(nid) = holders.into_iter().find(|n| self.conn_of(*n).is_some()) {
             self.ask_storage(cx, nid, Packet::AskPartitionTable, Asked::PartitionTable);
         }

@@ -10,8 +10,6 @@ pub mod admin;
 pub mod cluster;
 pub mod election;
 
-use std::collections::BTreeSet;
-
 use tracing::{debug, info, warn};
 
 use self::election::{Claim, Role};
@@ -103,10 +101,6 @@ impl Master {
 
     pub fn nodes(&self) -> &NodeTable {
         &self.nodes
-    }
-
-    pub fn known_masters(&self) -> &BTreeSet<Address> {
-        self.finder.known()
     }
 
     /// The master we follow (or try to), when we are a secondary.
