@@ -2,6 +2,7 @@
 //! (`Observation`s, checked as they happen), safety properties of the global state
 //! (checked after every step), and the convergence conditions of the liveness phase.
 
+use super::net::NodeIdx;
 use super::world::World;
 use crate::actors::master::election::Role;
 use crate::actors::Observation;
@@ -137,4 +138,18 @@ pub fn election_converged_among(w: &World, member: impl Fn(usize) -> bool) -> Re
         }
     }
     Ok(())
+}
+
+/// The current primary, if exactly one running master plays it.
+pub fn primary(w: &World) -> Option<NodeIdx> {
+    let mut p = w
+        .masters()
+        .filter(|(i, m)| w.nodes[*i].is_up() && matches!(m.role(), Role::Primary(_)))
+        .map(|(i, _)| i);
+    let first = p.next();
+    if p.next().is_some() {
+        None
+    } else {
+        first
+    }
 }

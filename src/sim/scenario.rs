@@ -5,21 +5,24 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::check;
-use super::clock::NodeClock;
-use super::faults::{Injector, Swarm};
-use super::net::NodeIdx;
-use super::world::{Failure, NodeActor, World};
-use crate::actors::master::election::Role;
-use crate::actors::master::{Master, MasterConfig};
-use crate::proto::Address;
+use super::faults::Swarm;
+use super::scenarios;
+use super::world::{Failure, World};
 use crate::rng;
+
+// Where these lived before the builder and the per-scenario files (tests import them here).
+pub use super::builder::{add_masters, master_address, node_clock, CLUSTER};
+pub use super::check::primary;
+pub use super::scenarios::election::{election_world, run_election_with};
 
 /// Re-introduced bugs (simulation only) that a scenario's sweep must catch:
 /// (name, scenario, what it breaks).
 pub const MUTANTS: &[(&str, Scenario, &str)] = &[
     ("recovery-no-wait", Scenario::Recovery, "start as soon as the table is operational, without waiting for every node with readable cells"),
     ("pt-outdate-last", Scenario::Recovery, "outdate the last readable cell of a partition when its node is lost"),
+    ("recovery-first-table", Scenario::Recovery, "recovery loads the first table a storage reports instead of the newest"),
+    ("pt-renumber-loaded", Scenario::Recovery, "recovery renumbers the table it loaded as it was, without the cells it outdated"),
+    ("pt-outdate-wrong", Scenario::Recovery, "a storage lost while the cluster runs keeps its cells readable"),
     ("verification-drop-locked", Scenario::Verification, "drop locked transactions instead of committing them"),
     (
         "election-no-yield",
@@ -54,6 +57,13 @@ pub enum Scenario {
     /// As recovery, with storages that start holding transactions a crash interrupted in
     /// the middle of their commit.
     Verification,
+    /// Elections with storages: 2, 3 or 5 masters and 1-3 storages, so that a primary past
+    /// RECOVERING exists and "never two primaries that can serve" can fail; the liveness
+    /// phase often keeps the primary down for good.
+    Failover,
+    /// Recovery with the admin node and an operator running neoctl's commands (add, tweak,
+    /// drop, kill, set replicas, set cluster STOPPING, start) at random moments.
+    Operator,
 }
 
 impl Scenario {
@@ -61,6 +71,8 @@ impl Scenario {
         Scenario::Election,
         Scenario::Recovery,
         Scenario::Verification,
+        Scenario::Failover,
+        Scenario::Operator,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +80,8 @@ impl Scenario {
             Scenario::Election => "election",
             Scenario::Recovery => "recovery",
             Scenario::Verification => "verification",
+            Scenario::Failover => "failover",
+            Scenario::Operator => "operator",
         }
     }
 }
@@ -162,25 +176,35 @@ pub struct Plan {
     pub replicas: u32,
     pub partitions: u32,
     pub swarm: Swarm,
+    /// Whether the hostile peer runs during the safety phase.
+    pub hostile: bool,
 }
 
 impl Plan {
     pub fn shape(&self) -> String {
-        if self.storages == 0 {
+        let mut shape = if self.storages == 0 {
             format!("{} masters", self.masters)
         } else {
             format!(
                 "{} masters, {} storages, {} partitions, {} replicas",
                 self.masters, self.storages, self.partitions, self.replicas
             )
+        };
+        if self.hostile {
+            shape += "; hostile peer on";
         }
+        shape
     }
 }
+
+/// The share of seeds (of every scenario) that run the hostile peer.
+pub const HOSTILE_SHARE: f64 = 0.3;
 
 /// Draw a seed's plan (the same draws `run` makes), to print it before running.
 pub fn plan(opts: &RunOptions) -> Plan {
     let mut rng = rng::stream(opts.seed, 1);
     let swarm = Swarm::draw(&mut rng::stream(opts.seed, 2));
+    let hostile = rng::chance(&mut rng::stream(opts.seed, 11), HOSTILE_SHARE);
     if opts.scenario == Scenario::Election {
         let masters = opts
             .masters
@@ -191,6 +215,25 @@ pub fn plan(opts: &RunOptions) -> Plan {
             replicas: 0,
             partitions: 0,
             swarm,
+            hostile,
+        };
+    }
+    if opts.scenario == Scenario::Failover {
+        let masters = opts
+            .masters
+            .unwrap_or_else(|| *rng::pick(&mut rng, &[2usize, 3, 5]));
+        let storages = opts
+            .storages
+            .unwrap_or_else(|| rng::between(&mut rng, 1, 3) as usize);
+        let replicas = rng::between(&mut rng, 0, (storages as u64 - 1).min(1)) as u32;
+        let partitions = rng::between(&mut rng, 1, 6) as u32;
+        return Plan {
+            masters,
+            storages,
+            replicas,
+            partitions,
+            swarm,
+            hostile,
         };
     }
     let masters = opts
@@ -207,6 +250,7 @@ pub fn plan(opts: &RunOptions) -> Plan {
         replicas,
         partitions,
         swarm,
+        hostile,
     }
 }
 
@@ -214,104 +258,11 @@ pub fn plan(opts: &RunOptions) -> Plan {
 pub fn run(opts: &RunOptions) -> RunReport {
     let plan = plan(opts);
     match opts.scenario {
-        Scenario::Election => run_election_with(opts, plan.swarm),
-        Scenario::Recovery | Scenario::Verification => super::cluster::run(opts, &plan),
-    }
-}
-
-/// Master `i`'s address in simulated clusters.
-pub fn master_address(i: usize) -> Address {
-    Address::new(format!("10.0.0.{}", i + 1), 10000)
-}
-
-/// A cluster of `masters` masters with the swarm's clocks, starting at random times in the
-/// first 10 s. No faults are injected yet.
-pub fn election_world(
-    seed: u64,
-    masters: usize,
-    swarm: &Swarm,
-    mutant: Option<&'static str>,
-    trace: bool,
-) -> World {
-    let mut w = World::new(seed, swarm.latency.clone(), mutant, trace);
-    let mut rng = rng::stream(seed, 5);
-    add_masters(
-        &mut w,
-        &mut rng,
-        swarm,
-        masters,
-        Duration::from_secs(10),
-        |_| {},
-    );
-    w.add_invariant(Box::new(check::election_safety));
-    w
-}
-
-/// The simulated clusters' name.
-pub const CLUSTER: &str = "sim";
-
-/// Add `count` masters that know each other, with the swarm's clocks, each starting at a
-/// random time within `start_within`; `configure` adjusts their shared configuration.
-pub fn add_masters(
-    w: &mut World,
-    rng: &mut crate::rng::ChaCha8Rng,
-    swarm: &Swarm,
-    count: usize,
-    start_within: Duration,
-    configure: impl Fn(&mut MasterConfig),
-) -> Vec<Address> {
-    let addresses: Vec<Address> = (0..count).map(master_address).collect();
-    for (i, address) in addresses.iter().enumerate() {
-        let mut cfg = MasterConfig {
-            cluster: CLUSTER.into(),
-            bind: address.clone(),
-            masters: addresses.clone(),
-            autostart: None,
-            replicas: 0,
-            partitions: 12,
-            nid: None,
-        };
-        configure(&mut cfg);
-        let clock = node_clock(rng, swarm);
-        let start = rng::duration(rng, Duration::ZERO, start_within);
-        w.add_node(
-            format!("m{}", i + 1),
-            address.clone(),
-            Box::new(move || NodeActor::Master(Box::new(Master::new(cfg.clone())))),
-            clock,
-            start,
-            swarm.buggify,
-        );
-    }
-    addresses
-}
-
-/// A node's clock under the swarm's skew.
-pub fn node_clock(rng: &mut crate::rng::ChaCha8Rng, swarm: &Swarm) -> NodeClock {
-    let spread = |rng: &mut crate::rng::ChaCha8Rng, max: i64| {
-        if max > 0 {
-            rng::between(rng, 0, 2 * max as u64) as i64 - max
-        } else {
-            0
-        }
-    };
-    NodeClock {
-        offset_ns: spread(rng, swarm.clock_offset.as_nanos() as i64),
-        drift_ppm: spread(rng, swarm.drift_ppm),
-    }
-}
-
-/// The current primary, if exactly one running master plays it.
-pub fn primary(w: &World) -> Option<NodeIdx> {
-    let mut p = w
-        .masters()
-        .filter(|(i, m)| w.nodes[*i].is_up() && matches!(m.role(), Role::Primary(_)))
-        .map(|(i, _)| i);
-    let first = p.next();
-    if p.next().is_some() {
-        None
-    } else {
-        first
+        Scenario::Election => scenarios::election::run_election_with(opts, plan.swarm),
+        Scenario::Recovery => scenarios::recovery::run(opts, &plan),
+        Scenario::Verification => scenarios::verification::run(opts, &plan),
+        Scenario::Failover => scenarios::failover::run(opts, &plan),
+        Scenario::Operator => scenarios::operator::run(opts, &plan),
     }
 }
 
@@ -330,44 +281,5 @@ pub fn converged_for(
             since = None;
             false
         }
-    }
-}
-
-/// The election scenario with a given fault mix (tests that want only some faults).
-pub fn run_election_with(opts: &RunOptions, swarm: Swarm) -> RunReport {
-    let seed = opts.seed;
-    let masters = plan(opts).masters;
-    let mut w = election_world(seed, masters, &swarm, opts.mutant, opts.trace);
-    let mut rng = rng::stream(seed, 4);
-    let safety =
-        Duration::from_secs(30) + rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(90));
-    w.start_faults(Injector::new(swarm.clone(), rng::stream(seed, 3)));
-    let outcome = w.run_for(safety).and_then(|()| {
-        // Liveness: heal everything, but now and then leave the primary (or any master)
-        // down for good, so the others must elect without it.
-        let mut keep_down = vec![];
-        if masters >= 2 && rng::chance(&mut rng, 0.4) {
-            let victim = primary(&w).unwrap_or_else(|| rng::below(&mut rng, masters as u64) as usize);
-            keep_down.push(victim);
-        }
-        let healed = w.heal_all(&keep_down);
-        w.run_until(healed, |_| false)?;
-        let deadline = healed + LIVENESS_BOUND;
-        if !w.run_until(deadline, converged_for(STABLE_FOR, check::election_converged))? {
-            let why = check::election_converged(&w).err().unwrap_or_else(|| "not for long enough".into());
-            return Err(Failure {
-                at: w.now(),
-                what: format!("liveness: no primary stable for {STABLE_FOR:?} within {LIVENESS_BOUND:?} of healing: {why}"),
-            });
-        }
-        Ok(())
-    });
-    RunReport {
-        shape: format!("{masters} masters"),
-        swarm: swarm.to_string(),
-        failure: outcome.err(),
-        trace_hash: w.trace.hash(),
-        sim_time: w.now(),
-        steps: w.trace.steps(),
     }
 }

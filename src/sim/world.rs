@@ -29,6 +29,9 @@ pub enum NodeActor {
     Master(Box<Master>),
     Storage(Box<Storage>),
     Admin(Box<Admin>),
+    /// A simulated process that is not a node of the cluster (the operator running neoctl,
+    /// the hostile peer): nothing looks inside it.
+    Process(Box<dyn Actor>),
 }
 
 impl NodeActor {
@@ -37,6 +40,7 @@ impl NodeActor {
             NodeActor::Master(m) => m.as_mut(),
             NodeActor::Storage(s) => s.as_mut(),
             NodeActor::Admin(a) => a.as_mut(),
+            NodeActor::Process(p) => p.as_mut(),
         }
     }
 }

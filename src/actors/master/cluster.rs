@@ -333,10 +333,11 @@ impl Master {
         truncate: Option<Tid>,
         backup: Option<Tid>,
     ) {
+        let first_only = cx.mutant("recovery-first-table");
         let Some(p) = self.primary_mut() else { return };
         p.recovery.answers.insert(nid, (ptid, truncate, backup));
         if let Some(ptid) = ptid {
-            if p.recovery.target.is_none_or(|t| ptid > t) {
+            if p.recovery.target.is_none_or(|t| ptid > t && !first_only) {
                 debug!("recovery: {nid} has the newest table so far ({ptid})");
                 p.recovery.target = Some(ptid);
                 p.recovery.loaded = false;
@@ -546,6 +547,7 @@ impl Master {
         let keep_last = !cx.mutant("pt-outdate-last");
         let running: BTreeSet<Nid> = selected.iter().copied().collect();
         let relaxed = self.relaxed_start();
+        let renumber_loaded = cx.mutant("pt-renumber-loaded");
         let Some(p) = self.primary_mut() else { return };
         let missing: Vec<Nid> =
             p.pt.readable_nodes()
@@ -561,9 +563,13 @@ impl Master {
             p.pt.make(&selected);
             info!("recovery: new partition table over {selected:?}");
         } else {
+            let loaded = p.pt.rows();
             p.pt.outdate(None, |n| running.contains(&n), keep_last);
             // A new id either way: this table is the one the cluster starts with.
-            let (ptid, replicas, rows) = (p.pt.ptid(), p.pt.replicas(), p.pt.rows());
+            let (ptid, replicas, mut rows) = (p.pt.ptid(), p.pt.replicas(), p.pt.rows());
+            if renumber_loaded {
+                rows = loaded;
+            }
             // Above every id a storage reported, so that none of them sees an id twice.
             let newest = p
                 .recovery
@@ -823,6 +829,7 @@ impl Master {
     /// A storage's connection is gone.
     pub(super) fn storage_lost(&mut self, cx: &mut Ctx, conn: ConnId, nid: Nid) {
         let keep_last = !cx.mutant("pt-outdate-last");
+        let outdate_wrong = cx.mutant("pt-outdate-wrong");
         let Some(p) = self.primary_mut() else { return };
         // Its unanswered requests will never be answered.
         let lost_table_ask = p
@@ -860,7 +867,11 @@ impl Master {
                     .filter_map(|n| n.nid)
                     .collect();
                 let Some(p) = self.primary_mut() else { return };
-                let changes = p.pt.outdate(Some(nid), |n| running.contains(&n), keep_last);
+                let changes = p.pt.outdate(
+                    Some(nid),
+                    |n| running.contains(&n) || (outdate_wrong && n == nid),
+                    keep_last,
+                );
                 let operational = p.pt.operational(|n| running.contains(&n), &[]);
                 if !changes.is_empty() {
                     info!("{nid} lost: partition table {:?}", p.pt.ptid());

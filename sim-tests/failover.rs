@@ -1,0 +1,15 @@
+//! Elections with storages under faults (`cargo test`, over `NEO_SIM_SEEDS` seeds from
+//! `NEO_SIM_SEED_START`): 2, 3 or 5 masters and 1-3 storages; the primary is often lost
+//! for good. After every step: never two primaries that can serve; the operational
+//! storages all serve under one primary (judged from the storages); every recovery
+//! invariant, what tables say included. Once faults heal, the cluster runs again.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use neo::sim::Scenario;
+
+#[test]
+fn failover_sweep_finds_no_failure() {
+    common::sweep_passes(Scenario::Failover, 1000);
+}

@@ -1,0 +1,16 @@
+//! The admin node and neoctl's commands in the simulator (`cargo test`, over
+//! `NEO_SIM_SEEDS` seeds from `NEO_SIM_SEED_START`): an operator adds, tweaks, drops and
+//! kills nodes, sets replicas, stops the cluster (and starts it when no partition can hide
+//! a primary) through the admin node at random moments, under faults. Every recovery
+//! invariant holds; once faults heal the cluster runs again, or ends STOPPED when the
+//! operator stops it at the end.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use neo::sim::Scenario;
+
+#[test]
+fn operator_sweep_finds_no_failure() {
+    common::sweep_passes(Scenario::Operator, 1000);
+}

@@ -1,0 +1,166 @@
+//! Checks over what the run recorded, judged independently of the code they check (the
+//! node's own comparisons are never re-used here):
+//!
+//! - [`table_contents`]: what partition tables SAY across every table that was in effect
+//!   (finding 14 of issue 7), not only their ids;
+//! - [`primary_history`]: who ran the cluster, from the storages' point of view and over
+//!   virtual time, not from the election's claim comparison.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::world::World;
+use crate::actors::master::election::Role;
+use crate::proto::{Address, CellState, ClusterState, Nid, NodeState, Ptid};
+
+type Rows = Vec<Vec<(Nid, CellState)>>;
+
+/// The readable cells of a table: (partition, node).
+fn readable(rows: &Rows) -> BTreeSet<(u32, Nid)> {
+    rows.iter()
+        .enumerate()
+        .flat_map(|(p, r)| {
+            r.iter()
+                .filter(|(_, s)| s.is_readable())
+                .map(move |(n, _)| (p as u32, *n))
+        })
+        .collect()
+}
+
+/// Partition-table contents, after every step, over every table in effect (held by a
+/// storage, or by a primary):
+///
+/// - one id is one table, across the whole cluster (a table recorded under an id is the
+///   only one that id ever names);
+/// - a cell that is not readable (OUT_OF_DATE, or absent) in a table never becomes
+///   readable (UP_TO_DATE or FEEDING) in a later table: cells only become readable by
+///   replication, and there is none yet; so each table's readable cells are a subset of
+///   every older table's (tables without any cell excepted). This also judges recovery: a
+///   loaded table that says less than the newest one in effect (a cell outdated there shown
+///   readable again) fails here, whatever id it was renumbered to;
+/// - a primary past RECOVERING (and not STOPPING) shows readable cells only on storages it
+///   lists as RUNNING: a storage lost while the cluster runs has its cells outdated at once
+///   (the one exception, a row's last readable cell, makes the table not operational and
+///   sends the primary back to RECOVERING in the same step).
+pub fn table_contents() -> impl FnMut(&World) -> Result<(), String> {
+    // Every table seen: id -> (rows, who showed it first, when).
+    let mut seen: BTreeMap<Ptid, (Rows, String, Duration)> = BTreeMap::new();
+    move |w: &World| {
+        let mut tables: Vec<(String, Ptid, Rows)> = Vec::new();
+        for (i, s) in w.storages() {
+            if let Some(pt) = s.partition_table() {
+                if let Some(ptid) = pt.ptid() {
+                    tables.push((w.label(i).to_string(), ptid, pt.rows()));
+                }
+            }
+        }
+        for (i, m) in w.masters() {
+            let Role::Primary(p) = m.role() else { continue };
+            if let Some(ptid) = p.pt.ptid() {
+                tables.push((format!("primary {}", w.label(i)), ptid, p.pt.rows()));
+            }
+            if matches!(
+                p.cluster_state,
+                ClusterState::Recovering | ClusterState::Stopping
+            ) {
+                continue;
+            }
+            for (part, nid) in readable(&p.pt.rows()) {
+                let state = m.nodes().get(nid).map(|n| n.state);
+                if state != Some(NodeState::Running) {
+                    return Err(format!(
+                        "primary {} is {} with table {:?}, whose partition {part} is readable on {nid}, which it lists as {state:?}",
+                        w.label(i),
+                        p.cluster_state,
+                        p.pt.ptid()
+                    ));
+                }
+            }
+        }
+        for (who, ptid, rows) in tables {
+            if let Some((known, first, at)) = seen.get(&ptid) {
+                if *known != rows {
+                    return Err(format!(
+                        "two partition tables with id {ptid}: {who}'s differs from the one {first} showed at {:.3}s",
+                        at.as_secs_f64()
+                    ));
+                }
+                continue;
+            }
+            let cells = readable(&rows);
+            if rows.iter().any(|r| !r.is_empty()) {
+                // The nearest older and newer tables with cells bound this one.
+                let older = seen
+                    .range(..ptid)
+                    .rev()
+                    .find(|(_, (r, _, _))| r.iter().any(|r| !r.is_empty()));
+                if let Some((old, (r, by, _))) = older {
+                    let before = readable(r);
+                    if let Some((p, n)) = cells.difference(&before).next() {
+                        return Err(format!(
+                            "partition {p} is readable on {n} in table {ptid} ({who}), but was not in the older table {old} ({by}): a cell became readable without replication"
+                        ));
+                    }
+                }
+                let newer = seen
+                    .range(ptid..)
+                    .find(|(_, (r, _, _))| r.iter().any(|r| !r.is_empty()));
+                if let Some((new, (r, by, _))) = newer {
+                    if let Some((p, n)) = readable(r).difference(&cells).next() {
+                        return Err(format!(
+                            "partition {p} is readable on {n} in table {new} ({by}), but not in the older table {ptid} ({who}) seen later: a cell became readable without replication"
+                        ));
+                    }
+                }
+            }
+            seen.insert(ptid, (rows, who, w.now()));
+        }
+        Ok(())
+    }
+}
+
+/// Who ran the cluster, judged from the storages: a storage that is operational serves
+/// under the primary it follows. At any time, all the operational storages follow one
+/// primary: two groups of storages serving under two
+/// primaries is a split brain, whatever the masters believe of their claims. Also kept:
+/// the virtual time each master became primary and left RECOVERING, for the message.
+pub fn primary_history() -> impl FnMut(&World) -> Result<(), String> {
+    // Master label -> since when it has been a primary past RECOVERING.
+    let mut past_recovering: BTreeMap<String, Duration> = BTreeMap::new();
+    move |w: &World| {
+        for (i, m) in w.masters() {
+            let label = w.label(i).to_string();
+            let up = w.nodes[i].is_up()
+                && matches!(m.role(), Role::Primary(p) if p.cluster_state != ClusterState::Recovering);
+            if up {
+                past_recovering.entry(label).or_insert(w.now());
+            } else {
+                past_recovering.remove(&label);
+            }
+        }
+        let mut serving: BTreeMap<Address, Vec<&str>> = BTreeMap::new();
+        for (i, s) in w.storages() {
+            if !w.nodes[i].is_up() || !s.is_operational() {
+                continue;
+            }
+            let Some(primary) = s.primary() else { continue };
+            serving.entry(primary.clone()).or_default().push(w.label(i));
+        }
+        if serving.len() > 1 {
+            let groups: Vec<String> = serving
+                .iter()
+                .map(|(a, s)| format!("{s:?} under {a}"))
+                .collect();
+            let since: Vec<String> = past_recovering
+                .iter()
+                .map(|(m, t)| format!("{m} since {:.3}s", t.as_secs_f64()))
+                .collect();
+            return Err(format!(
+                "split brain: operational storages serve under two primaries: {}; primaries past RECOVERING: {}",
+                groups.join(", "),
+                since.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}

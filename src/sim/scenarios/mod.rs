@@ -1,0 +1,13 @@
+//! One file per scenario, each over the shared cluster builder (`sim::builder`).
+//!
+//! - `election`: masters only, elections under faults;
+//! - `recovery`: masters and storages; the cluster scenarios' shared run;
+//! - `verification`: recovery from storages holding half-committed transactions;
+//! - `failover`: elections with storages, the primary often lost for good;
+//! - `operator`: the admin node and neoctl's commands at random moments.
+
+pub mod election;
+pub mod failover;
+pub mod operator;
+pub mod recovery;
+pub mod verification;
