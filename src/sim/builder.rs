@@ -250,11 +250,11 @@ pub fn add_operator(
     label: &str,
     cfg: OperatorConfig,
     start: Duration,
-) -> Rc<RefCell<OperatorLog>> {
+) -> (NodeIdx, Rc<RefCell<OperatorLog>>) {
     let log = Rc::new(RefCell::new(OperatorLog::default()));
     let l = log.clone();
     let i = w.nodes.len();
-    w.add_node(
+    let idx = w.add_node(
         label,
         operator_address(i),
         Box::new(move || NodeActor::Process(Box::new(Operator::new(cfg.clone(), l.clone())))),
@@ -262,7 +262,7 @@ pub fn add_operator(
         start,
         false,
     );
-    log
+    (idx, log)
 }
 
 /// What a cluster scenario adds beyond masters and storages: the hostile peer, the admin
@@ -270,7 +270,8 @@ pub fn add_operator(
 pub struct Extras {
     pub hostile: Option<NodeIdx>,
     pub admin: Option<NodeIdx>,
-    pub operator: Option<Rc<RefCell<OperatorLog>>>,
+    /// The operator's process, and its log.
+    pub operator: Option<(NodeIdx, Rc<RefCell<OperatorLog>>)>,
     /// Whether the operator stops the cluster once it runs again at the end.
     pub final_stop: bool,
     masters: u32,
@@ -312,6 +313,15 @@ impl Extras {
         extras
     }
 
+    /// The processes that stop when faults heal: the hostile peer, and the operator's
+    /// random commands (the liveness phase judges the cluster left alone).
+    pub fn stop_at_heal(&self) -> Vec<NodeIdx> {
+        self.hostile
+            .into_iter()
+            .chain(self.operator.as_ref().map(|(i, _)| *i))
+            .collect()
+    }
+
     /// After healing, the operator restarts the nodes that were told to stop (killed,
     /// dropped, or stopped with the cluster), as one would.
     pub fn restart_exited(&self, w: &mut World, keep_down: &[NodeIdx]) {
@@ -340,7 +350,7 @@ impl Extras {
             may_start: false,
             script: Some(vec![CtlCommand::SetCluster(ClusterState::Stopping)]),
         };
-        let log = add_operator(w, "ctl-stop", cfg, w.now());
+        let (_, log) = add_operator(w, "ctl-stop", cfg, w.now());
         let cluster_up = |w: &World| -> Vec<String> {
             w.nodes
                 .iter()
@@ -349,7 +359,11 @@ impl Extras {
                 .collect()
         };
         let deadline = w.now() + LIVENESS_BOUND;
-        let stopped = w.run_until(deadline, |w| cluster_up(w).is_empty())?;
+        // Done when every node ended and neoctl got its answer (or gave up).
+        let l = log.clone();
+        let stopped = w.run_until(deadline, move |w| {
+            cluster_up(w).is_empty() && !l.borrow().done.is_empty()
+        })?;
         let acked = log.borrow().stop_acked;
         if !stopped || !acked {
             return Err(Failure {

@@ -163,8 +163,12 @@ impl Master {
                     _ => unreachable!("checked"),
                 };
                 self.broadcast_pt_changes(cx, changes);
-                if connected.is_some() {
+                if let Some(conn) = connected {
                     self.tell_state(cx, nid, NodeState::Unknown);
+                    // It erases its data and exits: end its link now, so that no link
+                    // names a node we no longer list (simulator: operator seed 175).
+                    self.links.close(cx, conn);
+                    self.storage_lost(cx, conn, nid);
                 }
                 if let Some(mut info) = self.nodes.remove(nid) {
                     info.state = NodeState::Unknown;

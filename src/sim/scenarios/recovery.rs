@@ -263,7 +263,7 @@ pub fn run_cluster(opts: &RunOptions, plan: &Plan, setup: &Setup) -> RunReport {
             };
             keep_down.push(victim);
         }
-        keep_down.extend(extra.hostile);
+        keep_down.extend(extra.stop_at_heal());
         let healed = w.heal_all(&keep_down);
         extra.restart_exited(&mut w, &keep_down);
         w.run_until(healed, |_| false)?;
