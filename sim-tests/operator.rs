@@ -14,3 +14,11 @@ use neo::sim::Scenario;
 fn operator_sweep_finds_no_failure() {
     common::sweep_passes(Scenario::Operator, 1000);
 }
+
+/// Seeds that found bugs while the operator scenario was built: 175 (dropping a connected
+/// pending storage left the master a link to a node it no longer listed), 91 (the
+/// operator stopped the cluster during the liveness phase).
+#[test]
+fn operator_regression_seeds_pass() {
+    common::regressions_pass(Scenario::Operator, &[91, 175]);
+}

@@ -4,7 +4,10 @@
 //! jumps, and must be RUNNING again once faults heal. After every step: partition-table ids
 //! only grow on each storage and one id is one table; never two primaries that can both
 //! serve; never a primary running on a table older than one a storage holds with readable
-//! cells; never a partition without a readable cell; the split-brain rule.
+//! cells; never a partition without a readable cell; the split-brain rule; what tables
+//! say (a cell not readable in a table in effect never readable again in a later one; a
+//! primary past RECOVERING shows readable cells only on storages it runs); operational
+//! storages all serve under one primary. The hostile peer runs in part of the seeds.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod common;

@@ -26,7 +26,7 @@ use crate::sim::net::NodeIdx;
 use crate::sim::scenario::{
     converged_for, Plan, RunOptions, RunReport, LIVENESS_BOUND, STABLE_FOR,
 };
-use crate::sim::world::{Failure, World};
+use crate::sim::world::{Failure, NodeActor, World};
 use crate::sim::{check, history};
 
 /// A cluster of the plan's shape; with `history`, storages start from scripted databases.
@@ -224,6 +224,33 @@ fn cluster_converged(w: &World, txns: &[ScriptedTxn]) -> Result<(), String> {
     verification::outcome_holds(pt, &by_nid, txns)
 }
 
+/// The admin node tells operators what the primary knows: the cluster state and the
+/// partition table.
+fn admin_agrees(w: &World, admin: NodeIdx) -> Result<(), String> {
+    let Some(NodeActor::Admin(a)) = &w.nodes[admin].actor else {
+        return Err("the admin node is not running".into());
+    };
+    let Some(p) = check::primary(w).and_then(|i| w.nodes[i].master()) else {
+        return Err("no primary".into());
+    };
+    if a.cluster_state() != p.cluster_state() {
+        return Err(format!(
+            "the admin node says the cluster is {:?}, the primary {:?}",
+            a.cluster_state(),
+            p.cluster_state()
+        ));
+    }
+    let (ours, theirs) = (a.partition_table(), p.primary_table());
+    if ours.map(|t| (t.ptid(), t.rows())) != theirs.map(|t| (t.ptid(), t.rows())) {
+        return Err(format!(
+            "the admin node shows table {:?}, the primary has {:?}",
+            ours.and_then(|t| t.ptid()),
+            theirs.and_then(|t| t.ptid())
+        ));
+    }
+    Ok(())
+}
+
 /// The recovery scenario.
 pub fn run(opts: &RunOptions, plan: &Plan) -> RunReport {
     run_cluster(opts, plan, &Setup::default())
@@ -269,8 +296,12 @@ pub fn run_cluster(opts: &RunOptions, plan: &Plan, setup: &Setup) -> RunReport {
         w.run_until(healed, |_| false)?;
         let deadline = healed + LIVENESS_BOUND;
         let t = txns.clone();
-        if !w.run_until(deadline, converged_for(STABLE_FOR, move |w| cluster_converged(w, &t)))? {
-            let why = cluster_converged(&w, &txns).err().unwrap_or_else(|| "not for long enough".into());
+        let admin = extra.admin;
+        let converged = move |w: &World| {
+            cluster_converged(w, &t).and_then(|()| admin.map_or(Ok(()), |a| admin_agrees(w, a)))
+        };
+        if !w.run_until(deadline, converged_for(STABLE_FOR, converged.clone()))? {
+            let why = converged(&w).err().unwrap_or_else(|| "not for long enough".into());
             return Err(Failure {
                 at: w.now(),
                 what: format!("liveness: the cluster is not RUNNING and verified, stable for {STABLE_FOR:?}, within {LIVENESS_BOUND:?} of healing: {why}"),
