@@ -160,7 +160,7 @@ pub fn any_packet(rng: &mut ChaCha8Rng) -> Packet {
 /// A packet of a kind that carries ids, with ids at their limits.
 fn edge_packet(rng: &mut ChaCha8Rng) -> Packet {
     let r = rng;
-    match rng::below(r, 16) {
+    match rng::below(r, 17) {
         0 => Packet::AnswerRecovery {
             ptid: Some(Ptid(edge_u64(r))),
             backup_tid: maybe(r, |r| Tid(edge_u64(r))),
@@ -231,6 +231,19 @@ fn edge_packet(rng: &mut ChaCha8Rng) -> Packet {
         },
         13 => Packet::AskFinalTID {
             ttid: Tid(edge_u64(r)),
+        },
+        15 => Packet::RequestIdentification {
+            node_type: pick_copy(r, NodeType::ALL),
+            nid: maybe(r, any_nid),
+            address: maybe(r, any_address),
+            cluster_name: pick_copy(r, &["", "other"]).to_string(),
+            id_timestamp: maybe(r, |r| WallTime(edge_u64(r))),
+            extra: IdentificationExtra {
+                read_only: rng::chance(r, 0.5),
+                devpath: Vec::new(),
+                established: rng::chance(r, 0.5),
+                ptid: maybe(r, |r| Ptid(edge_u64(r))),
+            },
         },
         14 => Packet::NotifyClusterInformation {
             state: pick_copy(r, ClusterState::ALL),
@@ -356,14 +369,25 @@ impl HostilePeer {
                     harmless_request(r)
                 }
             }
-            Mode::Stranger => any_packet(r),
+            Mode::Stranger => self.stranger(any_packet(r)),
             Mode::Anonymous => loop {
-                let p = any_packet(r);
+                let p = self.stranger(any_packet(r));
                 if !(conn.target == NodeType::Admin && is_admin_command(&p)) {
                     break p;
                 }
             },
         }
+    }
+
+    /// A stranger never names the right cluster (it would become a member, which may lie
+    /// plausibly, and be rightly believed).
+    fn stranger(&self, mut p: Packet) -> Packet {
+        if let Packet::RequestIdentification { cluster_name, .. } = &mut p {
+            if *cluster_name == self.cfg.cluster {
+                cluster_name.push('?');
+            }
+        }
+        p
     }
 
     fn on_tick(&mut self, cx: &mut Ctx) {
@@ -430,7 +454,7 @@ impl HostilePeer {
             loop {
                 let p = any_packet(r);
                 if p.kind() == Kind::Answer {
-                    break p;
+                    break self.stranger(p);
                 }
             }
         };
