@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::disallowed_methods, clippy::disallowed_types)]
 
 use neo::sim::scenario::{self, RunOptions, Scenario};
+use neo::sim::script::{replay_command, run_script};
 use neo::sim::sweep::{run_checked, sweep, SweepOptions};
 use neo::sim::MUTANTS;
 
@@ -112,4 +113,37 @@ pub fn regressions_pass(scenario: Scenario, seeds: &[u64]) {
             );
         }
     }
+}
+
+/// Run a script (`neo::sim::script`) for each count of masters over the test's seed range,
+/// each run caught; panic with every failure's replay command (which replays that run).
+pub fn script_passes(name: &str, masters: &[usize], default_seeds: u64) {
+    let mut failures = Vec::new();
+    for &m in masters {
+        for seed in seeds(default_seeds) {
+            let r = std::panic::catch_unwind(|| run_script(name, seed, m, false));
+            let what = match r {
+                Ok(r) => r.failure,
+                Err(p) => Some(format!(
+                    "panicked: {}",
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                )),
+            };
+            if let Some(what) = what {
+                failures.push(format!(
+                    "seed {seed} ({m} masters): {what}\n  replay: {}",
+                    replay_command(name, seed, m)
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "script {name}: {} failed runs:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -16,7 +16,6 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha1::{Digest, Sha1};
@@ -32,7 +31,7 @@ use super::world::{Failure, NodeActor, World};
 use crate::actors::master::election::Role;
 use crate::actors::master::Master;
 use crate::actors::storage::{Storage, StorageConfig};
-use crate::db::sqlite::{MemoryAnchor, SqliteBackend};
+use crate::db::sqlite::SqliteBackend;
 use crate::db::{partition_of, Backend, Cell, Identity, Load, ObjectData, TxnMeta, Value};
 use crate::proto::{
     Address, CellState, ClusterState, Nid, NodeState, NodeType, Oid, Ptid, Tid, WallTime,
@@ -43,17 +42,6 @@ use crate::rng::{self, ChaCha8Rng};
 /// Storage `i`'s address.
 pub fn storage_address(i: usize) -> Address {
     Address::new(format!("10.0.1.{}", i + 1), 20000)
-}
-
-/// In-memory database names are global to the process: sweeps run worlds on several
-/// threads, so each world's names get a unique prefix (not part of any trace).
-fn unique_prefix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "neo-sim-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// A transaction the verification scenario wrote into the storages before they start,
@@ -251,18 +239,18 @@ pub fn cluster_world(
         cluster: CLUSTER.into(),
         nid: None,
     };
-    let prefix = unique_prefix();
-    let names: Vec<String> = (0..plan.storages)
-        .map(|i| format!("{prefix}-s{}", i + 1))
-        .collect();
-    let anchors: Vec<Rc<MemoryAnchor>> = names
-        .iter()
-        .map(|n| Rc::new(MemoryAnchor::new(n).expect("sim: memory database")))
-        .collect();
+    // Storage i is node `first + i`; its disk lives in the world (see `sim::disk`).
+    let first = w.next_node();
+    for i in 0..plan.storages {
+        w.disks.add(first + i).expect("sim: memory database");
+    }
     let txns = if history {
-        let mut dbs: Vec<SqliteBackend> = names
-            .iter()
-            .map(|n| SqliteBackend::memory(n, &identity).expect("sim: memory database"))
+        let mut dbs: Vec<SqliteBackend> = (0..plan.storages)
+            .map(|i| {
+                w.disks
+                    .open_plain(first + i, &identity)
+                    .expect("sim: memory database")
+            })
             .collect();
         let nids: Vec<Nid> = (1..=plan.storages as u32)
             .map(|n| Nid::new(NodeType::Storage, n))
@@ -274,21 +262,19 @@ pub fn cluster_world(
     } else {
         Vec::new()
     };
-    for (i, name) in names.iter().enumerate() {
+    for i in 0..plan.storages {
         let cfg = StorageConfig {
             cluster: CLUSTER.into(),
             bind: storage_address(i),
             masters: masters.clone(),
         };
-        let (name, identity, anchor) = (name.clone(), identity.clone(), anchors[i].clone());
+        let (disks, identity, node) = (w.disks.clone(), identity.clone(), first + i);
         let clock = node_clock(&mut rng, &plan.swarm);
         let start = rng::duration(&mut rng, Duration::ZERO, Duration::from_secs(5));
         let make = move || {
-            let _keep = &anchor;
-            // A restarted process opens the same database (the previous one was dropped).
-            let db =
-                SqliteBackend::memory(&name, &identity).expect("sim: reopening a memory database");
-            NodeActor::Storage(Box::new(Storage::new(cfg.clone(), Box::new(db))))
+            // A restarted process opens its disk again (the previous process's was dropped).
+            let db = disks.open(node, &identity);
+            NodeActor::Storage(Box::new(Storage::new(cfg.clone(), db)))
         };
         w.add_node(
             format!("s{}", i + 1),
@@ -302,6 +288,7 @@ pub fn cluster_world(
     let txns = Rc::new(txns);
     w.add_invariant(Box::new(check::election_safety));
     w.add_invariant(Box::new(storages_consistent));
+    w.add_invariant(Box::new(super::disk_check::wiped_disks_never_serve));
     w.add_invariant(Box::new(table_watch()));
     let t = txns.clone();
     w.add_invariant(Box::new(move |w: &World| {
