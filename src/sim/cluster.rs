@@ -320,7 +320,8 @@ fn active_primary(w: &World) -> Option<(NodeIdx, &Master)> {
 /// one a storage holds with readable cells of its own.
 fn table_watch() -> impl FnMut(&World) -> Result<(), String> {
     type Rows = Vec<Vec<(Nid, CellState)>>;
-    let history: RefCell<BTreeMap<NodeIdx, BTreeMap<Ptid, Rows>>> = RefCell::new(BTreeMap::new());
+    let history: RefCell<BTreeMap<(NodeIdx, usize), BTreeMap<Ptid, Rows>>> =
+        RefCell::new(BTreeMap::new());
     type Last = (Ptid, Rows, Option<Nid>);
     let last: RefCell<BTreeMap<NodeIdx, Last>> = RefCell::new(BTreeMap::new());
     move |w: &World| {
@@ -341,7 +342,8 @@ fn table_watch() -> impl FnMut(&World) -> Result<(), String> {
                     w.label(i)
                 ));
             }
-            let seen = history.entry(i).or_default();
+            // A wiped disk is a new storage: its history starts again.
+            let seen = history.entry((i, w.wipes_of(i))).or_default();
             if let Some((newest, _)) = seen.last_key_value() {
                 if ptid < *newest {
                     return Err(format!(
@@ -545,6 +547,10 @@ pub fn run(opts: &RunOptions, plan: &Plan) -> RunReport {
         let deadline = healed + LIVENESS_BOUND;
         let t = txns.clone();
         if !w.run_until(deadline, converged_for(STABLE_FOR, move |w| cluster_converged(w, &t)))? {
+            if super::disk_check::lost_to_a_wipe(&w).is_some() {
+                // Data lost with a wiped disk: waiting for it is right; safety still held.
+                return Ok(());
+            }
             let why = cluster_converged(&w, &txns).err().unwrap_or_else(|| "not for long enough".into());
             return Err(Failure {
                 at: w.now(),

@@ -74,6 +74,11 @@ pub struct DiskEvent {
     /// The node id the node had before (its process's, or its database's).
     pub old_nid: Option<Nid>,
     pub kind: DiskEventKind,
+    /// The ids with a readable cell in a primary's table at the time (their data was
+    /// somewhere else than on the new disk).
+    pub readable: Vec<Nid>,
+    /// Whether the disk held the last readable copy of some partition (in its table).
+    pub lost_data: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

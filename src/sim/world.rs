@@ -27,7 +27,7 @@ use crate::actors::storage::Storage;
 use crate::actors::{
     Actor, Buggify, CloseReason, ConnId, Ctx, Effect, Event, NodeEnv, TimerId, CONNECT_TIMEOUT,
 };
-use crate::proto::{Address, WallTime};
+use crate::proto::{Address, Nid, WallTime};
 use crate::rng::{self, ChaCha8Rng};
 
 /// The role a simulated node plays (one variant per actor type, so checkers can look
@@ -234,6 +234,14 @@ impl World {
     /// What happened to the storages' disks (wipes, swaps), in order.
     pub fn disk_events(&self) -> &[DiskEvent] {
         &self.disk_events
+    }
+
+    /// How many times the disk of `node` was wiped so far.
+    pub fn wipes_of(&self, node: NodeIdx) -> usize {
+        self.disk_events
+            .iter()
+            .filter(|e| e.node == node && e.kind == DiskEventKind::Wiped)
+            .count()
     }
 
     /// The index the next node added gets.
@@ -456,8 +464,7 @@ impl World {
             self.note(what);
         }
         if stalled > Duration::ZERO && self.nodes[node].is_up() {
-            let what = format!("slow disk of {}", self.nodes[node].label);
-            self.note(what);
+            // The trace says "pause": a slow disk stalls the whole (synchronous) process.
             self.pause(node, stalled);
         }
     }
@@ -476,6 +483,8 @@ impl World {
                     at: self.now,
                     old_nid,
                     kind: DiskEventKind::Swapped { with },
+                    readable: Vec::new(),
+                    lost_data: false,
                 });
                 format!(
                     "{} restarts with the disk of {}",
@@ -933,6 +942,35 @@ impl World {
             return;
         }
         let old_nid = self.nodes[node].storage().and_then(|s| s.nid());
+        // The ids that hold data now: none of them may come back on an empty disk.
+        let readable: BTreeSet<Nid> = self
+            .masters()
+            .filter_map(|(_, m)| m.primary_table())
+            .flat_map(|pt| {
+                (0..pt.partitions())
+                    .flat_map(|p| pt.row(p).filter(|(_, s)| s.is_readable()).map(|(n, _)| n))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        // Whether the wipe loses data for good: a partition whose every readable cell (in
+        // the node's table) was on this disk or on one wiped before.
+        let mut gone: BTreeSet<Nid> = self
+            .disk_events
+            .iter()
+            .filter(|e| e.kind == DiskEventKind::Wiped)
+            .filter_map(|e| e.old_nid)
+            .collect();
+        gone.extend(old_nid);
+        let lost_data = self.nodes[node]
+            .storage()
+            .and_then(|s| s.partition_table())
+            .is_some_and(|pt| {
+                (0..pt.partitions()).any(|p| {
+                    pt.row(p)
+                        .filter(|(_, s)| s.is_readable())
+                        .all(|(n, _)| gone.contains(&n))
+                })
+            });
         self.crash(node);
         if self.nodes[node].is_up() {
             return;
@@ -951,6 +989,8 @@ impl World {
             at: self.now,
             old_nid,
             kind: DiskEventKind::Wiped,
+            readable: readable.into_iter().collect(),
+            lost_data,
         });
         self.restart_after(node, after);
     }
