@@ -24,7 +24,7 @@ use std::time::Duration;
 use super::net::NodeIdx;
 use crate::db::faulty::{DiskFaults, FaultyBackend};
 use crate::db::sqlite::{MemoryAnchor, SqliteBackend};
-use crate::db::{Backend, DbResult, Identity};
+use crate::db::{Backend, DbError, DbResult, Identity};
 use crate::proto::Nid;
 use crate::rng::{self, ChaCha8Rng};
 
@@ -136,10 +136,18 @@ impl Disks {
         let disk = inner.disks.get_mut(&node).expect("a storage has a disk");
         let from = disk.swap_next.take().unwrap_or(node);
         let faults = disk.faults.clone();
-        let name = inner.disks[&from].name.clone();
+        let (name, generation) = (
+            inner.disks[&from].name.clone(),
+            inner.disks[&from].generation,
+        );
         drop(inner);
         Box::new(match SqliteBackend::memory(&name, identity) {
             Ok(db) => FaultyBackend::new(Box::new(db), faults),
+            // The real name is unique to this OS process; the run must not depend on it.
+            Err(DbError::Locked(_)) => FaultyBackend::refused(
+                DbError::Locked(format!("disk-n{from}-g{generation}")),
+                faults,
+            ),
             Err(e) => FaultyBackend::refused(e, faults),
         })
     }

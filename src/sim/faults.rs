@@ -165,8 +165,8 @@ impl Swarm {
                 0.0
             }
         };
-        swarm.read_errors = rate(rng, 0.25, 0.02);
-        swarm.write_errors = rate(rng, 0.25, 0.02);
+        swarm.read_errors = rate(rng, 0.25, 0.1);
+        swarm.write_errors = rate(rng, 0.25, 0.1);
         swarm.slow_io =
             rng::chance(rng, 0.25).then(|| (rng::unit(rng) * 0.2, rng::duration(rng, ms(1), s(3))));
         swarm.wipe = Rate::draw(rng, 0.2, (0.002, 0.02), ms(100), s(30));

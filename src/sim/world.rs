@@ -449,24 +449,25 @@ impl World {
                 .handle(&mut cx, ev);
         }
         self.disks.arm(node, false);
+        let stalled = self.disk_faults_seen(node);
         self.apply(node, &mut effects);
         self.effects = effects;
-        self.disk_aftermath(node);
+        if stalled > Duration::ZERO && self.nodes[node].is_up() {
+            // The trace says "pause": a slow disk stalls the whole (synchronous) process.
+            self.pause(node, stalled);
+        }
         true
     }
 
-    /// What the node's disk did during its last step: injected faults go to the trace, and
-    /// the time its slow calls took stalls its process.
-    fn disk_aftermath(&mut self, node: NodeIdx) {
+    /// What the node's disk did during its last step: injected faults go to the trace
+    /// (before what the node did about them); returns the time its slow calls took.
+    fn disk_faults_seen(&mut self, node: NodeIdx) -> Duration {
         let (stalled, injected) = self.disks.take(node);
         for what in injected {
             let what = format!("{}: {what}", self.nodes[node].label);
             self.note(what);
         }
-        if stalled > Duration::ZERO && self.nodes[node].is_up() {
-            // The trace says "pause": a slow disk stalls the whole (synchronous) process.
-            self.pause(node, stalled);
-        }
+        stalled
     }
 
     fn start(&mut self, node: NodeIdx) -> bool {
@@ -528,9 +529,13 @@ impl World {
             n.actor.as_mut().expect("just built").actor().start(&mut cx);
         }
         self.disks.arm(node, false);
+        let stalled = self.disk_faults_seen(node);
         self.apply(node, &mut effects);
         self.effects = effects;
-        self.disk_aftermath(node);
+        if stalled > Duration::ZERO && self.nodes[node].is_up() {
+            // The trace says "pause": a slow disk stalls the whole (synchronous) process.
+            self.pause(node, stalled);
+        }
         true
     }
 
