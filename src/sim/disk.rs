@@ -211,3 +211,41 @@ impl Disks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{NodeType, Tid};
+
+    fn identity() -> Identity {
+        Identity {
+            cluster: "sim".into(),
+            nid: None,
+        }
+    }
+
+    #[test]
+    fn a_crash_loses_what_was_not_committed_a_wipe_everything_a_swap_is_refused() {
+        let disks = Disks::new(rng::stream(1, 11));
+        disks.add(0).unwrap();
+        disks.add(1).unwrap();
+        let s1 = Nid::new(NodeType::Storage, 1);
+        let mut db = disks.open(0, &identity());
+        db.set_nid(s1).unwrap();
+        db.set_backup_tid(Some(Tid(5))).unwrap();
+        // The process dies before committing the backup TID.
+        drop(db);
+        let db = disks.open(0, &identity());
+        let config = db.config().unwrap();
+        assert_eq!((config.nid, config.backup_tid), (Some(s1), None));
+        // While node 0 runs, node 1 cannot open its disk.
+        disks.swap_next(1, 0);
+        let refused = disks.open(1, &identity());
+        assert_eq!(refused.config(), Err(DbError::Locked("disk-n0-g0".into())));
+        // The next start of node 1 opens its own disk again.
+        assert_eq!(disks.open(1, &identity()).config().unwrap().nid, None);
+        drop(db);
+        disks.wipe(0).unwrap();
+        assert_eq!(disks.open(0, &identity()).config().unwrap().nid, None);
+    }
+}
