@@ -1,6 +1,10 @@
 //! The storage node's disk: the [`Backend`] trait with NEO's data model, its SQLite and
-//! MySQL/MariaDB implementations (one SQL core, `sql`, over two engines), and the
-//! conformance suite both must pass.
+//! MySQL/MariaDB implementations (one SQL core, `sql`, over two engines), the conformance
+//! suite both must pass, and `faulty`, a wrapper that injects disk faults (the simulator's).
+//!
+//! Errors come in two kinds ([`DbError::is_fatal`]): a request that cannot be served
+//! (answered with an error; nothing was written) and a database that cannot be trusted any
+//! more (the node stops, saying why).
 //!
 //! The data model (neo-spec section 12): `config` (schema version, cluster name, node id,
 //! partition-table id, replicas, truncate and backup TIDs), the node's view of the partition
