@@ -310,3 +310,66 @@ fn connection_errors_are_reported() {
         other => panic!("expected Unusable, got {:?}", other.err()),
     }
 }
+
+/// Kill the backend's session from another one, as a server restart or `wait_timeout` would.
+fn kill(b: &MysqlBackend) {
+    let id = b.engine().connection_id();
+    admin().query_drop(format!("KILL {id}")).unwrap();
+}
+
+#[test]
+fn a_lost_connection_is_reestablished_when_nothing_is_pending() {
+    let f = MysqlFixture::new();
+    let mut b = f.open(&identity()).unwrap();
+    with_pt(&mut b);
+    commit_value(&mut b, 10, 1, b"before");
+    // Nothing pending: the next read reconnects (with the lock) and is served.
+    kill(&b);
+    assert!(matches!(
+        b.load(Oid(1), None, None).unwrap(),
+        neo::db::Load::Found(l) if l.data == b"before"
+    ));
+    assert_eq!(b.engine().reconnects(), 1);
+    let name = format!("{}.neostorage", f.database);
+    let holder: Option<Option<u64>> = admin()
+        .exec_first("SELECT IS_USED_LOCK(?)", (&name,))
+        .unwrap();
+    assert_eq!(
+        holder,
+        Some(Some(b.engine().connection_id() as u64)),
+        "the new session holds the lock"
+    );
+    // And a write that starts a transaction on a lost connection is run again there.
+    kill(&b);
+    commit_value(&mut b, 20, 2, b"after");
+    assert_eq!(b.engine().reconnects(), 2);
+    assert!(matches!(
+        b.load(Oid(2), None, None).unwrap(),
+        neo::db::Load::Found(l) if l.data == b"after"
+    ));
+}
+
+#[test]
+fn a_lost_connection_with_pending_changes_fails_rather_than_lose_them() {
+    let f = MysqlFixture::new();
+    let mut b = f.open(&identity()).unwrap();
+    with_pt(&mut b);
+    let data = ObjectData {
+        compression: 0,
+        checksum: Sha1::digest(b"held").into(),
+        data: b"held".to_vec(),
+    };
+    // A store writes its data row and holds the object until vote: pending, uncommitted.
+    b.store(Tid(99), Oid(3), Value::Data(data)).unwrap();
+    kill(&b);
+    let e = b.vote(Tid(99), Some(&TxnMeta::default())).unwrap_err();
+    assert!(
+        matches!(e, DbError::ConnectionLost(_)) && e.is_fatal(),
+        "expected a fatal ConnectionLost, got {e:?}"
+    );
+    assert_eq!(b.engine().reconnects(), 0);
+    drop(b);
+    // Nothing of it was committed: the vote did not happen.
+    let b = f.open(&identity()).unwrap();
+    assert!(b.locked_transactions().unwrap().is_empty());
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::disallowed_methods, clippy::disallowed_types)]
 
 use neo::sim::scenario::{self, RunOptions, Scenario};
+use neo::sim::script::{replay_command, run_script};
 use neo::sim::sweep::{run_checked, sweep, SweepOptions};
 use neo::sim::MUTANTS;
 
@@ -68,34 +69,41 @@ pub fn mutants_are_caught(scenario: Scenario) {
         .collect();
     assert!(!mutants.is_empty(), "no mutant for {scenario}");
     for (name, sc, what) in mutants {
-        let mut base = RunOptions::new(*sc, env("NEO_SIM_SEED_START", 0));
-        base.mutant = Some(scenario::mutant(name).unwrap());
-        let report = sweep(&SweepOptions {
-            base,
-            count: 1000,
-            jobs: jobs(),
-            stop_at_first: true,
-            determinism_every: 0,
-            progress: false,
-        });
-        let first = report
-            .first
-            .unwrap_or_else(|| panic!("mutant {name} ({what}) survived 1000 seeds"));
-        // Caught by the mutant, not by a bug the seed finds anyway.
-        let mut plain = first.opts.clone();
-        plain.mutant = None;
-        let (_, failed) = run_checked(&plain, false);
-        assert_eq!(
-            failed,
-            None,
-            "mutant {name}'s catching seed {} fails without the mutant too; replay: {}",
-            plain.seed,
-            plain.replay_command()
-        );
-        eprintln!(
-            "mutant {name} caught by seed {}: {}",
-            first.opts.seed, first.what
-        );
+        let start = env("NEO_SIM_SEED_START", 0);
+        let mut from = start;
+        // Caught by the mutant, not by a bug the seed finds anyway: a seed that fails
+        // without the mutant too is skipped (the plain sweeps report it).
+        let (seed, caught) = loop {
+            let count = (start + 1000).saturating_sub(from);
+            assert!(count > 0, "mutant {name} ({what}) survived 1000 seeds");
+            let mut base = RunOptions::new(*sc, from);
+            base.mutant = Some(scenario::mutant(name).unwrap());
+            let report = sweep(&SweepOptions {
+                base,
+                count,
+                jobs: jobs(),
+                stop_at_first: true,
+                determinism_every: 0,
+                progress: false,
+            });
+            let first = report
+                .first
+                .unwrap_or_else(|| panic!("mutant {name} ({what}) survived 1000 seeds"));
+            let mut plain = first.opts.clone();
+            plain.mutant = None;
+            match run_checked(&plain, false) {
+                (_, None) => break (first.opts.seed, first.what),
+                (_, Some(also)) => {
+                    eprintln!(
+                        "mutant {name}: seed {} fails without the mutant too ({also}); replay: {}",
+                        plain.seed,
+                        plain.replay_command()
+                    );
+                    from = plain.seed + 1;
+                }
+            }
+        };
+        eprintln!("mutant {name} caught by seed {seed}: {caught}");
     }
 }
 
@@ -112,4 +120,37 @@ pub fn regressions_pass(scenario: Scenario, seeds: &[u64]) {
             );
         }
     }
+}
+
+/// Run a script (`neo::sim::script`) for each count of masters over the test's seed range,
+/// each run caught; panic with every failure's replay command (which replays that run).
+pub fn script_passes(name: &str, masters: &[usize], default_seeds: u64) {
+    let mut failures = Vec::new();
+    for &m in masters {
+        for seed in seeds(default_seeds) {
+            let r = std::panic::catch_unwind(|| run_script(name, seed, m, false));
+            let what = match r {
+                Ok(r) => r.failure,
+                Err(p) => Some(format!(
+                    "panicked: {}",
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                )),
+            };
+            if let Some(what) = what {
+                failures.push(format!(
+                    "seed {seed} ({m} masters): {what}\n  replay: {}",
+                    replay_command(name, seed, m)
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "script {name}: {} failed runs:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

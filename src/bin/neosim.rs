@@ -1,7 +1,8 @@
 //! `neosim`: run, sweep, replay and benchmark simulated clusters.
 //!
-//! Every failure prints its seed and the one command that replays it; `replay` always ends
-//! with `trace-hash: <hex>`, equal for two replays of the same seed.
+//! Every failure (a panic inside a run included) prints its seed and the one command that
+//! replays it; `replay` always ends with `trace-hash: <hex>`, equal for two replays of the
+//! same seed, in one process or two. `replay --script NAME` replays a scripted test's run.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::io::Write;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use neo::sim::scenario::{self, RunOptions, Scenario};
+use neo::sim::script;
 use neo::sim::sweep::{self, SweepOptions};
 
 #[derive(Parser)]
@@ -100,6 +102,10 @@ enum Cmd {
         common: Common,
         #[arg(long)]
         seed: u64,
+        /// Replay a scripted test's run (election: elect, crash-primary, partition-primary,
+        /// network-only) instead of the scenario's swarm.
+        #[arg(long, value_parser = script::script)]
+        script: Option<&'static str>,
         /// Print one line per step, and the nodes' logs.
         #[arg(long)]
         trace: bool,
@@ -161,7 +167,7 @@ fn run_one(opts: &RunOptions) -> ExitCode {
     let plan = scenario::plan(opts);
     say!("shape: {}", plan.shape());
     say!("swarm: {}", plan.swarm);
-    let report = scenario::run(opts);
+    let report = sweep::run_caught(opts);
     say!(
         "simulated: {:.3}s in {} steps",
         report.sim_time.as_secs_f64(),
@@ -182,6 +188,43 @@ fn run_one(opts: &RunOptions) -> ExitCode {
     code
 }
 
+fn run_script(common: &Common, name: &'static str, seed: u64, trace: bool) -> ExitCode {
+    if trace {
+        log_nodes();
+    }
+    let masters = common.masters.unwrap_or(3) as usize;
+    say!(
+        "scenario: {}, script: {name}, seed: {seed}",
+        common.scenario
+    );
+    let r = match std::panic::catch_unwind(|| script::run_script(name, seed, masters, trace)) {
+        Ok(r) => r,
+        Err(_) => {
+            say!("outcome: FAILED: panicked (message above)");
+            say!("replay: {}", script::replay_command(name, seed, masters));
+            return ExitCode::FAILURE;
+        }
+    };
+    say!(
+        "simulated: {:.3}s in {} steps",
+        r.sim_time.as_secs_f64(),
+        r.steps
+    );
+    let code = match &r.failure {
+        None => {
+            say!("outcome: ok");
+            ExitCode::SUCCESS
+        }
+        Some(f) => {
+            say!("outcome: FAILED: {f}");
+            say!("replay: {}", script::replay_command(name, seed, masters));
+            ExitCode::FAILURE
+        }
+    };
+    say!("trace-hash: {:016x}", r.trace_hash);
+    code
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -193,6 +236,13 @@ fn main() -> ExitCode {
         Cmd::Replay {
             common,
             seed,
+            script: Some(name),
+            trace,
+        } => run_script(&common, name, seed, trace),
+        Cmd::Replay {
+            common,
+            seed,
+            script: None,
             trace,
         } => run_one(&options(&common, seed, trace)),
         Cmd::Sweep {

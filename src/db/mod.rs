@@ -1,6 +1,10 @@
 //! The storage node's disk: the [`Backend`] trait with NEO's data model, its SQLite and
-//! MySQL/MariaDB implementations (one SQL core, `sql`, over two engines), and the
-//! conformance suite both must pass.
+//! MySQL/MariaDB implementations (one SQL core, `sql`, over two engines), the conformance
+//! suite both must pass, and `faulty`, a wrapper that injects disk faults (the simulator's).
+//!
+//! Errors come in two kinds ([`DbError::is_fatal`]): a request that cannot be served
+//! (answered with an error; nothing was written) and a database that cannot be trusted any
+//! more (the node stops, saying why).
 //!
 //! The data model (neo-spec section 12): `config` (schema version, cluster name, node id,
 //! partition-table id, replicas, truncate and backup TIDs), the node's view of the partition
@@ -27,6 +31,7 @@
 //! iterates a `HashMap`.
 
 pub mod conformance;
+pub mod faulty;
 pub mod mysql;
 pub mod sql;
 pub mod sqlite;
@@ -84,6 +89,47 @@ pub enum DbError {
     /// A transaction's metadata exceeds `MAX_TXN_OIDS` or `MAX_TXN_TEXT`; nothing was written.
     #[error("transaction metadata too large: {0}")]
     TooLarge(String),
+    /// The disk failed a read or a write (EIO).
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// The disk is full (ENOSPC): a write that had to succeed did not.
+    #[error("no space left on device: {0}")]
+    NoSpace(String),
+    /// The connection to the database server was lost while changes were pending on it:
+    /// reconnecting would silently lose them.
+    #[error("lost the connection to the database with changes pending: {0}")]
+    ConnectionLost(String),
+}
+
+impl DbError {
+    /// Whether the database can no longer be trusted, so the node must stop (saying why),
+    /// rather than one request could not be served.
+    ///
+    /// Request-level errors (metadata too large, an undo whose data was packed away, data
+    /// whose checksum collides with stored data, no partition table yet) are all detected
+    /// before anything is written, so the node answers the request with an error and goes
+    /// on with nothing half done. Every other error may have left the database, or what the
+    /// node believes of it, in an unknown state: the node stops, and what it had not
+    /// committed is rolled back with its connection.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(
+            self,
+            DbError::TooLarge(_)
+                | DbError::UndoPack { .. }
+                | DbError::ChecksumCollision(_)
+                | DbError::NoPartitionTable
+        )
+    }
+
+    /// The code of the `Error` answer to a request this error failed.
+    pub fn error_code(&self) -> crate::proto::ErrorCode {
+        use crate::proto::ErrorCode;
+        match self {
+            DbError::UndoPack { .. } => ErrorCode::UndoPackError,
+            DbError::NoPartitionTable => ErrorCode::NotReady,
+            _ => ErrorCode::ProtocolError,
+        }
+    }
 }
 
 pub type DbResult<T> = Result<T, DbError>;

@@ -11,13 +11,20 @@
 //! `GET_LOCK('<database>.neostorage')` held by the backend's connection, keeps a second
 //! storage node out (`DbError::Locked`); the server drops it with the connection.
 //!
+//! A lost connection ("server has gone away", a killed session, a server restart) is
+//! re-established, with its lock, and the statement run again, when nothing was pending on
+//! it: no write since the last commit (which also covers the data rows `store` writes for
+//! the objects the backend holds until `vote`). With writes pending, their loss would go
+//! unnoticed: the call fails with `DbError::ConnectionLost` (fatal) instead, as NEO 1.2 made
+//! its MySQL backend do.
+//!
 //! Big values: a statement may not exceed the server's `max_allowed_packet` (MariaDB's
 //! default is 16 MiB), so values are stored in pieces of at most [`CHUNK`] bytes: the first in
 //! `data.value`, the others in `bigdata` rows, with the total in `data.size`. Metadata is
 //! bounded by `MAX_TXN_OIDS` / `MAX_TXN_TEXT` and multi-row inserts by [`ROWS_PER_INSERT`],
 //! so no statement or row exceeds [`REQUIRED_MAX_ALLOWED_PACKET`], which opening checks.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::time::Duration;
 
@@ -165,13 +172,75 @@ pub fn parse_database(s: &str) -> Result<MysqlTarget, String> {
     })
 }
 
-/// The MySQL engine: the connection (queries need `&mut`, reads are `&self`).
+/// The MySQL engine: the connection (queries need `&mut`, reads are `&self`), and what it
+/// takes to open it again.
 pub struct Mysql {
     conn: RefCell<Conn>,
+    target: MysqlTarget,
+    /// Whether a write is pending (not committed) on the connection.
+    pending: Cell<bool>,
+    /// How many times the connection was re-established.
+    reconnects: Cell<u64>,
 }
 
 fn err(e: mysql::Error) -> DbError {
     DbError::Backend(format!("MySQL: {e}"))
+}
+
+/// Whether an error means the connection is gone (rather than a statement failed).
+fn connection_lost(e: &mysql::Error) -> bool {
+    match e {
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => true,
+        mysql::Error::DriverError(d) => matches!(
+            d,
+            mysql::DriverError::PacketOutOfSync | mysql::DriverError::UnexpectedPacket
+        ),
+        // CR_SERVER_GONE_ERROR, CR_SERVER_LOST, ER_CONNECTION_KILLED, ER_SERVER_SHUTDOWN.
+        mysql::Error::MySqlError(m) => matches!(m.code, 2006 | 2013 | 1927 | 1053),
+        _ => false,
+    }
+}
+
+/// Open a session on the server: settings, the database's lock, the packet limit, the
+/// database itself.
+fn connect(target: &MysqlTarget) -> DbResult<Conn> {
+    let opts = target
+        .opts()
+        .tcp_connect_timeout(Some(Duration::from_secs(10)));
+    let mut conn = Conn::new(opts).map_err(|e| {
+        DbError::Unusable(format!("cannot connect to MySQL at {}: {e}", target.server))
+    })?;
+    conn.query_drop(
+        "SET SESSION sql_mode = 'TRADITIONAL,NO_ENGINE_SUBSTITUTION', \
+         autocommit = 0, wait_timeout = 2147483",
+    )
+    .map_err(err)?;
+    let db = &target.database;
+    let lock: Option<Option<i64>> = conn
+        .exec_first(
+            "SELECT GET_LOCK(?, ?)",
+            (format!("{db}.neostorage"), LOCK_WAIT.as_secs()),
+        )
+        .map_err(err)?;
+    if lock != Some(Some(1)) {
+        return Err(DbError::Locked(db.clone()));
+    }
+    let packet: Option<u64> = conn
+        .query_first("SELECT @@max_allowed_packet")
+        .map_err(err)?;
+    let packet = packet.unwrap_or(0);
+    if packet < REQUIRED_MAX_ALLOWED_PACKET {
+        return Err(DbError::Unusable(format!(
+            "the MySQL server's max_allowed_packet is {packet} bytes; the storage node \
+             needs at least {REQUIRED_MAX_ALLOWED_PACKET} \
+             (SET GLOBAL max_allowed_packet = {REQUIRED_MAX_ALLOWED_PACKET}, or \
+             max_allowed_packet in the server's configuration)"
+        )));
+    }
+    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
+        .map_err(err)?;
+    conn.select_db(db).map_err(err)?;
+    Ok(conn)
 }
 
 fn values(params: &[Param]) -> Vec<mysql::Value> {
@@ -201,50 +270,61 @@ impl SqlBackend<Mysql> {
     /// Connect, lock and open (creating it if needed) the database; see the module doc.
     pub fn open(database: &str, identity: &Identity) -> DbResult<Self> {
         let target = parse_database(database).map_err(DbError::Unusable)?;
-        let opts = target
-            .opts()
-            .tcp_connect_timeout(Some(Duration::from_secs(10)));
-        let conn = Conn::new(opts).map_err(|e| {
-            DbError::Unusable(format!("cannot connect to MySQL at {}: {e}", target.server))
-        })?;
+        let conn = connect(&target)?;
         let engine = Mysql {
             conn: RefCell::new(conn),
+            target,
+            pending: Cell::new(false),
+            reconnects: Cell::new(0),
         };
-        engine.text(
-            "SET SESSION sql_mode = 'TRADITIONAL,NO_ENGINE_SUBSTITUTION', \
-             autocommit = 0, wait_timeout = 2147483",
-        )?;
-        let db = &target.database;
-        let lock = engine.query(
-            "SELECT GET_LOCK(?, ?)",
-            &[
-                Param::Text(&format!("{db}.neostorage")),
-                Param::U64(LOCK_WAIT.as_secs()),
-            ],
-        )?;
-        if lock[0][0] != Field::Int(1) {
-            return Err(DbError::Locked(db.clone()));
-        }
-        let packet = engine.query("SELECT @@max_allowed_packet", &[])?[0][0].u64()?;
-        if packet < REQUIRED_MAX_ALLOWED_PACKET {
-            return Err(DbError::Unusable(format!(
-                "the MySQL server's max_allowed_packet is {packet} bytes; the storage node \
-                 needs at least {REQUIRED_MAX_ALLOWED_PACKET} \
-                 (SET GLOBAL max_allowed_packet = {REQUIRED_MAX_ALLOWED_PACKET}, or \
-                 max_allowed_packet in the server's configuration)"
-            )));
-        }
-        engine.text(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"))?;
-        engine.conn.borrow_mut().select_db(db).map_err(err)?;
         let initialised = check_identity(&engine, identity)?;
         SqlBackend::start(engine, identity, initialised)
     }
 }
 
 impl Mysql {
+    /// The server's id of the connection (for tests that kill it).
+    pub fn connection_id(&self) -> u32 {
+        self.conn.borrow().connection_id()
+    }
+
+    /// How many times the connection was re-established.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.get()
+    }
+
+    /// Run `f` on the connection; if the connection is found lost, re-establish it and run
+    /// `f` again when nothing was pending, or fail for good when something was.
+    fn with_conn<T>(
+        &self,
+        writes: bool,
+        f: impl Fn(&mut Conn) -> Result<T, mysql::Error>,
+    ) -> DbResult<T> {
+        let first = f(&mut self.conn.borrow_mut());
+        let result = match first {
+            Err(e) if connection_lost(&e) => {
+                if self.pending.get() {
+                    return Err(DbError::ConnectionLost(format!(
+                        "MySQL: {e} (uncommitted writes would be lost)"
+                    )));
+                }
+                // Nothing to lose: the server rolled back nothing of ours.
+                let conn = connect(&self.target)?;
+                *self.conn.borrow_mut() = conn;
+                self.reconnects.set(self.reconnects.get() + 1);
+                f(&mut self.conn.borrow_mut()).map_err(err)
+            }
+            other => other.map_err(err),
+        };
+        if writes && result.is_ok() {
+            self.pending.set(true);
+        }
+        result
+    }
+
     /// A statement without parameters or results, in the text protocol.
     fn text(&self, sql: &str) -> DbResult<()> {
-        self.conn.borrow_mut().query_drop(sql).map_err(err)
+        self.with_conn(true, |c| c.query_drop(sql))
     }
 }
 
@@ -291,31 +371,28 @@ impl Engine for Mysql {
         if params.is_empty() {
             return self.text(sql);
         }
-        self.conn
-            .borrow_mut()
-            .exec_drop(sql, values(params))
-            .map_err(err)
+        self.with_conn(true, |c| c.exec_drop(sql, values(params)))
     }
 
     fn query(&self, sql: &str, params: &[Param]) -> DbResult<Vec<Row>> {
         // Always the binary protocol: integers come back as integers.
-        let mut conn = self.conn.borrow_mut();
-        let result = conn.exec_iter(sql, values(params)).map_err(err)?;
-        let mut rows = Vec::new();
-        for row in result {
-            let row = row.map_err(err)?;
-            rows.push(
-                row.unwrap()
-                    .into_iter()
-                    .map(field)
-                    .collect::<DbResult<Row>>()?,
-            );
-        }
-        Ok(rows)
+        let rows = self.with_conn(false, |c| {
+            let result = c.exec_iter(sql, values(params))?;
+            let mut rows = Vec::new();
+            for row in result {
+                rows.push(row?.unwrap());
+            }
+            Ok(rows)
+        })?;
+        rows.into_iter()
+            .map(|row| row.into_iter().map(field).collect::<DbResult<Row>>())
+            .collect()
     }
 
     fn commit(&self) -> DbResult<()> {
-        self.text("COMMIT")
+        self.with_conn(false, |c| c.query_drop("COMMIT"))?;
+        self.pending.set(false);
+        Ok(())
     }
 
     fn table_exists(&self, table: &str) -> DbResult<bool> {

@@ -5,10 +5,10 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::clock::NodeClock;
+use super::disk::Disks;
 use super::faults::Swarm;
 use super::hostile::{HostileConfig, HostilePeer, Target};
 use super::net::NodeIdx;
@@ -20,7 +20,7 @@ use crate::actors::admin::{Admin, AdminConfig};
 use crate::actors::master::{Master, MasterConfig};
 use crate::actors::storage::{Storage, StorageConfig};
 use crate::ctl::CtlCommand;
-use crate::db::sqlite::{MemoryAnchor, SqliteBackend};
+use crate::db::sqlite::SqliteBackend;
 use crate::db::Identity;
 use crate::proto::{Address, ClusterState, NodeType};
 use crate::rng::{self, ChaCha8Rng};
@@ -94,34 +94,37 @@ pub fn add_masters(
     addresses
 }
 
-/// In-memory database names are global to the process: sweeps run worlds on several
-/// threads, so each world's names get a unique prefix (not part of any trace).
-fn unique_prefix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "neo-sim-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// The storages' databases: in-memory SQLite, kept alive by their anchors for the whole
-/// run (a crash drops the node's connection, not the data). A scenario may write into them
-/// (by name) before the storages start.
+/// The storages' disks, one per storage to add (see `sim::disk`): storage `i` will be node
+/// `first + i`. A scenario may write into them before the storages start.
 pub struct Databases {
-    pub names: Vec<String>,
-    anchors: Vec<Rc<MemoryAnchor>>,
+    first: NodeIdx,
+    count: usize,
+    disks: Disks,
 }
 
 impl Databases {
-    pub fn new(count: usize) -> Databases {
-        let prefix = unique_prefix();
-        let names: Vec<String> = (0..count).map(|i| format!("{prefix}-s{}", i + 1)).collect();
-        let anchors = names
-            .iter()
-            .map(|n| Rc::new(MemoryAnchor::new(n).expect("sim: memory database")))
-            .collect();
-        Databases { names, anchors }
+    /// Disks for the next `count` nodes the world adds (add the storages next).
+    pub fn new(w: &mut World, count: usize) -> Databases {
+        let first = w.next_node();
+        for i in 0..count {
+            w.disks.add(first + i).expect("sim: memory database");
+        }
+        Databases {
+            first,
+            count,
+            disks: w.disks.clone(),
+        }
+    }
+
+    /// Open every disk outside any process (a scenario writing history before the start).
+    pub fn open_all(&self) -> Vec<SqliteBackend> {
+        (0..self.count)
+            .map(|i| {
+                self.disks
+                    .open_plain(self.first + i, &Self::identity())
+                    .expect("sim: memory database")
+            })
+            .collect()
     }
 
     /// The identity a new storage's database starts with: this cluster, no node id yet.
@@ -143,21 +146,20 @@ pub fn add_storages(
 ) -> Vec<NodeIdx> {
     let identity = Databases::identity();
     let mut added = Vec::new();
-    for (i, name) in dbs.names.iter().enumerate() {
+    assert_eq!(w.next_node(), dbs.first, "sim: storages come right after their disks");
+    for i in 0..dbs.count {
         let cfg = StorageConfig {
             cluster: CLUSTER.into(),
             bind: storage_address(i),
             masters: masters.to_vec(),
         };
-        let (name, identity, anchor) = (name.clone(), identity.clone(), dbs.anchors[i].clone());
+        let (disks, identity, node) = (dbs.disks.clone(), identity.clone(), dbs.first + i);
         let clock = node_clock(rng, swarm);
         let start = rng::duration(rng, Duration::ZERO, Duration::from_secs(5));
         let make = move || {
-            let _keep = &anchor;
-            // A restarted process opens the same database (the previous one was dropped).
-            let db =
-                SqliteBackend::memory(&name, &identity).expect("sim: reopening a memory database");
-            NodeActor::Storage(Box::new(Storage::new(cfg.clone(), Box::new(db))))
+            // A restarted process opens its disk again (the previous process's was dropped).
+            let db = disks.open(node, &identity);
+            NodeActor::Storage(Box::new(Storage::new(cfg.clone(), db)))
         };
         added.push(w.add_node(
             format!("s{}", i + 1),

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::disk::IoRates;
 use super::net::Latency;
 use super::world::World;
 use crate::rng::{self, ChaCha8Rng};
@@ -67,6 +68,16 @@ pub struct Swarm {
     /// Clock jumps (either way); the duration is the size of the jump.
     pub clock_jump: Option<Rate>,
     pub buggify: bool,
+    /// Chance that a storage's database read fails with EIO (per call).
+    pub read_errors: f64,
+    /// Chance that a storage's database write fails with EIO or ENOSPC (per call).
+    pub write_errors: f64,
+    /// Slow database calls: chance per call, and the longest (the node stalls that long).
+    pub slow_io: Option<(f64, Duration)>,
+    /// Restarts of a storage with a wiped disk; the duration is the time until restart.
+    pub wipe: Option<Rate>,
+    /// Restarts of a storage with another running storage's disk (refused).
+    pub swap: Option<Rate>,
 }
 
 impl Swarm {
@@ -89,6 +100,22 @@ impl Swarm {
             drift_ppm: 0,
             clock_jump: None,
             buggify: false,
+            read_errors: 0.0,
+            write_errors: 0.0,
+            slow_io: None,
+            wipe: None,
+            swap: None,
+        }
+    }
+
+    /// The disks' I/O fault rates.
+    pub fn io_rates(&self) -> IoRates {
+        let (slow, slow_max) = self.slow_io.unwrap_or_default();
+        IoRates {
+            read_error: self.read_errors,
+            write_error: self.write_errors,
+            slow,
+            slow_max,
         }
     }
 
@@ -103,7 +130,7 @@ impl Swarm {
             slow_max: rng::duration(rng, ms(50), s(3)),
         };
         let skewed = rng::chance(rng, 0.5);
-        Swarm {
+        let mut swarm = Swarm {
             latency,
             crash: Rate::draw(rng, 0.5, (0.005, 0.05), ms(100), s(30)),
             pause: Rate::draw(rng, 0.3, (0.005, 0.03), ms(50), s(20)),
@@ -127,7 +154,32 @@ impl Swarm {
             },
             clock_jump: Rate::draw(rng, 0.25, (0.002, 0.02), ms(1), s(120)),
             buggify: rng::chance(rng, 0.5),
-        }
+            ..Swarm::calm()
+        };
+        // Disk faults are drawn last, so the draws above (and a seed's other faults) stay
+        // what they were before disks could fail.
+        let rate = |rng: &mut ChaCha8Rng, on: f64, max: f64| {
+            if rng::chance(rng, on) {
+                rng::unit(rng) * max
+            } else {
+                0.0
+            }
+        };
+        swarm.read_errors = rate(rng, 0.25, 0.1);
+        swarm.write_errors = rate(rng, 0.25, 0.1);
+        swarm.slow_io =
+            rng::chance(rng, 0.25).then(|| (rng::unit(rng) * 0.2, rng::duration(rng, ms(1), s(3))));
+        swarm.wipe = Rate::draw(rng, 0.2, (0.002, 0.02), ms(100), s(30));
+        swarm.swap = Rate::draw(rng, 0.2, (0.002, 0.02), ms(100), s(10));
+        swarm
+    }
+}
+
+fn per_call(p: f64) -> String {
+    if p > 0.0 {
+        format!("{:.2}%/call", p * 100.0)
+    } else {
+        "off".into()
     }
 }
 
@@ -136,7 +188,7 @@ impl fmt::Display for Swarm {
         let opt = |r: &Option<Rate>| r.as_ref().map_or("off".to_string(), |r| r.to_string());
         write!(
             f,
-            "latency {:?}..{:?} (slow {:.1}% up to {:?}); crash {}; pause {}; partition {} (one way {:.0}%); clog {}; reset {:.1}%/s; clock offset ±{:?} drift ±{}ppm jumps {}; buggify {}",
+            "latency {:?}..{:?} (slow {:.1}% up to {:?}); crash {}; pause {}; partition {} (one way {:.0}%); clog {}; reset {:.1}%/s; clock offset ±{:?} drift ±{}ppm jumps {}; buggify {}; disk: read errors {}, write errors (EIO/ENOSPC) {}, slow io {}, wiped-disk restarts {}, swapped-disk restarts {}",
             self.latency.min,
             self.latency.max,
             self.latency.slow_p * 100.0,
@@ -151,6 +203,14 @@ impl fmt::Display for Swarm {
             self.drift_ppm,
             opt(&self.clock_jump),
             if self.buggify { "on" } else { "off" },
+            per_call(self.read_errors),
+            per_call(self.write_errors),
+            self.slow_io.map_or("off".to_string(), |(p, max)| format!(
+                "{:.1}%/call up to {max:?}",
+                p * 100.0
+            )),
+            opt(&self.wipe),
+            opt(&self.swap),
         )
     }
 }
@@ -177,6 +237,19 @@ impl Injector {
 
     fn any_node(&mut self, w: &World) -> usize {
         rng::below(&mut self.rng, w.nodes.len() as u64) as usize
+    }
+
+    /// A running storage (a node with a disk), if any.
+    fn running_storage(&mut self, w: &World, except: Option<usize>) -> Option<usize> {
+        let up: Vec<usize> = (0..w.nodes.len())
+            .filter(|i| w.disks.has(*i) && w.nodes[*i].is_up() && Some(*i) != except)
+            .collect();
+        (!up.is_empty()).then(|| *rng::pick(&mut self.rng, &up))
+    }
+
+    /// Set the disks' I/O fault rates (when the faults start).
+    pub fn start(&self, w: &mut World) {
+        w.set_disk_faults(&self.swarm.io_rates());
     }
 
     pub fn tick(&mut self, w: &mut World) {
@@ -224,6 +297,18 @@ impl Injector {
                 -ns
             };
             w.jump_clock(n, by);
+        }
+        if let Some(down) = self.strikes(&swarm.wipe) {
+            if let Some(n) = self.running_storage(w, None) {
+                w.restart_wiped(n, down);
+            }
+        }
+        if let Some(down) = self.strikes(&swarm.swap) {
+            if let Some(n) = self.running_storage(w, None) {
+                if let Some(with) = self.running_storage(w, Some(n)) {
+                    w.restart_swapped(n, with, down);
+                }
+            }
         }
     }
 }

@@ -4,14 +4,86 @@
 //! This is the one place of the simulator that uses threads and the wall clock: each thread
 //! runs whole worlds, one at a time, so every run stays single-threaded and deterministic;
 //! only the order in which seeds finish varies, and the report does not depend on it.
+//!
+//! A panic inside a run (a node, a checker, the simulator) is caught and reported as that
+//! seed's failure, with its message and where it happened: a sweep never loses a seed. While
+//! a run is caught, the panic hook records the panic instead of printing it (one report per
+//! seed, not a screenful per thread); panics elsewhere print as usual.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use std::cell::{Cell, RefCell};
 use std::io::{IsTerminal, Write};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
-use super::scenario::{run, RunOptions, RunReport};
+use super::scenario::{plan, run, RunOptions, RunReport};
+use super::world::Failure;
+
+/// A mutant name no scenario knows: the world panics in runs of odd seeds, so tests can
+/// prove that a panic is reported with its seed (see `World::run_until`).
+pub const PANIC_HOOK: &str = "test-hook-panic-inside-a-run";
+
+thread_local! {
+    /// Whether this thread is inside a caught run.
+    static CATCHING: Cell<bool> = const { Cell::new(false) };
+    /// The last panic caught on this thread: message and location.
+    static CAUGHT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Install (once) the hook that records panics of caught runs instead of printing them.
+fn install_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !CATCHING.with(Cell::get) {
+                return previous(info);
+            }
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            let place = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            CAUGHT.with(|c| *c.borrow_mut() = Some(format!("{message}{place}")));
+        }));
+    });
+}
+
+/// Run one seed; a panic inside the run is its failure (the report then has the plan's
+/// shape and swarm, and no trace).
+pub fn run_caught(opts: &RunOptions) -> RunReport {
+    install_hook();
+    CATCHING.with(|c| c.set(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(|| run(opts)));
+    CATCHING.with(|c| c.set(false));
+    match result {
+        Ok(report) => report,
+        Err(_) => {
+            let what = CAUGHT
+                .with(|c| c.borrow_mut().take())
+                .unwrap_or_else(|| "(no message)".into());
+            let p = plan(opts);
+            RunReport {
+                shape: p.shape(),
+                swarm: p.swarm.to_string(),
+                failure: Some(Failure {
+                    at: Duration::ZERO,
+                    what: format!("panicked: {what}"),
+                }),
+                trace_hash: 0,
+                sim_time: Duration::ZERO,
+                steps: 0,
+            }
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct SweepOptions {
@@ -49,13 +121,17 @@ pub struct SweepReport {
 /// Run one seed, and again if asked to check determinism. Returns the report and what
 /// failed, if anything.
 pub fn run_checked(opts: &RunOptions, twice: bool) -> (RunReport, Option<String>) {
-    let report = run(opts);
+    let report = run_caught(opts);
     if let Some(f) = &report.failure {
-        let what = format!("{} (at {:.3}s)", f.what, f.at.as_secs_f64());
+        let what = if report.steps == 0 {
+            f.what.clone()
+        } else {
+            format!("{} (at {:.3}s)", f.what, f.at.as_secs_f64())
+        };
         return (report, Some(what));
     }
     if twice {
-        let again = run(opts);
+        let again = run_caught(opts);
         if again.trace_hash != report.trace_hash {
             let what = format!(
                 "nondeterminism: the same seed gave trace hashes {:016x} and {:016x}",
@@ -152,11 +228,45 @@ pub fn bench(base: &RunOptions, min_wall: Duration) -> BenchReport {
     while r.seeds == 0 || started.elapsed() < min_wall {
         let mut o = base.clone();
         o.seed = base.seed.wrapping_add(r.seeds);
-        let report = run(&o);
+        let report = run_caught(&o);
         r.seeds += 1;
         r.sim_time += report.sim_time;
         r.steps += report.steps;
     }
     r.wall = started.elapsed();
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::scenario::Scenario;
+
+    #[test]
+    fn a_panic_inside_a_run_is_that_seeds_failure_not_a_lost_sweep() {
+        let mut base = RunOptions::new(Scenario::Election, 10);
+        base.mutant = Some(PANIC_HOOK);
+        base.masters = Some(1);
+        let r = sweep(&SweepOptions {
+            base,
+            count: 4,
+            jobs: 2,
+            stop_at_first: false,
+            determinism_every: 0,
+            progress: false,
+        });
+        assert_eq!(r.run, 4, "every seed ran");
+        let failed: Vec<u64> = r.failures.iter().map(|(s, _)| *s).collect();
+        assert_eq!(failed, vec![11, 13], "{:?}", r.failures);
+        let first = r.first.expect("a failure");
+        assert_eq!(first.opts.seed, 11);
+        assert!(
+            first.what.contains("panicked: test hook") && first.what.contains("world.rs"),
+            "{}",
+            first.what
+        );
+        assert!(first.opts.replay_command().contains("--seed 11"));
+        // The hook is off outside caught runs: this thread's panics still panic.
+        assert!(panic::catch_unwind(|| panic!("plain")).is_err());
+    }
 }

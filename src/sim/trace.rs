@@ -1,5 +1,6 @@
-//! The run's trace: every step feeds a rolling hash (so two runs of one seed can be compared
-//! cheaply) and, when asked, is printed as one line.
+//! The run's trace: every step (what a node received, and what it emitted) feeds a rolling
+//! hash (so two runs of one seed can be compared cheaply) and, when asked, is printed as one
+//! line.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -53,6 +54,11 @@ impl Trace {
             // A closed pipe (`| head`) is not an error worth dying for.
             let _ = writeln!(std::io::stdout(), "{:>11.6} {}", now.as_secs_f64(), line());
         }
+    }
+
+    /// Record what a node emitted during the current step: it feeds the hash only.
+    pub fn emit(&mut self, key: impl Hash) {
+        key.hash(&mut self.hash);
     }
 
     pub fn hash(&self) -> u64 {

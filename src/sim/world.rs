@@ -3,7 +3,13 @@
 //! Events are ordered by (time, sequence number), so a run is a pure function of the seed.
 //! Every queue event that reaches an actor is traced and hashed, then the scenario's
 //! invariants are checked. The world also offers the controls that faults and scripted
-//! tests use: crash, restart, pause, partition, clog, reset, clock jumps.
+//! tests use: crash, restart, pause, partition, clog, reset, clock jumps, and the storages'
+//! disks (`disk`): I/O faults (a slow call pauses the node's process for the time it took),
+//! restarts with a wiped disk or with another node's disk. Each node's effects are hashed
+//! into the trace as well as what it receives.
+//!
+//! A node that exits on a failure (a storage whose disk failed) is restarted after a while,
+//! as a service manager would.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -11,6 +17,7 @@ use std::time::Duration;
 
 use super::check;
 use super::clock::NodeClock;
+use super::disk::{DiskEvent, DiskEventKind, Disks, IoRates};
 use super::faults::Injector;
 use super::net::{Latency, Net, NodeIdx, SimConnId, State, Wire};
 use super::trace::Trace;
@@ -20,7 +27,7 @@ use crate::actors::storage::Storage;
 use crate::actors::{
     Actor, Buggify, CloseReason, ConnId, Ctx, Effect, Event, NodeEnv, TimerId, CONNECT_TIMEOUT,
 };
-use crate::proto::{Address, WallTime};
+use crate::proto::{Address, Nid, WallTime};
 use crate::rng::{self, ChaCha8Rng};
 
 /// The role a simulated node plays (one variant per actor type, so checkers can look
@@ -42,6 +49,19 @@ impl NodeActor {
             NodeActor::Admin(a) => a.as_mut(),
             NodeActor::Process(p) => p.as_mut(),
         }
+    }
+}
+
+/// Feed one effect of a node to the trace's hash.
+fn emit(trace: &mut Trace, node: NodeIdx, e: &Effect) {
+    match e {
+        Effect::Connect { conn, to } => trace.emit((node, 0u8, conn, to)),
+        Effect::Send { conn, msg } => trace.emit((node, 1u8, conn, msg)),
+        Effect::Close { conn } => trace.emit((node, 2u8, conn)),
+        Effect::SetTimer { id, after, token } => trace.emit((node, 3u8, id, after, token)),
+        Effect::CancelTimer { id } => trace.emit((node, 4u8, id)),
+        Effect::Observe(o) => trace.emit((node, 5u8, o)),
+        Effect::Exit { reason, success } => trace.emit((node, 6u8, reason, success)),
     }
 }
 
@@ -171,6 +191,13 @@ pub struct World {
     /// Nodes that must not be restarted (left down for the liveness phase).
     keep_down: BTreeSet<NodeIdx>,
     effects: Vec<Effect>,
+    /// The storages' disks.
+    pub disks: Disks,
+    disk_events: Vec<DiskEvent>,
+    /// Restarts that will open another node's disk: node -> whose.
+    pending_swaps: BTreeMap<NodeIdx, NodeIdx>,
+    /// Nodes whose process exited on a failure and waits to be restarted.
+    failed: BTreeSet<NodeIdx>,
 }
 
 impl World {
@@ -201,7 +228,29 @@ impl World {
             injector: None,
             keep_down: BTreeSet::new(),
             effects: Vec::new(),
+            disks: Disks::new(rng::stream(seed, 11)),
+            disk_events: Vec::new(),
+            pending_swaps: BTreeMap::new(),
+            failed: BTreeSet::new(),
         }
+    }
+
+    /// What happened to the storages' disks (wipes, swaps), in order.
+    pub fn disk_events(&self) -> &[DiskEvent] {
+        &self.disk_events
+    }
+
+    /// How many times the disk of `node` was wiped so far.
+    pub fn wipes_of(&self, node: NodeIdx) -> usize {
+        self.disk_events
+            .iter()
+            .filter(|e| e.node == node && e.kind == DiskEventKind::Wiped)
+            .count()
+    }
+
+    /// The index the next node added gets.
+    pub fn next_node(&self) -> NodeIdx {
+        self.nodes.len()
     }
 
     pub fn now(&self) -> Duration {
@@ -279,6 +328,12 @@ impl World {
         loop {
             if let Some(f) = &self.failure {
                 return Err(f.clone());
+            }
+            if self.mutant == Some(super::sweep::PANIC_HOOK)
+                && self.seed % 2 == 1
+                && self.now >= Duration::from_secs(1)
+            {
+                panic!("test hook: a panic inside the run of seed {}", self.seed);
             }
             match self.queue.peek() {
                 Some(s) if s.at <= deadline => {}
@@ -386,6 +441,7 @@ impl World {
         let wall = n.clock.wall(self.epoch, self.now);
         let elapsed = self.now - n.started_at;
         let mut effects = std::mem::take(&mut self.effects);
+        self.disks.arm(node, true);
         {
             // Node logs (when a subscriber listens: `neosim replay --trace`) say whose they are.
             let _span = tracing::info_span!("", node = %n.label).entered();
@@ -396,14 +452,58 @@ impl World {
                 .actor()
                 .handle(&mut cx, ev);
         }
+        self.disks.arm(node, false);
+        let stalled = self.disk_faults_seen(node);
         self.apply(node, &mut effects);
         self.effects = effects;
+        if stalled > Duration::ZERO && self.nodes[node].is_up() {
+            // The trace says "pause": a slow disk stalls the whole (synchronous) process.
+            self.pause(node, stalled);
+        }
         true
+    }
+
+    /// What the node's disk did during its last step: injected faults go to the trace
+    /// (before what the node did about them); returns the time its slow calls took.
+    fn disk_faults_seen(&mut self, node: NodeIdx) -> Duration {
+        let (stalled, injected) = self.disks.take(node);
+        for what in injected {
+            let what = format!("{}: {what}", self.nodes[node].label);
+            self.note(what);
+        }
+        stalled
     }
 
     fn start(&mut self, node: NodeIdx) -> bool {
         if self.nodes[node].proc == Proc::Up || self.keep_down.contains(&node) {
             return false;
+        }
+        self.failed.remove(&node);
+        if let Some(with) = self.pending_swaps.remove(&node) {
+            let what = if self.nodes[with].is_up() {
+                self.disks.swap_next(node, with);
+                let old_nid = self.nodes[node].storage().and_then(|s| s.nid());
+                self.disk_events.push(DiskEvent {
+                    node,
+                    at: self.now,
+                    old_nid,
+                    kind: DiskEventKind::Swapped { with },
+                    readable: Vec::new(),
+                    lost_data: false,
+                });
+                format!(
+                    "{} restarts with the disk of {}",
+                    self.nodes[node].label, self.nodes[with].label
+                )
+            } else {
+                // Its owner is down: opening it would succeed, which is another story (a
+                // moved disk); this fault is about the refusal.
+                format!(
+                    "{} restarts with its own disk ({} is down)",
+                    self.nodes[node].label, self.nodes[with].label
+                )
+            };
+            self.note(what);
         }
         let now = self.now;
         let seed = self.seed;
@@ -426,13 +526,20 @@ impl World {
         let n = &mut self.nodes[node];
         let wall = n.clock.wall(self.epoch, now);
         let mut effects = std::mem::take(&mut self.effects);
+        self.disks.arm(node, true);
         {
             let _span = tracing::info_span!("", node = %n.label).entered();
             let mut cx = Ctx::new(wall, Duration::ZERO, &mut n.env, &mut effects);
             n.actor.as_mut().expect("just built").actor().start(&mut cx);
         }
+        self.disks.arm(node, false);
+        let stalled = self.disk_faults_seen(node);
         self.apply(node, &mut effects);
         self.effects = effects;
+        if stalled > Duration::ZERO && self.nodes[node].is_up() {
+            // The trace says "pause": a slow disk stalls the whole (synchronous) process.
+            self.pause(node, stalled);
+        }
         true
     }
 
@@ -441,6 +548,8 @@ impl World {
             if !self.nodes[node].is_up() {
                 break; // it exited: the rest is moot
             }
+            // What a node emits is part of the run as much as what it receives.
+            emit(&mut self.trace, node, &e);
             match e {
                 Effect::Connect { conn, to } => self.net_connect(node, conn, to),
                 Effect::Send { conn, msg } => {
@@ -489,6 +598,16 @@ impl World {
                         format!("{label} exit: {reason} (success: {success})")
                     });
                     self.stop_process(node, Proc::Exited(reason), Wire::Fin);
+                    if !success {
+                        // A service manager restarts a node that failed.
+                        self.failed.insert(node);
+                        let after = rng::duration(
+                            &mut self.rng,
+                            Duration::from_secs(1),
+                            Duration::from_secs(20),
+                        );
+                        self.restart_after(node, after);
+                    }
                 }
             }
         }
@@ -826,7 +945,83 @@ impl World {
         self.nodes[node].clock.jump(by_ns);
     }
 
+    /// Crash a storage and restart it after `after` with a new, empty disk.
+    pub fn restart_wiped(&mut self, node: NodeIdx, after: Duration) {
+        if !self.disks.has(node) {
+            return;
+        }
+        let old_nid = self.nodes[node].storage().and_then(|s| s.nid());
+        // The ids that hold data now: none of them may come back on an empty disk.
+        let readable: BTreeSet<Nid> = self
+            .masters()
+            .filter_map(|(_, m)| m.primary_table())
+            .flat_map(|pt| {
+                (0..pt.partitions())
+                    .flat_map(|p| pt.row(p).filter(|(_, s)| s.is_readable()).map(|(n, _)| n))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        // Whether the wipe loses data for good: a partition whose every readable cell (in
+        // the node's table) was on this disk or on one wiped before.
+        let mut gone: BTreeSet<Nid> = self
+            .disk_events
+            .iter()
+            .filter(|e| e.kind == DiskEventKind::Wiped)
+            .filter_map(|e| e.old_nid)
+            .collect();
+        gone.extend(old_nid);
+        let lost_data = self.nodes[node]
+            .storage()
+            .and_then(|s| s.partition_table())
+            .is_some_and(|pt| {
+                (0..pt.partitions()).any(|p| {
+                    pt.row(p)
+                        .filter(|(_, s)| s.is_readable())
+                        .all(|(n, _)| gone.contains(&n))
+                })
+            });
+        self.crash(node);
+        if self.nodes[node].is_up() {
+            return;
+        }
+        if let Err(e) = self.disks.wipe(node) {
+            self.fail(format!("simulator: wiping a disk: {e}"));
+            return;
+        }
+        let what = format!(
+            "wipe the disk of {} (was {old_nid:?})",
+            self.nodes[node].label
+        );
+        self.note(what);
+        self.disk_events.push(DiskEvent {
+            node,
+            at: self.now,
+            old_nid,
+            kind: DiskEventKind::Wiped,
+            readable: readable.into_iter().collect(),
+            lost_data,
+        });
+        self.restart_after(node, after);
+    }
+
+    /// Crash a storage and restart it after `after` with the disk of `with` (refused if
+    /// `with` is running then); it comes back with its own disk later.
+    pub fn restart_swapped(&mut self, node: NodeIdx, with: NodeIdx, after: Duration) {
+        if node == with || !self.disks.has(node) || !self.disks.has(with) {
+            return;
+        }
+        self.crash(node);
+        self.pending_swaps.insert(node, with);
+        self.restart_after(node, after);
+    }
+
+    /// Set the I/O fault rates of every disk.
+    pub fn set_disk_faults(&mut self, rates: &IoRates) {
+        self.disks.set_rates(rates);
+    }
+
     pub fn start_faults(&mut self, injector: Injector) {
+        injector.start(self);
         let first = self.now + injector.period();
         self.injector = Some(injector);
         self.schedule(first, Ev::FaultTick);
@@ -837,6 +1032,8 @@ impl World {
     /// short); returns when the last one ends.
     pub fn heal_all(&mut self, keep_down: &[NodeIdx]) -> Duration {
         self.injector = None;
+        self.disks.heal();
+        self.pending_swaps.clear();
         for n in &mut self.nodes {
             n.env.stop_buggify();
         }
@@ -846,7 +1043,8 @@ impl World {
         }
         self.keep_down = keep_down.iter().copied().collect();
         for i in 0..self.nodes.len() {
-            if self.nodes[i].proc == Proc::Down && !self.keep_down.contains(&i) {
+            let down = self.nodes[i].proc == Proc::Down || self.failed.contains(&i);
+            if down && !self.keep_down.contains(&i) {
                 self.schedule(self.now, Ev::Start { node: i });
             }
         }

@@ -5,8 +5,13 @@
 //! database and stops.
 //!
 //! The database is a `Box<dyn Backend>` handed over at construction; it outlives the actor
-//! (a crash loses memory and uncommitted work, not what was committed). A database error is
-//! fatal: the node stops rather than serve from a state it cannot trust.
+//! (a crash loses memory and uncommitted work, not what was committed). Database errors come
+//! in two kinds (`DbError::is_fatal`): one request could not be served (answered with an
+//! `Error` packet; nothing was written, and the node goes on), or the database cannot be
+//! trusted any more (I/O error, disk full, gone, corrupt, in use by another process): the
+//! node stops with one log line saying why, and what it had not committed is rolled back
+//! with its connection. Either way nothing is answered as done that was not committed: an
+//! answer is sent only after the database call it reports on returned `Ok`.
 
 use tracing::{debug, error, info, warn};
 
@@ -154,6 +159,33 @@ impl Storage {
         self.stop(cx, format!("database error while {what}: {e}"), false);
     }
 
+    /// A database call failed while serving `msg_id` (a request, if `request`) on `conn`:
+    /// stop if the database cannot be trusted any more; otherwise answer the request with an
+    /// error, or, for a notification we could not apply, reconnect to the primary so that
+    /// it sends us its whole state again.
+    fn db_error(
+        &mut self,
+        cx: &mut Ctx,
+        conn: ConnId,
+        request: Option<u32>,
+        what: &str,
+        e: DbError,
+    ) {
+        if e.is_fatal() {
+            return self.db_failed(cx, what, e);
+        }
+        warn!("{}: {what}: {e}", self.me());
+        match request {
+            Some(id) => self.answer(cx, conn, id, Packet::error(e.error_code(), e.to_string())),
+            None => {
+                let why = format!("could not apply a notification: {e}");
+                if let Some(peer) = self.links.close(cx, conn) {
+                    self.on_closed(cx, conn, peer, CloseReason::Protocol(why));
+                }
+            }
+        }
+    }
+
     fn load(&mut self) -> Result<(), DbError> {
         let config = self.db.config()?;
         self.nid = config.nid;
@@ -200,6 +232,7 @@ impl Storage {
         else {
             return;
         };
+        let mut request = None;
         let result = match ev {
             LinkEvent::Identified { your_nid } => self.identified(your_nid),
             LinkEvent::Told(NodeState::Unknown) => {
@@ -218,10 +251,13 @@ impl Storage {
                 return;
             }
             LinkEvent::ClusterState(_) | LinkEvent::Lost => Ok(()),
-            LinkEvent::Message(msg) => self.on_master_request(cx, conn, msg),
+            LinkEvent::Message(msg) => {
+                request = (msg.packet.kind() == crate::proto::Kind::Request).then_some(msg.id);
+                self.on_master_request(cx, conn, msg)
+            }
         };
         if let Err(e) = result {
-            self.db_failed(cx, "serving the master", e);
+            self.db_error(cx, conn, request, "serving the master", e);
         }
     }
 
@@ -592,6 +628,121 @@ mod tests {
             .iter()
             .any(|e| matches!(e, Effect::Close { conn: c } if *c == conn)));
         assert_eq!(h.actor.backend().config().unwrap().ptid, Some(Ptid(1)));
+    }
+
+    /// A storage over a faulty disk, armed (faults strike), and the disk's controls.
+    fn faulty_storage(
+        name: &str,
+    ) -> (
+        Harness<Storage>,
+        std::rc::Rc<std::cell::RefCell<crate::db::faulty::DiskFaults>>,
+    ) {
+        use crate::db::faulty::{DiskFaults, FaultyBackend};
+        let identity = Identity {
+            cluster: "c".into(),
+            nid: None,
+        };
+        let inner = SqliteBackend::memory(name, &identity).unwrap();
+        let faults = std::rc::Rc::new(std::cell::RefCell::new(DiskFaults::new(
+            crate::rng::stream(1, 1),
+        )));
+        faults.borrow_mut().armed = true;
+        let db = FaultyBackend::new(Box::new(inner), faults.clone());
+        let cfg = StorageConfig {
+            cluster: "c".into(),
+            bind: Address::new("10.0.1.1", 20000),
+            masters: vec![Address::new("10.0.0.1", 10000)],
+        };
+        (Harness::new(Storage::new(cfg, Box::new(db))), faults)
+    }
+
+    #[test]
+    fn a_request_level_database_error_is_answered_and_the_node_goes_on() {
+        let (mut h, faults) = faulty_storage("storage-unit-request-error");
+        let conn = identified(&mut h);
+        faults.borrow_mut().fail_next = Some(DbError::NoPartitionTable);
+        let ask = |id| Event::Received {
+            conn,
+            msg: Message {
+                id,
+                packet: Packet::AskLockedTransactions,
+            },
+        };
+        let out = h.handle(ask(8));
+        assert!(
+            !out.iter().any(|e| matches!(e, Effect::Exit { .. })),
+            "{out:?}"
+        );
+        assert!(
+            matches!(
+                sent(&out, conn).as_slice(),
+                [Packet::Error {
+                    code: ErrorCode::NotReady,
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        // The next request is served as usual.
+        let out = h.handle(ask(9));
+        assert_eq!(
+            sent(&out, conn),
+            vec![Packet::AnswerLockedTransactions {
+                transactions: vec![]
+            }]
+        );
+    }
+
+    #[test]
+    fn a_fatal_database_error_stops_the_node_once_without_answering() {
+        for e in [
+            DbError::Io("injected".into()),
+            DbError::NoSpace("injected".into()),
+        ] {
+            let (mut h, faults) = faulty_storage("storage-unit-fatal-error");
+            let conn = identified(&mut h);
+            faults.borrow_mut().fail_next = Some(e.clone());
+            let table = Packet::SendPartitionTable {
+                ptid: Some(Ptid(2)),
+                num_replicas: 0,
+                rows: vec![vec![(
+                    Nid::new(NodeType::Storage, 1),
+                    crate::proto::CellState::UpToDate,
+                )]],
+            };
+            let out = h.handle(Event::Received {
+                conn,
+                msg: Message {
+                    id: 4,
+                    packet: table,
+                },
+            });
+            let exits: Vec<_> = out
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Exit { reason, success } => Some((reason.clone(), *success)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(exits.len(), 1, "{out:?}");
+            assert!(
+                !exits[0].1 && exits[0].0.contains(&e.to_string()),
+                "{exits:?}"
+            );
+            assert!(sent(&out, conn).is_empty(), "{out:?}");
+            // The table it could not write is not believed either.
+            assert_eq!(h.actor.backend().config().unwrap().ptid, Some(Ptid(1)));
+            assert_eq!(h.actor.partition_table().unwrap().ptid(), Some(Ptid(1)));
+            // Stopped: nothing more is served.
+            let out = h.handle(Event::Received {
+                conn,
+                msg: Message {
+                    id: 5,
+                    packet: Packet::AskRecovery,
+                },
+            });
+            assert!(out.is_empty(), "{out:?}");
+        }
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub fn cluster_world(
             cfg.partitions = plan.partitions;
         },
     );
-    let dbs = Databases::new(plan.storages);
+    let dbs = Databases::new(&mut w, plan.storages);
     let txns = if history {
         verification::prepare(&mut rng::stream(seed, 6), &dbs, plan, w.epoch())
     } else {
@@ -60,6 +60,7 @@ pub fn cluster_world(
     let txns = Rc::new(txns);
     w.add_invariant(Box::new(check::election_safety));
     w.add_invariant(Box::new(storages_consistent));
+    w.add_invariant(Box::new(crate::sim::disk_check::wiped_disks_never_serve));
     w.add_invariant(Box::new(table_watch()));
     w.add_invariant(Box::new(history::table_contents()));
     w.add_invariant(Box::new(history::primary_history()));
@@ -93,7 +94,8 @@ fn active_primary(w: &World) -> Option<(NodeIdx, &Master)> {
 /// one a storage holds with readable cells of its own.
 fn table_watch() -> impl FnMut(&World) -> Result<(), String> {
     type Rows = Vec<Vec<(Nid, CellState)>>;
-    let history: RefCell<BTreeMap<NodeIdx, BTreeMap<Ptid, Rows>>> = RefCell::new(BTreeMap::new());
+    let history: RefCell<BTreeMap<(NodeIdx, usize), BTreeMap<Ptid, Rows>>> =
+        RefCell::new(BTreeMap::new());
     type Last = (Ptid, Rows, Option<Nid>);
     let last: RefCell<BTreeMap<NodeIdx, Last>> = RefCell::new(BTreeMap::new());
     move |w: &World| {
@@ -114,7 +116,8 @@ fn table_watch() -> impl FnMut(&World) -> Result<(), String> {
                     w.label(i)
                 ));
             }
-            let seen = history.entry(i).or_default();
+            // A wiped disk is a new storage: its history starts again.
+            let seen = history.entry((i, w.wipes_of(i))).or_default();
             if let Some((newest, _)) = seen.last_key_value() {
                 if ptid < *newest {
                     return Err(format!(
@@ -301,6 +304,10 @@ pub fn run_cluster(opts: &RunOptions, plan: &Plan, setup: &Setup) -> RunReport {
             cluster_converged(w, &t).and_then(|()| admin.map_or(Ok(()), |a| admin_agrees(w, a)))
         };
         if !w.run_until(deadline, converged_for(STABLE_FOR, converged.clone()))? {
+            if crate::sim::disk_check::lost_to_a_wipe(&w).is_some() {
+                // Data lost with a wiped disk: waiting for it is right; safety still held.
+                return Ok(());
+            }
             let why = converged(&w).err().unwrap_or_else(|| "not for long enough".into());
             return Err(Failure {
                 at: w.now(),

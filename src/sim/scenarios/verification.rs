@@ -199,12 +199,7 @@ pub fn prepare(
     plan: &Plan,
     epoch: WallTime,
 ) -> Vec<ScriptedTxn> {
-    let identity = Databases::identity();
-    let mut open: Vec<SqliteBackend> = dbs
-        .names
-        .iter()
-        .map(|n| SqliteBackend::memory(n, &identity).expect("sim: memory database"))
-        .collect();
+    let mut open = dbs.open_all();
     let nids: Vec<Nid> = (1..=plan.storages as u32)
         .map(|n| Nid::new(NodeType::Storage, n))
         .collect();
