@@ -179,8 +179,12 @@ pub fn spawn<A: Actor + 'static>(
     };
     let reader = actix_rt::spawn(async move {
         let mut decoder = Decoder::with_limit(limit.get());
-        let mut buf = vec![0u8; 64 * 1024];
+        // Small until the peer identifies: a burst of idle connections costs little.
+        let mut buf = vec![0u8; 4 * 1024];
         let reason = 'conn: loop {
+            if buf.len() < 64 * 1024 && limit.get() >= MAX_FRAME_SIZE {
+                buf.resize(64 * 1024, 0);
+            }
             let n = match rd.read(&mut buf).await {
                 Ok(0) => break CloseReason::PeerClosed,
                 Ok(n) => n,

@@ -30,15 +30,9 @@ pub struct LogWriter {
 
 static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
 
-/// Where the writer thread writes.
-pub enum Sink {
-    Stderr,
-    File(std::fs::File),
-}
-
 impl LogWriter {
-    /// Start the writer thread for `sink`.
-    pub fn start(sink: Sink) -> LogWriter {
+    /// Start the writer thread for `sink` (standard error, a file).
+    pub fn start(sink: Box<dyn Write + Send>) -> LogWriter {
         let (tx, rx) = sync_channel(QUEUE_LINES);
         let shared = Arc::new(Shared {
             dropped: AtomicU64::new(0),
@@ -87,11 +81,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     }
 }
 
-fn write_lines(rx: Receiver<Vec<u8>>, sink: Sink, shared: &Shared) {
-    let mut out: Box<dyn Write> = match sink {
-        Sink::Stderr => Box::new(std::io::stderr()),
-        Sink::File(f) => Box::new(f),
-    };
+fn write_lines(rx: Receiver<Vec<u8>>, mut out: Box<dyn Write + Send>, shared: &Shared) {
     for line in rx {
         let dropped = shared.dropped.swap(0, Ordering::SeqCst);
         let mut ok = true;
@@ -143,18 +133,18 @@ pub fn init_logging(logfile: Option<&Path>) -> Result<(), String> {
     let filter = EnvFilter::try_from_env("NEO_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (sink, ansi) = match logfile {
+    let (sink, ansi): (Box<dyn Write + Send>, bool) = match logfile {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-            (Sink::File(file), false)
+            (Box::new(file), false)
         }
         None => {
             use std::io::IsTerminal;
-            (Sink::Stderr, std::io::stderr().is_terminal())
+            (Box::new(std::io::stderr()), std::io::stderr().is_terminal())
         }
     };
     let subscriber = tracing_subscriber::fmt()
@@ -179,4 +169,60 @@ pub fn exit_on_panic() {
         flush(Duration::from_secs(1));
         std::process::exit(101);
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A log destination that fails while `failing` is set.
+    #[derive(Clone, Default)]
+    struct Flaky(Arc<Mutex<(bool, Vec<u8>)>>);
+
+    impl Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut s = self.0.lock().unwrap();
+            if s.0 {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            s.1.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn settle(w: &LogWriter) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while w.shared.queued.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn failed_lines_are_dropped_counted_and_reported_once_writing_works() {
+        let sink = Flaky::default();
+        let mut w = LogWriter::start(Box::new(sink.clone()));
+        w.write_all(b"first\n").unwrap();
+        settle(&w);
+        sink.0.lock().unwrap().0 = true;
+        for _ in 0..3 {
+            // Never an error for the caller.
+            w.write_all(b"lost\n").unwrap();
+        }
+        settle(&w);
+        assert_eq!(w.shared.dropped.load(Ordering::SeqCst), 3);
+        sink.0.lock().unwrap().0 = false;
+        w.write_all(b"back\n").unwrap();
+        w.write_all(b"more\n").unwrap();
+        settle(&w);
+        let text = String::from_utf8(sink.0.lock().unwrap().1.clone()).unwrap();
+        assert_eq!(
+            text,
+            "first\n3 log lines dropped (the log could not be written)\nback\nmore\n"
+        );
+    }
 }
