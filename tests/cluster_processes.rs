@@ -221,21 +221,46 @@ fn mariadb_cluster_runs_survives_a_storage_kill_and_stops() {
         .status();
 }
 
-#[test]
-fn neosimple_starts_a_running_cluster_and_stops_on_sigint() {
-    let dir = TempDir::new("neosimple");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let data = dir.path().join("data");
+/// The node processes neosimple started (its children), by program name.
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let list =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            (p, comm.trim().to_string())
+        })
+        .collect()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// Start neosimple on `data`; returns it once it says the cluster is RUNNING.
+fn neosimple(dir: &TempDir, name: &str, data: &std::path::Path, admin: &str) -> Node {
     let node = Node::spawn(
         env!("CARGO_BIN_EXE_neosimple"),
-        &dir,
-        "neosimple",
-        &[data.to_str().unwrap(), "--admin", &admin, "--storages", "3"],
+        dir,
+        name,
+        &[data.to_str().unwrap(), "--admin", admin, "--storages", "3"],
     );
     wait_for(Duration::from_secs(30), || {
         node.log().contains("is RUNNING").then_some(())
     })
     .unwrap_or_else(|| panic!("neosimple did not report RUNNING:\n{}", node.log()));
+    node
+}
+
+/// neosimple runs each node in a process of its own (a stalled storage does not stall the
+/// others), stops them all on SIGINT or SIGTERM, and brings the same database back.
+#[test]
+fn neosimple_starts_a_running_cluster_and_stops_on_sigint() {
+    let dir = TempDir::new("neosimple");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let data = dir.path().join("data");
+    let node = neosimple(&dir, "neosimple", &data, &admin);
     assert!(
         node.log()
             .contains(&format!("neoctl -a {admin} print node")),
@@ -252,11 +277,114 @@ fn neosimple_starts_a_running_cluster_and_stops_on_sigint() {
         3,
         "{nodes}"
     );
-    node.interrupt();
+    let kids = children(node.pid().unwrap());
+    let count = |prog: &str| kids.iter().filter(|(_, c)| c == prog).count();
+    assert_eq!(
+        (count("neomaster"), count("neostorage"), count("neoadmin")),
+        (1, 3, 1),
+        "one process per node: {kids:?}"
+    );
+    // A storage that stalls (as on a slow disk) stalls nobody else.
+    let storage = kids.iter().find(|(_, c)| c == "neostorage").unwrap().0;
+    signal(storage, "-STOP");
+    assert_eq!(
+        neoctl(&admin, &["print", "cluster"]),
+        (true, "RUNNING".to_string())
+    );
+    signal(storage, "-CONT");
+    let (_, pt) = neoctl(&admin, &["print", "pt"]);
+    assert!(pt.starts_with("# ptid: "), "{pt}");
+
+    node.terminate();
     let status =
-        wait_for(Duration::from_secs(15), || node.try_wait()).expect("neosimple stops on SIGINT");
+        wait_for(Duration::from_secs(20), || node.try_wait()).expect("neosimple stops on SIGTERM");
     assert!(status.success(), "{}", node.log());
+    for (pid, prog) in &kids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{prog} ({pid}) outlived neosimple"
+        );
+    }
     assert!(data.join("storage1.sqlite").exists());
+
+    // Started again on the same folder: the same database (table id and cells) is back.
+    let again = neosimple(&dir, "neosimple-again", &data, &admin);
+    // The same cells on the same nodes (the table id may have grown: recovery may renumber).
+    let cells = |t: &str| t.lines().skip(1).map(str::to_string).collect::<Vec<_>>();
+    let ptid = |t: &str| -> u64 {
+        t.strip_prefix("# ptid: ")
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let pt_again = wait_ctl(
+        &admin,
+        &["print", "pt"],
+        &format!("the table back ({pt})"),
+        |t| cells(t) == cells(&pt) && ptid(t) >= ptid(&pt),
+        &[],
+    );
+    assert!(ptid(&pt) > 0, "{pt} / {pt_again}");
+    again.interrupt();
+    let status =
+        wait_for(Duration::from_secs(20), || again.try_wait()).expect("neosimple stops on SIGINT");
+    assert!(status.success(), "{}", again.log());
+}
+
+/// Start-up failures end neosimple with the one clear error and a non-zero status, never
+/// a panic: a folder of another cluster, a database file that is not SQLite.
+#[test]
+fn neosimple_refuses_another_clusters_folder_or_a_corrupt_database_with_one_error() {
+    let dir = TempDir::new("neosimple-errors");
+    let fails = |name: &str, data: &std::path::Path| -> String {
+        let node = Node::spawn(
+            env!("CARGO_BIN_EXE_neosimple"),
+            &dir,
+            name,
+            &[
+                data.to_str().unwrap(),
+                "--admin",
+                &format!("127.0.0.1:{}", free_port()),
+            ],
+        );
+        let status = wait_for(Duration::from_secs(30), || node.try_wait())
+            .unwrap_or_else(|| panic!("neosimple did not exit:\n{}", node.log()));
+        let log = node.log();
+        assert!(!status.success(), "{log}");
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
+        assert_eq!(log.trim().lines().count(), 1, "one error line: {log}");
+        log
+    };
+
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let identity = neo::db::Identity {
+        cluster: "another-cluster".into(),
+        nid: None,
+    };
+    drop(
+        neo::db::sqlite::SqliteBackend::open(
+            &other.join("storage1.sqlite").display().to_string(),
+            &identity,
+        )
+        .unwrap(),
+    );
+    let log = fails("other-cluster", &other);
+    assert!(
+        log.contains("storage1.sqlite") && log.contains("another-cluster"),
+        "{log}"
+    );
+
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::write(
+        corrupt.join("storage1.sqlite"),
+        b"not a database at all ".repeat(200),
+    )
+    .unwrap();
+    let log = fails("corrupt", &corrupt);
+    assert!(log.contains("storage1.sqlite"), "{log}");
 }
 
 /// One cluster of separate node processes on 127.0.0.1, storages on SQLite files.

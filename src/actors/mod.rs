@@ -329,9 +329,18 @@ impl<'a> Ctx<'a> {
     }
 
     /// Whether this run re-introduces the named bug (simulation only), to prove that the
-    /// checkers catch it.
+    /// checkers catch it. Without the `mutants` feature (production builds) it is a
+    /// constant false, so the compiler drops every mutant branch.
+    #[cfg(feature = "mutants")]
     pub fn mutant(&self, name: &str) -> bool {
         self.env.mutant == Some(name)
+    }
+
+    #[cfg(not(feature = "mutants"))]
+    #[inline(always)]
+    pub fn mutant(&self, _name: &str) -> bool {
+        let _ = self.env.mutant;
+        false
     }
 
     pub fn observe(&mut self, o: Observation) {

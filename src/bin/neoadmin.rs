@@ -21,12 +21,12 @@ fn main() -> ExitCode {
     let (cfg, opts) = match cli.args.config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("neoadmin: {e}");
+            runtime::log::say(format!("neoadmin: {e}"));
             return ExitCode::from(2);
         }
     };
     if let Err(e) = runtime::init_logging(opts.logfile.as_deref()) {
-        eprintln!("neoadmin: {e}");
+        runtime::log::say(format!("neoadmin: {e}"));
         return ExitCode::from(2);
     }
     let name = format!("admin {}", cfg.bind);

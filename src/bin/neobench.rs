@@ -5,6 +5,9 @@
 //! lock, unlock) with 1, 10 and 100 objects of 300 bytes per transaction, then loads (the
 //! latest revision, and the one before a TID), and measures the database size, extrapolated
 //! to a million objects. Rates are medians over several timed runs.
+//!
+//! `neobench abuse` runs real nodes under hostile peers and prints each one's peak memory
+//! against a bound (see `abuse.rs`).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::io::{IsTerminal, Write};
@@ -22,6 +25,9 @@ use neo::db::sqlite::SqliteBackend;
 use neo::db::{Backend, Cell, DbResult, Identity, Load, ObjectData, TxnMeta, Value};
 use neo::proto::{CellState, Nid, Oid, Ptid, Tid};
 
+#[path = "neobench/abuse.rs"]
+mod abuse;
+
 #[derive(Parser)]
 #[command(name = "neobench", about = "Benchmarks of NEO's components", version)]
 struct Cli {
@@ -33,6 +39,8 @@ struct Cli {
 enum Cmd {
     /// Commit and load rates and database size of the storage backends.
     Backend(BackendArgs),
+    /// Peak memory of real nodes under hostile peers, against stated bounds.
+    Abuse(abuse::AbuseArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -418,7 +426,19 @@ fn bench<T: Target>(target: &mut T, args: &BackendArgs) -> DbResult<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Cmd::Backend(args) = cli.cmd;
+    let args = match cli.cmd {
+        Cmd::Backend(args) => args,
+        Cmd::Abuse(args) => {
+            return match abuse::run(&args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("neobench: abuse: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    };
     let mut failed = false;
     if matches!(args.adapter, Adapter::Sqlite | Adapter::Both) {
         if let Err(e) = bench(&mut Sqlite::new(args.dir.clone()), &args) {

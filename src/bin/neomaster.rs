@@ -21,12 +21,12 @@ fn main() -> ExitCode {
     let (cfg, opts) = match cli.args.config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("neomaster: {e}");
+            runtime::log::say(format!("neomaster: {e}"));
             return ExitCode::from(2);
         }
     };
     if let Err(e) = runtime::init_logging(opts.logfile.as_deref()) {
-        eprintln!("neomaster: {e}");
+        runtime::log::say(format!("neomaster: {e}"));
         return ExitCode::from(2);
     }
     let name = format!("master {}", cfg.bind);

@@ -52,19 +52,23 @@ fn main() -> ExitCode {
     let (cfg, opts) = match cli.args.config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("neostorage: {e}");
+            runtime::log::say(format!("neostorage: {e}"));
             return ExitCode::from(2);
         }
     };
     if let Err(e) = runtime::init_logging(opts.logfile.as_deref()) {
-        eprintln!("neostorage: {e}");
+        runtime::log::say(format!("neostorage: {e}"));
         return ExitCode::from(2);
     }
     let db = match open(&cfg) {
         Ok(db) => db,
         Err(e) => {
             tracing::error!("cannot open the database {}: {e}", cfg.database);
-            eprintln!("neostorage: cannot open the database {}: {e}", cfg.database);
+            runtime::log::say(format!(
+                "neostorage: cannot open the database {}: {e}",
+                cfg.database
+            ));
+            runtime::log::flush(Duration::from_secs(2));
             return ExitCode::FAILURE;
         }
     };

@@ -3,9 +3,11 @@
 //!
 //! The decoder is sans-IO: the runtime feeds it bytes and takes messages out. Malformed input
 //! is an error for that connection (the caller closes it), never a panic, and a length above
-//! `MAX_FRAME_SIZE` is refused before anything is allocated for it.
+//! the decoder's limit is refused before anything is allocated for it. The limit is
+//! `UNIDENTIFIED_MAX_FRAME_SIZE` until the peer has identified (see [`identifies`]) and
+//! `MAX_FRAME_SIZE` after, so that a peer nobody accepted cannot make a node buffer 64 MiB.
 
-use super::packet::Message;
+use super::packet::{Message, Packet};
 
 /// Bytes that open every connection; distinct from a TLS record (0x16) and from the Python
 /// NEO's msgpack handshake (0x92), so either mistake is recognised and named.
@@ -15,6 +17,16 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const HANDSHAKE_LEN: usize = MAGIC.len() + 2;
 /// The largest frame: a 64 MiB object plus room for its packet's other fields.
 pub const MAX_FRAME_SIZE: usize = 64 * 1024 * 1024 + 64 * 1024;
+/// The largest frame from a peer that has not identified yet: identification, errors,
+/// neoctl's requests and pings are all far smaller.
+pub const UNIDENTIFIED_MAX_FRAME_SIZE: usize = 64 * 1024;
+
+/// Whether `packet` completes an identification on its connection: the node that sends
+/// it has accepted the peer, and the node that receives it (on a connection it opened) has
+/// been accepted by the peer it chose. Past it, the peer's frames may be `MAX_FRAME_SIZE`.
+pub fn identifies(packet: &Packet) -> bool {
+    matches!(packet, Packet::AcceptIdentification { .. })
+}
 
 /// Why a connection's byte stream was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,7 +97,6 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), FrameError> {
 }
 
 /// Turns a connection's incoming bytes into messages: first the handshake, then frames.
-#[derive(Default)]
 pub struct Decoder {
     buf: Vec<u8>,
     /// Bytes of `buf` already consumed; compacted lazily so a run of small frames costs
@@ -93,17 +104,58 @@ pub struct Decoder {
     start: usize,
     handshake_done: bool,
     failed: Option<FrameError>,
+    /// The largest frame accepted now.
+    limit: usize,
 }
 
+impl Default for Decoder {
+    fn default() -> Decoder {
+        Decoder::with_limit(MAX_FRAME_SIZE)
+    }
+}
+
+/// Past a large frame, a buffer this big is given back rather than kept for the
+/// connection's life.
+const KEEP_CAPACITY: usize = 1024 * 1024;
+
 impl Decoder {
+    /// A decoder that accepts frames up to `MAX_FRAME_SIZE`.
     pub fn new() -> Decoder {
         Decoder::default()
+    }
+
+    /// A decoder that accepts frames up to `limit` bytes (at most `MAX_FRAME_SIZE`).
+    pub fn with_limit(limit: usize) -> Decoder {
+        Decoder {
+            buf: Vec::new(),
+            start: 0,
+            handshake_done: false,
+            failed: None,
+            limit: limit.min(MAX_FRAME_SIZE),
+        }
+    }
+
+    /// Change the largest frame accepted from now on (raised once the peer identified).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_FRAME_SIZE);
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes received and not yet decoded (what this connection holds in memory).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
         if self.start > 0 && self.start >= self.buf.len() / 2 {
             self.buf.drain(..self.start);
             self.start = 0;
+            if self.buf.capacity() > KEEP_CAPACITY && self.buf.len() < KEEP_CAPACITY / 2 {
+                self.buf.shrink_to(KEEP_CAPACITY / 2);
+            }
         }
         self.buf.extend_from_slice(bytes);
     }
@@ -142,13 +194,16 @@ impl Decoder {
             return Ok(None);
         }
         let size = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-        if size > MAX_FRAME_SIZE {
+        if size > self.limit {
             return Err(FrameError::TooLarge {
                 size,
-                max: MAX_FRAME_SIZE,
+                max: self.limit,
             });
         }
         if avail.len() < 4 + size {
+            // Grow once to the frame's size rather than by doubling past it.
+            let missing = 4 + size - avail.len();
+            self.buf.reserve_exact(missing);
             return Ok(None);
         }
         let body = &avail[4..4 + size];
@@ -304,6 +359,41 @@ mod tests {
             Err(FrameError::TooLarge { .. })
         ));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_limit_is_small_until_identification() {
+        let accept = Message {
+            id: 0,
+            packet: Packet::AcceptIdentification {
+                node_type: NodeType::Master,
+                nid: None,
+                your_nid: Some(Nid::new(NodeType::Storage, 1)),
+            },
+        };
+        assert!(identifies(&accept.packet));
+        assert!(!identifies(&Packet::Ping));
+        let big = Message {
+            id: 1,
+            packet: Packet::error(ErrorCode::Ack, "x".repeat(UNIDENTIFIED_MAX_FRAME_SIZE)),
+        };
+        let bytes = stream(std::slice::from_ref(&big));
+        let mut d = Decoder::with_limit(UNIDENTIFIED_MAX_FRAME_SIZE);
+        d.feed(&bytes);
+        assert!(matches!(
+            d.next_message(),
+            Err(FrameError::TooLarge {
+                max: UNIDENTIFIED_MAX_FRAME_SIZE,
+                ..
+            })
+        ));
+        let mut d = Decoder::with_limit(UNIDENTIFIED_MAX_FRAME_SIZE);
+        d.feed(&stream(std::slice::from_ref(&accept)));
+        assert_eq!(d.next_message().unwrap(), Some(accept));
+        d.set_limit(MAX_FRAME_SIZE);
+        d.feed(&bytes[HANDSHAKE_LEN..]);
+        assert_eq!(d.next_message().unwrap(), Some(big));
+        assert_eq!(d.buffered(), 0);
     }
 
     #[test]

@@ -5,15 +5,14 @@
 
 pub mod client;
 pub mod conn;
+pub mod log;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use tokio::net::{TcpListener, TcpStream};
 
-use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::actors::{
@@ -21,7 +20,8 @@ use crate::actors::{
 };
 use crate::proto::{frame, Address, Message, WallTime};
 use crate::rng::{ChaCha8Rng, SeedableRng};
-use conn::{BoxedStream, Transport};
+use conn::{BoxedStream, Budget, Handles, Meter, Transport};
+pub use log::init_logging;
 
 /// What connection tasks and the process tell the host.
 #[derive(Message)]
@@ -43,16 +43,26 @@ pub enum ConnEvent {
         conn: ConnId,
         reason: CloseReason,
     },
+    /// The host itself cut a connection (its peer does not read): tell the node.
+    Cut {
+        conn: ConnId,
+        reason: CloseReason,
+    },
     Local(Command),
 }
 
-enum ConnState {
+/// A connection as the host sees it.
+struct Conn {
+    /// The peer's address (for log lines).
+    peer: String,
+    meter: Meter,
+    io: Io,
+}
+
+enum Io {
     /// Connecting: frames wait here.
     Pending(Vec<Vec<u8>>),
-    Open {
-        tx: mpsc::UnboundedSender<Vec<u8>>,
-        reader: tokio::task::JoinHandle<()>,
-    },
+    Open(Handles),
 }
 
 /// The nodes one process hosts (one for a node program, several for neosimple): the
@@ -91,25 +101,61 @@ impl Process {
         }
     }
 
-    /// Stop every node cleanly on SIGINT or SIGTERM.
+    /// Stop every node cleanly on SIGINT or SIGTERM. Signals are taken on a thread of their
+    /// own, so that they work even while the node's thread is busy (a slow disk); a node
+    /// that has not stopped `STOP_GRACE` after the signal, or a second signal, ends the
+    /// process at once.
     pub fn shutdown_on_signals(&self) {
-        let process = self.clone();
-        actix_rt::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            info!("signal received: stopping");
-            process.shutdown();
-        });
+        let nodes: Vec<Recipient<ConnEvent>> = self.inner.nodes.borrow().clone();
+        let spawned = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || watch_signals(nodes));
+        if let Err(e) = spawned {
+            warn!("cannot watch for signals: {e}");
+        }
     }
+}
+
+/// How long a node may take to stop cleanly after SIGINT/SIGTERM.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+fn watch_signals(nodes: Vec<Recipient<ConnEvent>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn!("cannot watch for signals: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            warn!("cannot watch for signals");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        info!("signal received: stopping");
+        for n in &nodes {
+            n.do_send(ConnEvent::Local(Command::Shutdown));
+        }
+        let why = tokio::select! {
+            _ = term.recv() => "a second signal",
+            _ = int.recv() => "a second signal",
+            _ = tokio::time::sleep(STOP_GRACE) => "not stopped in time",
+        };
+        error!("{why}: exiting now");
+        log::flush(Duration::from_secs(1));
+        std::process::exit(1);
+    });
 }
 
 /// The actix actor hosting one node.
@@ -120,8 +166,9 @@ pub struct NodeHost<A: actors::Actor> {
     env: NodeEnv,
     started: Instant,
     transport: Transport,
-    conns: BTreeMap<ConnId, ConnState>,
+    conns: BTreeMap<ConnId, Conn>,
     timers: BTreeMap<TimerId, SpawnHandle>,
+    budget: Budget,
     /// Set when the node asked to exit.
     exited: bool,
     process: Process,
@@ -147,6 +194,7 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
             transport,
             conns: BTreeMap::new(),
             timers: BTreeMap::new(),
+            budget: Budget::default(),
             exited: false,
             process,
         }
@@ -183,7 +231,14 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
         }
         match effect {
             Effect::Connect { conn, to } => {
-                self.conns.insert(conn, ConnState::Pending(Vec::new()));
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        peer: to.to_string(),
+                        meter: Meter::new(),
+                        io: Io::Pending(Vec::new()),
+                    },
+                );
                 let host = ctx.address();
                 let transport = self.transport.clone();
                 actix_rt::spawn(async move {
@@ -205,25 +260,10 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
                     host.do_send(ConnEvent::ConnectDone { conn, result });
                 });
             }
-            Effect::Send { conn, msg } => {
-                let mut bytes = Vec::new();
-                if let Err(e) = frame::encode(&msg, &mut bytes) {
-                    // Our own message cannot be framed (too large): a bug of ours, not the peer's.
-                    error!("cannot send {} on {conn:?}: {e}", msg.packet.name());
-                    return;
-                }
-                match self.conns.get_mut(&conn) {
-                    Some(ConnState::Pending(q)) => q.push(bytes),
-                    Some(ConnState::Open { tx, .. }) => {
-                        let _ = tx.send(bytes);
-                    }
-                    None => {}
-                }
-            }
+            Effect::Send { conn, msg } => self.send(ctx, conn, &msg),
             Effect::Close { conn } => {
-                if let Some(ConnState::Open { reader, .. }) = self.conns.remove(&conn) {
-                    // Dropping the sender lets the writer flush and send FIN.
-                    reader.abort();
+                if let Some(c) = self.conns.remove(&conn) {
+                    self.forget(ctx, c, true);
                 }
             }
             Effect::SetTimer { id, after, token } => {
@@ -246,9 +286,7 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
                 let code = if success { 0 } else { 1 };
                 // Let writers flush what was queued (a last answer, a close) before stopping.
                 for (_, c) in std::mem::take(&mut self.conns) {
-                    if let ConnState::Open { reader, .. } = c {
-                        reader.abort();
-                    }
+                    self.forget(ctx, c, true);
                 }
                 ctx.run_later(Duration::from_millis(200), move |host, ctx| {
                     ctx.stop();
@@ -258,20 +296,139 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
         }
     }
 
-    fn open(&mut self, ctx: &mut Context<Self>, conn: ConnId, stream: BoxedStream, peer: String) {
-        let (tx, reader) = conn::spawn(ctx.address(), conn, stream, peer);
-        let queued = match self.conns.insert(
-            conn,
-            ConnState::Open {
-                tx: tx.clone(),
-                reader,
-            },
-        ) {
-            Some(ConnState::Pending(q)) => q,
-            _ => Vec::new(),
+    /// Queue `msg` for `conn`, within the limits on what may be queued.
+    fn send(&mut self, ctx: &mut Context<Self>, conn: ConnId, msg: &Message) {
+        let mut bytes = Vec::new();
+        if let Err(e) = frame::encode(msg, &mut bytes) {
+            // Our own message cannot be framed (too large): a bug of ours, not the peer's.
+            error!("cannot send {} on {conn:?}: {e}", msg.packet.name());
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
         };
-        for bytes in queued {
-            let _ = tx.send(bytes);
+        if frame::identifies(&msg.packet) {
+            // We accepted this peer: its frames may be large from now on.
+            c.meter.set_identified();
+        }
+        let queued = c.meter.queued.get();
+        if queued > conn::CONN_QUEUE_LIMIT {
+            let why = format!("the peer does not read what we send ({queued} bytes queued)");
+            self.cut(ctx, conn, why);
+            return;
+        }
+        let n = bytes.len();
+        let accepted = match &mut c.io {
+            Io::Pending(q) => {
+                q.push(bytes);
+                true
+            }
+            Io::Open(h) => h.tx.send(bytes).is_ok(),
+        };
+        if accepted {
+            c.meter.queued.set(queued + n);
+            self.budget.queued.set(self.budget.queued.get() + n);
+        }
+        // Past the node's limit, the peer with the most queued goes.
+        while self.budget.queued.get() > conn::NODE_QUEUE_LIMIT {
+            let Some((&worst, c)) = self.conns.iter().max_by_key(|(_, c)| c.meter.queued.get())
+            else {
+                break;
+            };
+            let why = format!(
+                "the node has more than {} bytes queued, {} of them for this peer",
+                conn::NODE_QUEUE_LIMIT,
+                c.meter.queued.get()
+            );
+            self.cut(ctx, worst, why);
+        }
+    }
+
+    /// Disconnect a peer at once (it does not read): its queued frames are dropped, and the
+    /// node is told the connection closed.
+    fn cut(&mut self, ctx: &mut Context<Self>, conn: ConnId, why: String) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        warn!(
+            "{}: closing the connection with {}: {why}",
+            self.name, c.peer
+        );
+        self.forget(ctx, c, false);
+        ctx.notify(ConnEvent::Cut {
+            conn,
+            reason: CloseReason::Protocol(why),
+        });
+    }
+
+    /// Stop a connection's tasks; with `flush`, its queued frames may still go out for a
+    /// while (then FIN), without, they are dropped.
+    fn forget(&mut self, ctx: &mut Context<Self>, c: Conn, flush: bool) {
+        match c.io {
+            Io::Pending(_) => {
+                let q = c.meter.queued.get();
+                self.budget
+                    .queued
+                    .set(self.budget.queued.get().saturating_sub(q));
+                c.meter.queued.set(0);
+            }
+            Io::Open(h) => {
+                h.reader.abort();
+                // Dropping the sender lets the writer flush and send FIN; a peer that does not
+                // read gets a bounded time for it.
+                drop(h.tx);
+                if flush {
+                    let writer = h.writer;
+                    ctx.run_later(conn::FLUSH_GRACE, move |_, _| writer.abort());
+                } else {
+                    h.writer.abort();
+                }
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        ctx: &mut Context<Self>,
+        conn: ConnId,
+        stream: BoxedStream,
+        peer: String,
+        dialed: bool,
+    ) {
+        let meter = self
+            .conns
+            .get(&conn)
+            .map(|c| c.meter.clone())
+            .unwrap_or_default();
+        let h = conn::spawn(
+            ctx.address(),
+            conn,
+            stream,
+            peer.clone(),
+            dialed,
+            &meter,
+            &self.budget,
+        );
+        let old = self.conns.insert(
+            conn,
+            Conn {
+                peer,
+                meter,
+                io: Io::Open(Handles {
+                    tx: h.tx.clone(),
+                    reader: h.reader,
+                    writer: h.writer,
+                }),
+            },
+        );
+        if let Some(Conn {
+            io: Io::Pending(q), ..
+        }) = old
+        {
+            // Already counted when queued: the writer counts them down as they go out.
+            for bytes in q {
+                let _ = h.tx.send(bytes);
+            }
         }
     }
 }
@@ -291,7 +448,15 @@ impl<A: actors::Actor + 'static> Handler<ConnEvent> for NodeHost<A> {
         match ev {
             ConnEvent::Accepted { stream, peer } => {
                 let conn = self.env.next_conn();
-                self.open(ctx, conn, stream, peer);
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        peer: peer.clone(),
+                        meter: Meter::new(),
+                        io: Io::Pending(Vec::new()),
+                    },
+                );
+                self.open(ctx, conn, stream, peer, false);
                 self.dispatch(ctx, Event::Accepted { conn });
             }
             ConnEvent::ConnectDone { conn, result } => {
@@ -300,11 +465,13 @@ impl<A: actors::Actor + 'static> Handler<ConnEvent> for NodeHost<A> {
                 }
                 match result {
                     Ok((stream, peer)) => {
-                        self.open(ctx, conn, stream, peer);
+                        self.open(ctx, conn, stream, peer, true);
                         self.dispatch(ctx, Event::Connected { conn });
                     }
                     Err(reason) => {
-                        self.conns.remove(&conn);
+                        if let Some(c) = self.conns.remove(&conn) {
+                            self.forget(ctx, c, false);
+                        }
                         self.dispatch(ctx, Event::Closed { conn, reason });
                     }
                 }
@@ -315,10 +482,12 @@ impl<A: actors::Actor + 'static> Handler<ConnEvent> for NodeHost<A> {
                 }
             }
             ConnEvent::Closed { conn, reason } => {
-                if self.conns.remove(&conn).is_some() {
+                if let Some(c) = self.conns.remove(&conn) {
+                    self.forget(ctx, c, false);
                     self.dispatch(ctx, Event::Closed { conn, reason });
                 }
             }
+            ConnEvent::Cut { conn, reason } => self.dispatch(ctx, Event::Closed { conn, reason }),
             ConnEvent::Local(cmd) => self.dispatch(ctx, Event::Local(cmd)),
         }
     }
@@ -353,13 +522,40 @@ async fn accept_loop<A: actors::Actor + 'static>(
     }
 }
 
+/// Connections waiting to be accepted: room for a burst of peers connecting at once (the
+/// kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 1024;
+
 /// Bind a node's listening address (port 0: any free port); returns the address bound.
 pub async fn bind(listen: &Address) -> Result<(TcpListener, Address), String> {
-    let l = TcpListener::bind((listen.host.as_str(), listen.port))
+    let cannot = |e: std::io::Error| format!("cannot listen on {listen}: {e}");
+    let mut last = None;
+    let addrs = tokio::net::lookup_host((listen.host.as_str(), listen.port))
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let port = l.local_addr().map_err(|e| e.to_string())?.port();
-    Ok((l, Address::new(listen.host.clone(), port)))
+        .map_err(cannot)?;
+    for a in addrs {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let listener = socket.and_then(|s| {
+            // As std's TcpListener: a restarted node can bind while old connections linger.
+            s.set_reuseaddr(true)?;
+            s.bind(a)?;
+            s.listen(LISTEN_BACKLOG)
+        });
+        match listener {
+            Ok(l) => {
+                let port = l.local_addr().map_err(cannot)?.port();
+                return Ok((l, Address::new(listen.host.clone(), port)));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(cannot(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no such address")
+    })))
 }
 
 /// Start a node (inside a running System) on an already bound listener.
@@ -402,43 +598,14 @@ where
         process.shutdown_on_signals();
         Ok::<(), String>(())
     });
-    if let Err(e) = started {
-        error!("{e}");
-        eprintln!("error: {e}");
-        return 1;
-    }
-    system.run_with_code().unwrap_or(1)
-}
-
-/// Logs for a node program: one line per event, to standard error or a file. `NEO_LOG`
-/// (or `RUST_LOG`) sets the filter; the default is `info`.
-pub fn init_logging(logfile: Option<&Path>) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("NEO_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    match logfile {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
+    let code = match started {
+        Ok(()) => system.run_with_code().unwrap_or(1),
+        Err(e) => {
+            error!("{e}");
+            log::say(format!("error: {e}"));
+            1
         }
-        None => {
-            use std::io::IsTerminal;
-            builder
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
-                .init();
-        }
-    }
-    Ok(())
+    };
+    log::flush(Duration::from_secs(2));
+    code
 }

@@ -100,6 +100,20 @@ impl Node {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM, as a service manager stops it.
+    pub fn terminate(&self) {
+        if let Some(c) = self.child.lock().unwrap().as_ref() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// The exit status, if the process ended.
     pub fn try_wait(&self) -> Option<std::process::ExitStatus> {
         self.child
@@ -124,6 +138,21 @@ pub fn logs(nodes: &[Node]) -> String {
         .iter()
         .map(|n| format!("--- {} ---\n{}", n.name, n.log()))
         .collect()
+}
+
+/// A process's resident memory now and at its peak (VmRSS, VmHWM), in KiB.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// Poll `f` every 50 ms until it gives a value or `timeout` passes.
