@@ -106,7 +106,7 @@ pub fn requests(cmd: &CtlCommand) -> Vec<Packet> {
         CtlCommand::PrintPt { min, max } => vec![
             Packet::AskPartitionList {
                 min_offset: min.unwrap_or(0),
-                max_offset: max.map_or(0, |m| m + 1),
+                max_offset: max.map_or(0, |m| m.saturating_add(1)),
                 nid: None,
             },
             Packet::AskNodeList {
@@ -180,11 +180,17 @@ pub fn render(cmd: &CtlCommand, answers: &[Packet]) -> Result<String, CtlError> 
         .ok_or_else(|| CtlError::Error("no answer".into()))?;
     let mut out = String::new();
     match (cmd, first) {
+        // Without a state or a primary there is nothing true to print: an error, so that
+        // scripts see a non-zero exit status.
         (CtlCommand::PrintCluster, Packet::AnswerClusterState { state }) => {
-            out = state.map_or("None".into(), |s| s.to_string());
+            out = state
+                .ok_or_else(|| CtlError::Error("the cluster state is unknown".into()))?
+                .to_string();
         }
         (CtlCommand::PrintPrimary, Packet::AnswerPrimary { primary_nid }) => {
-            out = primary_nid.map_or("None".into(), |n| n.to_string());
+            out = primary_nid
+                .ok_or_else(|| CtlError::Error("no primary master".into()))?
+                .to_string();
         }
         (
             CtlCommand::PrintIds,

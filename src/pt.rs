@@ -27,6 +27,40 @@ pub struct PartitionTable {
     nodes: BTreeSet<Nid>,
 }
 
+/// The most partitions a table may have (as neo.conf's `partitions` allows): a table from a
+/// peer or a disk with more is refused before anything is sized by it.
+pub const MAX_PARTITIONS: u32 = 65_535;
+
+/// Check a whole table a peer sent (`SendPartitionTable`, `AnswerPartitionTable`) before
+/// building it: a plausible id, 1 to `MAX_PARTITIONS` rows, storage node ids only, no node
+/// twice in a row. The error names what is wrong, for the protocol error.
+pub fn check_table(ptid: Option<Ptid>, rows: &[Vec<(Nid, CellState)>]) -> Result<(), String> {
+    if let Some(p) = ptid.filter(|p| !p.is_plausible()) {
+        return Err(format!("impossible partition table id {p}"));
+    }
+    if rows.is_empty() || rows.len() > MAX_PARTITIONS as usize {
+        return Err(format!("a partition table of {} partitions", rows.len()));
+    }
+    for (offset, row) in rows.iter().enumerate() {
+        check_cells(offset, row.iter().map(|(n, _)| *n))?;
+        let mut seen = BTreeSet::new();
+        if let Some((n, _)) = row.iter().find(|(n, _)| !seen.insert(*n)) {
+            return Err(format!("{n} twice in partition {offset}"));
+        }
+    }
+    Ok(())
+}
+
+/// Every node of a row must be a storage.
+fn check_cells(offset: usize, nids: impl Iterator<Item = Nid>) -> Result<(), String> {
+    for n in nids {
+        if n.node_type() != Some(crate::proto::NodeType::Storage) {
+            return Err(format!("{n} is not a storage node (partition {offset})"));
+        }
+    }
+    Ok(())
+}
+
 /// Why an operation on the table was refused (worded for neoctl's DENIED answer).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -133,7 +167,10 @@ impl PartitionTable {
     }
 
     fn bump(&mut self) {
-        self.ptid = Some(Ptid(self.ptid.map_or(1, |p| p.0 + 1)));
+        // Ids come from peers and disks only when plausible (`Ptid::LIMIT`), so this stays
+        // far below `u64::MAX`; saturate rather than wrap if that ever failed.
+        let next = self.ptid.map_or(Some(Ptid(1)), Ptid::next);
+        self.ptid = Some(next.unwrap_or(Ptid(u64::MAX)));
     }
 
     fn set(&mut self, offset: u32, nid: Nid, state: CellState, changes: &mut Vec<Change>) {
@@ -357,18 +394,21 @@ impl PartitionTable {
 
     /// Apply a change list received from the primary; it must be the next id.
     pub fn apply(&mut self, ptid: Ptid, replicas: u32, changes: &[Change]) -> Result<(), String> {
-        let expected = Ptid(self.ptid.map_or(1, |p| p.0 + 1));
-        if ptid != expected {
+        let expected = self.ptid.map_or(Some(Ptid(1)), Ptid::next);
+        if Some(ptid) != expected {
             return Err(format!(
                 "partition table change {ptid} does not follow {:?}",
                 self.ptid
             ));
         }
         let mut ignored = Vec::new();
-        for &(offset, nid, state) in changes {
+        for &(offset, nid, _) in changes {
             if offset as usize >= self.rows.len() {
                 return Err(format!("partition {offset} out of range"));
             }
+            check_cells(offset as usize, std::iter::once(nid))?;
+        }
+        for &(offset, nid, state) in changes {
             self.set(offset, nid, state, &mut ignored);
         }
         self.ptid = Some(ptid);

@@ -14,6 +14,10 @@ use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Ticker};
 use crate::proto::{Address, ClusterState, ErrorCode, Message, Nid, NodeType, Packet};
 use crate::pt::PartitionTable;
 
+/// The one answer (NOT_READY) to every neoctl request while no primary master accepted us:
+/// what the last one told us (nodes, states, table) may be stale, so none of it is shown.
+pub const NO_PRIMARY: &str = "no primary master";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminConfig {
     pub cluster: String,
@@ -140,6 +144,12 @@ impl Admin {
                     num_replicas,
                     rows,
                 } => {
+                    if let Err(why) = crate::pt::check_table(ptid, &rows) {
+                        warn!("admin: protocol error from the primary: {why}: reconnecting");
+                        self.links.close(cx, conn);
+                        self.on_closed(cx, conn, Peer::Master, CloseReason::Protocol(why));
+                        return;
+                    }
                     self.pt = Some(PartitionTable::from_rows(ptid, num_replicas, &rows));
                 }
                 Packet::NotifyPartitionChanges {
@@ -171,9 +181,14 @@ impl Admin {
 
     fn on_ctl_request(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
         let id = msg.id;
+        if is_ctl_request(&msg.packet) && self.master.conn().is_none() {
+            let e = Packet::error(ErrorCode::NotReady, NO_PRIMARY);
+            return self.links.answer(cx, conn, id, e);
+        }
         let answer = match msg.packet {
-            Packet::AskClusterState => Packet::AnswerClusterState {
-                state: self.master.cluster_state(),
+            Packet::AskClusterState => match self.master.cluster_state() {
+                Some(state) => Packet::AnswerClusterState { state: Some(state) },
+                None => Packet::error(ErrorCode::NotReady, NO_PRIMARY),
             },
             Packet::AskPrimary => Packet::AnswerPrimary {
                 primary_nid: self.master.primary_nid(),
@@ -218,8 +233,7 @@ impl Admin {
             | Packet::AskLastTransaction
             | Packet::Truncate { .. }) => {
                 let Some(mconn) = self.master.conn() else {
-                    let e =
-                        Packet::error(ErrorCode::NotReady, "not connected to the primary master");
+                    let e = Packet::error(ErrorCode::NotReady, NO_PRIMARY);
                     return self.links.answer(cx, conn, id, e);
                 };
                 if let Some(mid) = self.links.ask(cx, mconn, packet) {
@@ -243,6 +257,26 @@ impl Admin {
         };
         self.links.answer(cx, conn, id, answer);
     }
+}
+
+/// neoctl's requests: those answered here (`print`) and those relayed to the primary.
+fn is_ctl_request(p: &Packet) -> bool {
+    matches!(
+        p,
+        Packet::AskClusterState
+            | Packet::AskPrimary
+            | Packet::AskNodeList { .. }
+            | Packet::AskPartitionList { .. }
+            | Packet::SetClusterState { .. }
+            | Packet::SetNodeState { .. }
+            | Packet::AddPendingNodes { .. }
+            | Packet::TweakPartitionTable { .. }
+            | Packet::SetNumReplicas { .. }
+            | Packet::AskRecovery
+            | Packet::AskLastIDs
+            | Packet::AskLastTransaction
+            | Packet::Truncate { .. }
+    )
 }
 
 impl Actor for Admin {

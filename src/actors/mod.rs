@@ -14,6 +14,8 @@
 
 pub mod admin;
 pub mod bootstrap;
+#[cfg(test)]
+pub(crate) mod fuzz;
 pub mod link;
 pub mod master;
 pub mod master_link;

@@ -300,6 +300,24 @@ impl fmt::Debug for Oid {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Ptid(pub u64);
 
+impl Ptid {
+    /// Ids at or above this are impossible: a cluster's first table is 1 and every change
+    /// adds one, so no cluster gets near it. Refusing such an id from a peer or a disk leaves
+    /// 2^62 increments of headroom below `u64::MAX`, so incrementing an accepted id never
+    /// overflows.
+    pub const LIMIT: Ptid = Ptid(1 << 62);
+
+    /// Whether a node may accept this id from a peer or its disk (see `LIMIT`).
+    pub fn is_plausible(self) -> bool {
+        self < Self::LIMIT
+    }
+
+    /// The id after this one; `None` only for ids no node accepts (see `LIMIT`).
+    pub fn next(self) -> Option<Ptid> {
+        self.is_plausible().then(|| Ptid(self.0 + 1))
+    }
+}
+
 impl fmt::Display for Ptid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

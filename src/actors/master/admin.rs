@@ -90,7 +90,7 @@ impl Master {
                 if state != ClusterState::Recovering {
                     return Err(format!("the cluster is already {state}"));
                 }
-                if self.storages().is_empty() {
+                if self.storages().is_empty() && self.waiting_new_storages().is_empty() {
                     return Err("no storage node is connected".into());
                 }
                 info!("{}: start requested by the operator", self.me());

@@ -98,6 +98,9 @@ pub struct Primary {
     asked: BTreeMap<(ConnId, u32), Asked>,
     /// Storages told to start operation that have not said they are ready.
     pub starting: BTreeSet<Nid>,
+    /// Storages without a node id (empty databases) waiting, while RECOVERING, for the
+    /// table to be decided before they get one (see `Master::admit_new_storages`).
+    pub(super) new_storages: BTreeMap<ConnId, super::Identification>,
 }
 
 impl Primary {
@@ -116,6 +119,7 @@ impl Primary {
             verification: Verification::default(),
             asked: BTreeMap::new(),
             starting: BTreeSet::new(),
+            new_storages: BTreeMap::new(),
         }
     }
 
@@ -129,6 +133,16 @@ impl Primary {
     }
 }
 
+/// The id after `ptid`, which was checked plausible when it arrived (`Ptid::LIMIT`); the
+/// `ptid-wrap` mutant increments unchecked ids with a wrap, as the code once did.
+fn next_ptid(cx: &Ctx, ptid: Ptid) -> Option<Ptid> {
+    if cx.mutant("ptid-wrap") {
+        Some(Ptid(ptid.0.wrapping_add(1)))
+    } else {
+        ptid.next()
+    }
+}
+
 impl Master {
     fn primary(&self) -> Option<&Primary> {
         match &self.role {
@@ -137,7 +151,7 @@ impl Master {
         }
     }
 
-    fn primary_mut(&mut self) -> Option<&mut Primary> {
+    pub(super) fn primary_mut(&mut self) -> Option<&mut Primary> {
         match &mut self.role {
             super::Role::Primary(p) => Some(p),
             _ => None,
@@ -164,6 +178,43 @@ impl Master {
                 _ => None,
             })
             .collect()
+    }
+
+    /// New storages waiting for a node id on a connection still open.
+    pub(super) fn waiting_new_storages(&self) -> Vec<ConnId> {
+        self.primary()
+            .map(|p| {
+                p.new_storages
+                    .keys()
+                    .copied()
+                    .filter(|c| self.links.get(*c) == Some(&Peer::Incoming))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Answer the new storages that waited for the table to be decided: each gets an id
+    /// above every id of the table and of every node we know (`fresh_storage_nid`), so it
+    /// can never be mistaken for a node whose data it does not have. In RECOVERING (a new
+    /// cluster about to be created) they join recovery like any storage; past it they are
+    /// PENDING, without cells, until an operator adds them.
+    fn admit_new_storages(&mut self, cx: &mut Ctx) {
+        let live = self.waiting_new_storages();
+        let Some(p) = self.primary_mut() else { return };
+        let waiting = std::mem::take(&mut p.new_storages);
+        for (conn, mut req) in waiting {
+            if !live.contains(&conn) {
+                continue;
+            }
+            let Some(nid) = self.fresh_storage_nid(cx) else {
+                let why = "no storage node id left";
+                self.refuse(cx, conn, req.id, crate::proto::ErrorCode::NotReady, why);
+                continue;
+            };
+            // Proposing the fresh id makes `identify_storage` admit it now.
+            req.nid = Some(nid);
+            self.identify_storage(cx, req);
+        }
     }
 
     pub(super) fn conn_of(&self, nid: Nid) -> Option<ConnId> {
@@ -244,7 +295,10 @@ impl Master {
         if theirs < ours {
             return false;
         }
-        let next = Ptid(theirs.0 + 1);
+        // `theirs` was checked when the storage identified.
+        let Some(next) = next_ptid(cx, theirs) else {
+            return false;
+        };
         let nodes: Vec<Nid> = p.pt.nodes().iter().copied().collect();
         p.pt = PartitionTable::from_rows(Some(next), p.pt.replicas(), &p.pt.rows());
         p.pt.add_nodes(&nodes);
@@ -468,8 +522,9 @@ impl Master {
             .filter(|(_, _, s)| *s == NodeState::Pending)
             .map(|(_, n, _)| *n)
             .collect();
+        let new = self.waiting_new_storages().len();
         // Every identified storage must have answered; the newest table must be loaded.
-        if pending.is_empty()
+        if (pending.is_empty() && new == 0)
             || p.waiting_for(|a| matches!(a, Asked::Recovery | Asked::PartitionTable))
         {
             return;
@@ -531,9 +586,14 @@ impl Master {
             let enough = self
                 .cfg
                 .autostart
-                .is_some_and(|n| pending.len() >= n as usize);
+                .is_some_and(|n| pending.len() + new >= n as usize);
             if !p.startup_allowed && !enough {
                 return;
+            }
+            if new > 0 {
+                // The new storages get their ids and join recovery; we start once they
+                // answered it, as storages of the new cluster.
+                return self.admit_new_storages(cx);
             }
             pending.iter().copied().collect()
         };
@@ -577,7 +637,9 @@ impl Master {
                 .values()
                 .filter_map(|(id, _, _)| *id)
                 .max();
-            let next = ptid.max(newest).map_or(Ptid(1), |t| Ptid(t.0 + 1));
+            // Every id here is plausible (checked on arrival), so there is a next one.
+            let next = ptid.max(newest).map_or(Some(Ptid(1)), |t| next_ptid(cx, t));
+            let next = next.unwrap_or(Ptid(u64::MAX));
             p.pt = PartitionTable::from_rows(Some(next), replicas, &rows);
             p.pt.add_nodes(&selected);
         }
@@ -585,6 +647,7 @@ impl Master {
         self.set_cluster_state(cx, ClusterState::Verifying);
         self.broadcast_pt(cx);
         self.start_verification(cx);
+        self.admit_new_storages(cx);
     }
 
     // ---- verification ----
@@ -775,6 +838,22 @@ impl Master {
         nid: Nid,
         msg: Message,
     ) -> bool {
+        let impossible = match &msg.packet {
+            Packet::AnswerRecovery { ptid: Some(p), .. } if !p.is_plausible() => {
+                Some(format!("impossible partition table id {p}"))
+            }
+            Packet::AnswerPartitionTable { ptid, rows, .. } if ptid.is_some() => {
+                crate::pt::check_table(*ptid, rows).err()
+            }
+            _ => None,
+        };
+        if let Some(why) = impossible.filter(|_| !cx.mutant("ptid-wrap")) {
+            let address = self.nodes.get(nid).and_then(|n| n.address.clone());
+            let why = format!("{why} from {nid} at {address:?}");
+            self.protocol_error(cx, conn, msg.id, why);
+            self.storage_lost(cx, conn, nid);
+            return true;
+        }
         let asked = self
             .primary_mut()
             .and_then(|p| p.asked.remove(&(conn, msg.id)));

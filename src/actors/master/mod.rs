@@ -134,7 +134,7 @@ impl Master {
         self.last_time = if now > self.last_time {
             now
         } else {
-            WallTime(self.last_time.0 + TIME_STEP)
+            WallTime(self.last_time.0.saturating_add(TIME_STEP))
         };
         self.last_time
     }
@@ -262,6 +262,12 @@ impl Master {
     }
 
     fn identify(&mut self, cx: &mut Ctx, node_type: NodeType, req: Identification) {
+        if req.address.as_ref() == Some(&self.cfg.bind) {
+            // Nobody else listens at our address: taken as a new incarnation of ours, it
+            // would replace our own entry in the node list.
+            let why = format!("{} is this master's own address", self.cfg.bind);
+            return self.protocol_error(cx, req.conn, req.id, why);
+        }
         let primary = match &self.role {
             Role::Primary(p) => p,
             Role::Secondary(s) => {
@@ -294,6 +300,17 @@ impl Master {
             let why = "a master must give its listening address".into();
             return self.protocol_error(cx, req.conn, req.id, why);
         };
+        // NEO's rule for adding a master: its address is in the others' `masters` lists
+        // (or learnt from a primary that accepted it so). Anything else may be a stray or
+        // hostile process that would be listed as a master, then DOWN, forever.
+        if address == self.cfg.bind || !self.finder.known().contains(&address) {
+            warn!(
+                "{}: refused a master claiming to listen at {address}, which is not in the masters list",
+                self.me()
+            );
+            let why = format!("{address} is not in this cluster's masters list");
+            return self.refuse(cx, req.conn, req.id, ErrorCode::ProtocolError, &why);
+        }
         let own = primary.electing().cloned();
         let peer = req.id_timestamp.map(|ts| Claim {
             ts,
@@ -336,34 +353,39 @@ impl Master {
             let why = "a storage must give its listening address".into();
             return self.protocol_error(cx, req.conn, req.id, why);
         };
-        // Storage ids are persistent: a known storage keeps its id whatever its address now,
-        // unless another live connection uses that id from elsewhere (a copied database).
-        let known = req
-            .nid
-            .and_then(|n| self.nodes.get(n))
+        if let Some(p) = req.ptid.filter(|p| !p.is_plausible()) {
+            if !cx.mutant("ptid-wrap") {
+                let why =
+                    format!("impossible partition table id {p} from the storage at {address}");
+                return self.protocol_error(cx, req.conn, req.id, why);
+            }
+        }
+        if let Some(n) = req.nid.filter(|n| n.node_type() != Some(NodeType::Storage)) {
+            let why = format!("{n} is not a storage node id (storage at {address})");
+            return self.protocol_error(cx, req.conn, req.id, why);
+        }
+        // A storage without a node id has an empty database: a new node. Until the table is
+        // decided we cannot know which ids its nodes hold (a missing one may hold any), so it
+        // waits for its id (see `admit_new_storages`), counted as a storage of a new cluster.
+        if req.nid.is_none() && state == ClusterState::Recovering && !cx.mutant("wiped-disk-serves")
+        {
+            info!(
+                "{}: new storage at {address} waits until the partition table is decided",
+                self.me()
+            );
+            if let Some(p) = self.primary_mut() {
+                p.new_storages.insert(req.conn, req);
+            }
+            return self.try_start(cx);
+        }
+        let Some(nid) = self.storage_nid(cx, &req, &address) else {
+            return;
+        };
+        let known = self
+            .nodes
+            .get(nid)
             .filter(|n| n.node_type == NodeType::Storage)
             .cloned();
-        let nid = match &known {
-            Some(k) => {
-                let nid = k.nid.expect("table entries have an id");
-                if self.conn_of(nid).is_some() && k.address.as_ref() != Some(&address) {
-                    if req.established {
-                        let why =
-                            format!("node id {nid} is in use by the storage at {:?}", k.address);
-                        return self.protocol_error(cx, req.conn, req.id, why);
-                    }
-                    // Two masters claiming the primary role at once gave the same id to two
-                    // new storages: the one connected first keeps it.
-                    self.nodes
-                        .allocate_nid(NodeType::Storage, None, Some(&address), self.nid)
-                } else {
-                    nid
-                }
-            }
-            None => self
-                .nodes
-                .allocate_nid(NodeType::Storage, req.nid, Some(&address), self.nid),
-        };
         let in_table = self
             .primary_table()
             .is_some_and(|pt| pt.nodes().contains(&nid));
@@ -401,6 +423,78 @@ impl Master {
                 }
             }
         }
+    }
+
+    /// The id of an identifying storage (None if refused: answered and closed). Storage ids
+    /// are persistent: a known storage keeps its id whatever its address now, unless another
+    /// live connection uses that id from elsewhere (a copied database); a storage without
+    /// one gets an id no node we know of, in the table or not, ever had.
+    fn storage_nid(
+        &mut self,
+        cx: &mut Ctx,
+        req: &Identification,
+        address: &Address,
+    ) -> Option<Nid> {
+        let fresh = |m: &mut Master, cx: &mut Ctx| {
+            let nid = m.fresh_storage_nid(cx);
+            if nid.is_none() {
+                let why = "no storage node id left";
+                m.refuse(cx, req.conn, req.id, ErrorCode::NotReady, why);
+            }
+            nid
+        };
+        let Some(proposed) = req.nid else {
+            return fresh(self, cx);
+        };
+        let Some(k) = self.nodes.get(proposed).cloned() else {
+            return Some(proposed);
+        };
+        if self.conn_of(proposed).is_none() || k.address.as_ref() == Some(address) {
+            return Some(proposed);
+        }
+        if req.established {
+            let why = format!(
+                "node id {proposed} is in use by the storage at {:?}",
+                k.address
+            );
+            self.protocol_error(cx, req.conn, req.id, why);
+            return None;
+        }
+        // Two masters claiming the primary role at once gave the same id to two new
+        // storages: the one connected first keeps it.
+        fresh(self, cx)
+    }
+
+    /// A storage id above every storage id in our node list and our table, so that no id a
+    /// node may still hold on its disk is handed out again; the lowest unused number if the
+    /// numbers above ran out. The `wiped-disk-serves` mutant hands out the id of a storage
+    /// of the table that is not connected, as the primary once did while recovering.
+    fn fresh_storage_nid(&self, cx: &Ctx) -> Option<Nid> {
+        let mut used: std::collections::BTreeSet<Nid> = self
+            .nodes
+            .of_type(NodeType::Storage)
+            .filter_map(|n| n.nid)
+            .collect();
+        if let Some(pt) = self.primary_table() {
+            used.extend(pt.nodes().iter().copied());
+        }
+        if cx.mutant("wiped-disk-serves") {
+            if let Some(n) = used.iter().find(|n| self.conn_of(**n).is_none()) {
+                return Some(*n);
+            }
+        }
+        let top = used
+            .iter()
+            .filter(|n| n.node_type() == Some(NodeType::Storage))
+            .map(|n| n.number())
+            .max()
+            .unwrap_or(0);
+        if top < Nid::MAX_NUMBER {
+            return Some(Nid::new(NodeType::Storage, top + 1));
+        }
+        (1..=Nid::MAX_NUMBER)
+            .map(|n| Nid::new(NodeType::Storage, n))
+            .find(|n| !used.contains(n))
     }
 
     fn identify_admin(&mut self, cx: &mut Ctx, req: Identification) {
@@ -561,7 +655,14 @@ impl Master {
             }
         }
         let nid = match peer {
-            Peer::Incoming | Peer::Election(_) => return,
+            Peer::Incoming => {
+                // A new storage waiting for its id, maybe.
+                if let Some(p) = self.primary_mut() {
+                    p.new_storages.remove(&conn);
+                }
+                return;
+            }
+            Peer::Election(_) => return,
             Peer::ToPrimary(_) => return self.primary_lost(cx, conn, reason),
             Peer::Node(nid) => nid,
         };
@@ -640,6 +741,7 @@ impl Master {
 }
 
 /// A `RequestIdentification` being handled.
+#[derive(Clone, Debug)]
 struct Identification {
     conn: ConnId,
     id: u32,
@@ -689,6 +791,7 @@ mod tests {
     use super::*;
     use crate::actors::testing::{closed, sent, Harness};
     use crate::actors::Effect;
+    use crate::proto::{CellState, Ptid};
 
     fn config(port: u16) -> MasterConfig {
         MasterConfig {
@@ -759,7 +862,9 @@ mod tests {
 
     #[test]
     fn an_older_claimant_makes_a_claimant_yield_and_a_younger_one_is_accepted() {
-        let mut h = Harness::new(Master::new(config(1)));
+        let mut cfg = config(1);
+        cfg.masters.push(Address::new("10.0.0.1", 3));
+        let mut h = Harness::new(Master::new(cfg));
         h.start();
         let own = h.actor.role().clone();
         let Role::Primary(p) = own else { panic!() };
@@ -783,7 +888,9 @@ mod tests {
             }
         );
         assert!(matches!(h.actor.role(), Role::Primary(_)));
-        // Older: we yield and go follow it.
+        // Older: we yield and go follow it (once the pacing of our first claim to it
+        // allows a new connection).
+        h.elapsed += std::time::Duration::from_secs(2);
         let older = WallTime(p.claim.ts.0 - 1);
         let out = h.incoming(
             ConnId(101),
@@ -819,5 +926,257 @@ mod tests {
             }]
         ));
         assert!(closed(&out, ConnId(100)));
+    }
+
+    fn storage(port: u16, nid: Option<Nid>, ptid: Option<Ptid>) -> Packet {
+        Packet::RequestIdentification {
+            node_type: NodeType::Storage,
+            nid,
+            address: Some(Address::new("10.0.1.1", port)),
+            cluster_name: "prod".into(),
+            id_timestamp: None,
+            extra: IdentificationExtra {
+                established: nid.is_some() && ptid.is_some(),
+                ptid,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn s(n: u32) -> Nid {
+        Nid::new(NodeType::Storage, n)
+    }
+
+    /// The messages (id, packet) sent on `conn`.
+    fn messages(effects: &[Effect], conn: ConnId) -> Vec<(u32, Packet)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { conn: c, msg } if *c == conn => Some((msg.id, msg.packet.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The id the master gave on `conn`, if it accepted it.
+    fn accepted(effects: &[Effect], conn: ConnId) -> Option<Nid> {
+        sent(effects, conn).into_iter().find_map(|p| match p {
+            Packet::AcceptIdentification { your_nid, .. } => your_nid,
+            _ => None,
+        })
+    }
+
+    /// Answer, as empty storages with no table would, every request the master sends to
+    /// `storages`, until it asks nothing more; returns every effect seen.
+    fn serve_empty_storages(
+        h: &mut Harness<Master>,
+        mut out: Vec<Effect>,
+        storages: &[ConnId],
+    ) -> Vec<Effect> {
+        let mut seen = Vec::new();
+        while !out.is_empty() {
+            let mut next = Vec::new();
+            for &conn in storages {
+                for (id, p) in messages(&out, conn) {
+                    let answer = match p {
+                        Packet::AskRecovery => Packet::AnswerRecovery {
+                            ptid: None,
+                            backup_tid: None,
+                            truncate_tid: None,
+                        },
+                        Packet::AskLockedTransactions => Packet::AnswerLockedTransactions {
+                            transactions: vec![],
+                        },
+                        Packet::AskLastIDs => Packet::AnswerLastIDs {
+                            last_tid: None,
+                            last_oid: None,
+                            first_tid: None,
+                        },
+                        _ => continue,
+                    };
+                    let msg = Message { id, packet: answer };
+                    next.extend(h.handle(Event::Received { conn, msg }));
+                }
+            }
+            seen.extend(out);
+            out = next;
+        }
+        seen
+    }
+
+    #[test]
+    fn a_master_from_an_address_not_in_masters_is_refused() {
+        let mut h = Harness::new(Master::new(config(1)));
+        h.start();
+        let ts = Some(WallTime(u64::MAX));
+        for (conn, port) in [(100, 7), (101, 1)] {
+            // Port 7 is in nobody's list; port 1 is our own address.
+            let out = h.incoming(
+                ConnId(conn),
+                identification("prod", NodeType::Master, port, ts),
+            );
+            assert!(
+                matches!(&sent(&out, ConnId(conn))[..], [Packet::Error { code: ErrorCode::ProtocolError, message }] if message.contains("masters list") || port == 1),
+                "{out:?}"
+            );
+            assert!(closed(&out, ConnId(conn)));
+        }
+        assert!(h
+            .actor
+            .nodes()
+            .by_address(&Address::new("10.0.0.1", 7))
+            .is_none());
+        assert_eq!(h.actor.nodes().of_type(NodeType::Master).count(), 1);
+        // A master of the list is still accepted.
+        let out = h.incoming(ConnId(102), identification("prod", NodeType::Master, 2, ts));
+        assert!(accepted(&out, ConnId(102)).is_some(), "{out:?}");
+    }
+
+    /// Finding 8: an empty storage (no node id) that identifies while the primary recovers
+    /// must not take the id of a storage of the table that is missing, and must not be
+    /// listed with cells.
+    #[test]
+    fn an_empty_storage_never_takes_the_id_of_a_missing_one() {
+        let mut h = Harness::new(Master::new(config(1)));
+        h.start();
+        let (empty, s1, admin) = (ConnId(100), ConnId(101), ConnId(102));
+        let mut seen = h.incoming(empty, storage(30, None, None));
+        // S1 comes back with table 5, of S1 and S2; S2 stays away.
+        let out = h.incoming(s1, storage(31, Some(s(1)), Some(Ptid(5))));
+        let ask = messages(&out, s1)
+            .into_iter()
+            .find(|(_, p)| *p == Packet::AskRecovery);
+        seen.extend(out);
+        let Some((id, _)) = ask else {
+            panic!("S1 is not asked for recovery: {seen:?}");
+        };
+        let answer = Packet::AnswerRecovery {
+            ptid: Some(Ptid(5)),
+            backup_tid: None,
+            truncate_tid: None,
+        };
+        let out = h.handle(Event::Received {
+            conn: s1,
+            msg: Message { id, packet: answer },
+        });
+        let (id, _) = messages(&out, s1)
+            .into_iter()
+            .find(|(_, p)| *p == Packet::AskPartitionTable)
+            .expect("asks S1 for its table");
+        seen.extend(out);
+        let rows = vec![vec![(s(1), CellState::UpToDate), (s(2), CellState::UpToDate)]; 4];
+        let table = Packet::AnswerPartitionTable {
+            ptid: Some(Ptid(5)),
+            num_replicas: 1,
+            rows,
+        };
+        seen.extend(h.handle(Event::Received {
+            conn: s1,
+            msg: Message { id, packet: table },
+        }));
+        // The operator starts without S2.
+        seen.extend(h.incoming(admin, identification("prod", NodeType::Admin, 40, None)));
+        let start = Packet::SetClusterState {
+            state: ClusterState::Verifying,
+        };
+        seen.extend(h.handle(Event::Received {
+            conn: admin,
+            msg: Message {
+                id: 1,
+                packet: start,
+            },
+        }));
+        let given = accepted(&seen, empty);
+        assert!(
+            given.is_some_and(|n| n != s(1) && n != s(2)),
+            "the empty storage got {given:?}"
+        );
+        let given = given.unwrap();
+        let pt = h.actor.primary_table().expect("primary");
+        assert!(pt.nodes().contains(&s(1)) && pt.nodes().contains(&s(2)));
+        assert!(!pt.nodes().contains(&given), "{}", pt.render(|_| '?'));
+        assert_eq!(
+            h.actor.nodes().get(given).map(|n| n.state),
+            Some(NodeState::Pending)
+        );
+        assert_eq!(
+            h.actor.nodes().get(s(2)).map(|n| n.state),
+            Some(NodeState::Down)
+        );
+    }
+
+    /// A brand-new cluster: storages without ids wait while RECOVERING, count for
+    /// autostart, and get distinct ids when the cluster is created.
+    #[test]
+    fn new_storages_of_a_new_cluster_are_counted_and_get_distinct_ids() {
+        let mut cfg = config(1);
+        cfg.autostart = Some(2);
+        let mut h = Harness::new(Master::new(cfg));
+        h.start();
+        let (a, b) = (ConnId(100), ConnId(101));
+        let out = h.incoming(a, storage(30, None, None));
+        assert_eq!(
+            accepted(&out, a),
+            None,
+            "waits while the table is undecided"
+        );
+        let out = h.incoming(b, storage(31, None, None));
+        let seen = serve_empty_storages(&mut h, out, &[a, b]);
+        let ids = (accepted(&seen, a), accepted(&seen, b));
+        assert!(matches!(ids, (Some(x), Some(y)) if x != y), "{ids:?}");
+        assert_eq!(h.actor.cluster_state(), Some(ClusterState::Running));
+        let pt = h.actor.primary_table().unwrap();
+        assert_eq!(pt.nodes().len(), 2);
+    }
+
+    /// Finding 2: a storage identifying with an impossible table id (u64::MAX) while the
+    /// cluster runs is refused with a protocol error, and the table id does not move.
+    #[test]
+    fn an_impossible_table_id_from_a_storage_is_refused() {
+        let mut cfg = config(1);
+        cfg.autostart = Some(1);
+        let mut h = Harness::new(Master::new(cfg));
+        h.start();
+        let out = h.incoming(ConnId(100), storage(30, None, None));
+        serve_empty_storages(&mut h, out, &[ConnId(100)]);
+        assert_eq!(h.actor.cluster_state(), Some(ClusterState::Running));
+        let before = h.actor.primary_table().unwrap().ptid();
+        for (conn, ptid) in [(101, u64::MAX), (102, Ptid::LIMIT.0)] {
+            let out = h.incoming(ConnId(conn), storage(31, Some(s(7)), Some(Ptid(ptid))));
+            assert!(
+                matches!(
+                    &sent(&out, ConnId(conn))[..],
+                    [Packet::Error {
+                        code: ErrorCode::ProtocolError,
+                        ..
+                    }]
+                ),
+                "{out:?}"
+            );
+            assert!(closed(&out, ConnId(conn)));
+        }
+        assert_eq!(h.actor.primary_table().unwrap().ptid(), before);
+        h.actor.check_invariants().unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 200,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Any sequence of events a host can deliver, hostile packets included: the master
+        /// never panics and its invariants hold after every step.
+        #[test]
+        fn the_master_survives_hostile_input(
+            autostart in proptest::option::of(1u32..3),
+            steps in proptest::collection::vec(crate::actors::fuzz::step("prod"), 1..80),
+        ) {
+            let mut cfg = config(1);
+            cfg.autostart = autostart;
+            let mut h = Harness::new(Master::new(cfg));
+            crate::actors::fuzz::run(&mut h, steps, Master::check_invariants)?;
+        }
     }
 }

@@ -54,18 +54,29 @@ pub struct Storage {
     failed: bool,
 }
 
-/// The rows of a table from the database's cells.
+/// The rows of a table from the database's cells. A partition number or table id no
+/// cluster can have means the database cannot be trusted (and must not size an allocation).
 fn table_from_cells(
     ptid: Option<crate::proto::Ptid>,
     replicas: u32,
     cells: &[Cell],
-) -> Option<PartitionTable> {
-    let np = cells.iter().map(|c| c.partition + 1).max()?;
-    let mut rows = vec![Vec::new(); np as usize];
+) -> Result<Option<PartitionTable>, DbError> {
+    let corrupt = |what: String| DbError::Backend(format!("corrupt partition table: {what}"));
+    if let Some(p) = ptid.filter(|p| !p.is_plausible()) {
+        return Err(corrupt(format!("impossible table id {p}")));
+    }
+    let Some(last) = cells.iter().map(|c| c.partition).max() else {
+        return Ok(None);
+    };
+    if last >= crate::pt::MAX_PARTITIONS {
+        return Err(corrupt(format!("partition {last}")));
+    }
+    let mut rows = vec![Vec::new(); last as usize + 1];
     for c in cells {
         rows[c.partition as usize].push((c.nid, c.state));
     }
-    Some(PartitionTable::from_rows(ptid, replicas, &rows))
+    crate::pt::check_table(ptid, &rows).map_err(corrupt)?;
+    Ok(Some(PartitionTable::from_rows(ptid, replicas, &rows)))
 }
 
 impl Storage {
@@ -190,7 +201,7 @@ impl Storage {
         let config = self.db.config()?;
         self.nid = config.nid;
         let cells = self.db.partition_table()?;
-        self.pt = table_from_cells(config.ptid, config.replicas.unwrap_or(0), &cells);
+        self.pt = table_from_cells(config.ptid, config.replicas.unwrap_or(0), &cells)?;
         Ok(())
     }
 
@@ -234,6 +245,13 @@ impl Storage {
         };
         let mut request = None;
         let result = match ev {
+            LinkEvent::Identified { your_nid }
+                if your_nid.is_some_and(|n| n.node_type() != Some(NodeType::Storage)) =>
+            {
+                let why = format!("{your_nid:?} is not a storage node id");
+                self.master_protocol_error(cx, conn, None, why);
+                return;
+            }
             LinkEvent::Identified { your_nid } => self.identified(your_nid),
             LinkEvent::Told(NodeState::Unknown) => {
                 // Dropped from the cluster: our data is of no use to anyone any more.
@@ -259,6 +277,26 @@ impl Storage {
         if let Err(e) = result {
             self.db_error(cx, conn, request, "serving the master", e);
         }
+    }
+
+    /// The primary sent what no primary sends: say so, drop the link and find the primary
+    /// again, rather than trust it.
+    fn master_protocol_error(&mut self, cx: &mut Ctx, conn: ConnId, id: Option<u32>, why: String) {
+        warn!(
+            "{}: protocol error from the master at {:?}: {why}",
+            self.me(),
+            self.master.target().map(|(a, _)| a)
+        );
+        if let Some(id) = id {
+            self.answer(
+                cx,
+                conn,
+                id,
+                Packet::error(ErrorCode::ProtocolError, why.clone()),
+            );
+        }
+        self.links.close(cx, conn);
+        self.on_closed(cx, conn, Peer::Master, CloseReason::Protocol(why));
     }
 
     fn identified(&mut self, your_nid: Option<Nid>) -> Result<(), DbError> {
@@ -346,6 +384,10 @@ impl Storage {
                 rows,
             } => {
                 let Some(ptid) = ptid else { return Ok(()) };
+                if let Err(why) = crate::pt::check_table(Some(ptid), &rows) {
+                    self.master_protocol_error(cx, conn, Some(id), why);
+                    return Ok(());
+                }
                 let cells: Vec<Cell> = rows
                     .iter()
                     .enumerate()
@@ -503,7 +545,8 @@ impl Storage {
         }
         if let Some(pt) = &self.pt {
             let cells = self.db.partition_table().map_err(|e| e.to_string())?;
-            let on_disk = table_from_cells(config.ptid, config.replicas.unwrap_or(0), &cells);
+            let on_disk = table_from_cells(config.ptid, config.replicas.unwrap_or(0), &cells)
+                .map_err(|e| e.to_string())?;
             if on_disk.as_ref().map(|t| t.rows()) != Some(pt.rows()) {
                 return Err(format!(
                     "{}: table {ptid:?} differs in memory and on disk",
