@@ -401,3 +401,31 @@ fn a_client_flooding_the_admin_without_reading_is_disconnected() {
     .unwrap_or_else(|| panic!("no log line for the disconnection:\n{}", nodes[2].log()));
     admin_answers(admin_port).expect("the admin still serves");
 }
+
+#[test]
+fn a_master_whose_log_pipe_is_never_read_keeps_serving_and_stops_on_sigterm() {
+    // A pipe nobody reads fills up (64 KiB) and then blocks every write to it.
+    let port = free_port();
+    let mut node = Proc(
+        Command::new(env!("CARGO_BIN_EXE_neomaster"))
+            .args(master_args(port))
+            .env("NEO_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let _held = node.0.stderr.take().unwrap();
+    wait_for(Duration::from_secs(10), || master_answers(port).ok()).expect("the master serves");
+    // Each refused peer is a log line of ~100 bytes: well past what the pipe holds.
+    for i in 0..1500 {
+        if let Err(e) = master_answers(port) {
+            panic!("the master stopped serving once its log pipe was full (request {i}): {e}");
+        }
+    }
+    node.terminate();
+    let status = node
+        .exited_within(Duration::from_secs(8))
+        .expect("the master stops on SIGTERM with a full log pipe");
+    assert!(status.success(), "{status}");
+}

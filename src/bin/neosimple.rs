@@ -192,8 +192,11 @@ fn run(cli: &Cli) -> Result<(), String> {
         SqliteBackend::open(&path.display().to_string(), &identity)
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let admin = match std::net::TcpListener::bind((admin.host.as_str(), admin.port)) {
-        Ok(_) => admin,
+    // Port 0 (any): the one the system gives now, so that neosimple knows where to ask.
+    let admin = match std::net::TcpListener::bind((admin.host.as_str(), admin.port))
+        .and_then(|l| l.local_addr())
+    {
+        Ok(bound) => Address::new(admin.host.clone(), bound.port()),
         Err(e) => {
             let free = Address::new("127.0.0.1", free_port()?);
             say(format!(

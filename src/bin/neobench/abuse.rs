@@ -363,7 +363,11 @@ fn big_frames(node: &Node, port: u16, limit: Duration) -> Outcome {
             most / 1024
         ))
     } else {
-        Err(format!("{refused} of 16 refused; {results:?}"))
+        let first = results.iter().find_map(|r| r.as_ref().err());
+        Err(format!(
+            "{refused} of 16 refused (first other: {})",
+            first.map_or("the master no longer answers", |e| e.as_str())
+        ))
     };
     Outcome {
         what: "16 unidentified peers send 63 MiB frames",
