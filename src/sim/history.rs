@@ -27,13 +27,16 @@ fn readable(rows: &Rows) -> BTreeSet<(u32, Nid)> {
         .collect()
 }
 
-/// Partition-table contents, after every step, over every table in effect (held by a
-/// storage: a table only a primary holds, one it could not send, never governed any
-/// data; the simulator showed a primary cut off from every storage outdate a table no one
-/// received, while another primary reused the id for the table the storages moved to):
+/// Partition-table contents, after every step, over every table in effect: held by a
+/// storage with readable cells of its own in it, one that can serve under it. A table
+/// only a primary holds (one it could not send) or only storages without readable cells
+/// hold governs no data: any write under a table reaches, with the table, the storages
+/// that take it. (The simulator showed both: a primary cut off from every storage outdating
+/// a table no one received; a change that reached only storages without cells before the
+/// primary was lost; each time another primary rightly reused the id.)
 ///
-/// - one id is one table, across every storage (a table recorded under an id is the only
-///   one that id ever names);
+/// - one id is one table, across those storages (a table recorded under an id is the
+///   only one that id ever names);
 /// - a cell that is not readable (OUT_OF_DATE, or absent) in a table never becomes
 ///   readable (UP_TO_DATE or FEEDING) in a later table: cells only become readable by
 ///   replication, and there is none yet; so each table's readable cells are a subset of
@@ -50,10 +53,13 @@ pub fn table_contents() -> impl FnMut(&World) -> Result<(), String> {
     move |w: &World| {
         let mut tables: Vec<(String, Ptid, Rows)> = Vec::new();
         for (i, s) in w.storages() {
-            if let Some(pt) = s.partition_table() {
-                if let Some(ptid) = pt.ptid() {
-                    tables.push((w.label(i).to_string(), ptid, pt.rows()));
-                }
+            let (Some(pt), Some(nid)) = (s.partition_table(), s.nid()) else {
+                continue;
+            };
+            let Some(ptid) = pt.ptid() else { continue };
+            let rows = pt.rows();
+            if readable(&rows).iter().any(|(_, n)| *n == nid) {
+                tables.push((w.label(i).to_string(), ptid, rows));
             }
         }
         for (i, m) in w.masters() {
