@@ -279,7 +279,7 @@ fn main() -> ExitCode {
                 say!("  replay: {}", f.opts.replay_command());
                 if r.failures.len() > 1 {
                     say!("other failed seeds:");
-                    for (seed, what) in r.failures.iter().skip(1).take(20) {
+                    for (seed, what) in r.failures.iter().skip(1).take(100) {
                         say!("  {seed}: {what}");
                     }
                 }

@@ -8,9 +8,9 @@
 //!
 //! Swapped disks need no check here: the refused process never runs (it stops at start).
 //!
-//! A wipe may also lose data for good: when a wiped node's old id still holds readable
-//! cells, the cluster rightly waits for that node in RECOVERING until an operator decides
-//! (NEO's `neoctl drop` or `start`); [`lost_to_a_wipe`] says so, for liveness checks.
+//! A wipe may also lose data for good, or leave an old id in the table that the cluster
+//! rightly waits for in RECOVERING until an operator decides (NEO's `neoctl drop` or
+//! `start`); [`lost_to_a_wipe`] says so, for liveness checks.
 
 use super::disk::DiskEventKind;
 use super::world::World;
@@ -67,9 +67,10 @@ pub fn wiped_disks_never_serve(w: &World) -> Result<(), String> {
 }
 
 /// Why the cluster may rightly never be RUNNING with all its data again: a wipe took the
-/// last copy of some data, or a table some running node holds gives a readable cell to the
-/// old id of a wiped storage, which no running storage has any more (only an operator can
-/// decide to go on without it).
+/// last copy of some data, or a table some running node holds still lists the old id of a
+/// wiped storage, which no running storage has any more. A primary in RECOVERING waits for
+/// every node of its table (one may hold a newer table), so only an operator can decide to
+/// go on without it (`neoctl drop` or `start`).
 pub fn lost_to_a_wipe(w: &World) -> Option<String> {
     if let Some(e) = w.disk_events().iter().find(|e| e.lost_data) {
         return Some(format!(
@@ -100,9 +101,9 @@ pub fn lost_to_a_wipe(w: &World) -> Option<String> {
             if live.contains(&old) {
                 continue;
             }
-            if let Some(p) = readable_cell(pt, old) {
+            if pt.nodes().contains(&old) {
                 return Some(format!(
-                    "{} was wiped at {:.3}s, and {old} still holds the readable cell {p} of table {:?}",
+                    "{} was wiped at {:.3}s, and its old id {old} is still in table {:?}",
                     w.label(e.node),
                     e.at.as_secs_f64(),
                     pt.ptid()

@@ -454,7 +454,11 @@ impl World {
         }
         self.disks.arm(node, false);
         let stalled = self.disk_faults_seen(node);
+        // What the node did leaves when its slow disk calls are done.
+        let now = self.now;
+        self.now += stalled;
         self.apply(node, &mut effects);
+        self.now = now;
         self.effects = effects;
         if stalled > Duration::ZERO && self.nodes[node].is_up() {
             // The trace says "pause": a slow disk stalls the whole (synchronous) process.
@@ -534,7 +538,11 @@ impl World {
         }
         self.disks.arm(node, false);
         let stalled = self.disk_faults_seen(node);
+        // What the node did leaves when its slow disk calls are done.
+        let now = self.now;
+        self.now += stalled;
         self.apply(node, &mut effects);
+        self.now = now;
         self.effects = effects;
         if stalled > Duration::ZERO && self.nodes[node].is_up() {
             // The trace says "pause": a slow disk stalls the whole (synchronous) process.
