@@ -21,6 +21,8 @@ pub const MUTANTS: &[(&str, Scenario, &str)] = &[
     ("recovery-no-wait", Scenario::Recovery, "start as soon as the table is operational, without waiting for every node with readable cells"),
     ("pt-outdate-last", Scenario::Recovery, "outdate the last readable cell of a partition when its node is lost"),
     ("verification-drop-locked", Scenario::Verification, "drop locked transactions instead of committing them"),
+    ("ptid-wrap", Scenario::Recovery, "take a peer's partition table id unchecked and increment it with a wrap"),
+    ("wiped-disk-serves", Scenario::Recovery, "give a storage restarted with an empty disk the id of a missing storage of the table"),
     (
         "election-no-yield",
         Scenario::Election,
