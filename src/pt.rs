@@ -32,8 +32,8 @@ pub struct PartitionTable {
 pub const MAX_PARTITIONS: u32 = 65_535;
 
 /// Check a whole table a peer sent (`SendPartitionTable`, `AnswerPartitionTable`) before
-/// building it: a plausible id, 1 to `MAX_PARTITIONS` rows, storage node ids only, no node
-/// twice in a row. The error names what is wrong, for the protocol error.
+/// building it: a plausible id, 1 to `MAX_PARTITIONS` rows, some cells, storage node ids
+/// only, no node twice in a row. The error names what is wrong, for the protocol error.
 pub fn check_table(ptid: Option<Ptid>, rows: &[Vec<(Nid, CellState)>]) -> Result<(), String> {
     if let Some(p) = ptid.filter(|p| !p.is_plausible()) {
         return Err(format!("impossible partition table id {p}"));
@@ -41,8 +41,15 @@ pub fn check_table(ptid: Option<Ptid>, rows: &[Vec<(Nid, CellState)>]) -> Result
     if rows.is_empty() || rows.len() > MAX_PARTITIONS as usize {
         return Err(format!("a partition table of {} partitions", rows.len()));
     }
+    if rows.iter().all(|r| r.is_empty()) {
+        // Every table is made over at least one node, and never loses its last cells.
+        return Err("a partition table without any cell".into());
+    }
     for (offset, row) in rows.iter().enumerate() {
         check_cells(offset, row.iter().map(|(n, _)| *n))?;
+        if let Some((n, _)) = row.iter().find(|(_, s)| *s == CellState::Discarded) {
+            return Err(format!("a DISCARDED cell of {n} in a whole table"));
+        }
         let mut seen = BTreeSet::new();
         if let Some((n, _)) = row.iter().find(|(n, _)| !seen.insert(*n)) {
             return Err(format!("{n} twice in partition {offset}"));

@@ -316,3 +316,209 @@ impl Actor for Admin {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::testing::{sent, Harness};
+    use crate::actors::Effect;
+    use crate::proto::{CellState, NodeInfo, NodeState, Ptid, WallTime};
+
+    fn admin() -> Harness<Admin> {
+        Harness::new(Admin::new(AdminConfig {
+            cluster: "c".into(),
+            bind: Address::new("10.0.2.1", 9999),
+            masters: vec![Address::new("10.0.0.1", 1)],
+        }))
+    }
+
+    /// Start and get identified by a primary that says the cluster runs with S1; returns
+    /// the master link.
+    fn following(h: &mut Harness<Admin>) -> ConnId {
+        let out = h.start();
+        let conn = out
+            .iter()
+            .find_map(|e| match e {
+                Effect::Connect { conn, .. } => Some(*conn),
+                _ => None,
+            })
+            .expect("connects to the master");
+        let s1 = Nid::new(NodeType::Storage, 1);
+        let m1 = Nid::new(NodeType::Master, 1);
+        let node = |nid, node_type, port| NodeInfo {
+            node_type,
+            address: Some(Address::new("10.0.0.1", port)),
+            nid: Some(nid),
+            state: NodeState::Running,
+            id_timestamp: None,
+        };
+        let packets = [
+            Packet::AcceptIdentification {
+                node_type: NodeType::Master,
+                nid: Some(m1),
+                your_nid: Some(Nid::new(NodeType::Admin, 1)),
+            },
+            Packet::NotifyNodeInformation {
+                timestamp: WallTime(1),
+                nodes: vec![
+                    node(m1, NodeType::Master, 1),
+                    node(s1, NodeType::Storage, 2),
+                ],
+            },
+            Packet::NotifyClusterInformation {
+                state: ClusterState::Running,
+            },
+            Packet::SendPartitionTable {
+                ptid: Some(Ptid(3)),
+                num_replicas: 0,
+                rows: vec![vec![(s1, CellState::UpToDate)]],
+            },
+        ];
+        h.handle(Event::Connected { conn });
+        for (id, packet) in packets.into_iter().enumerate() {
+            h.handle(Event::Received {
+                conn,
+                msg: Message {
+                    id: id as u32,
+                    packet,
+                },
+            });
+        }
+        conn
+    }
+
+    /// neoctl's requests for every `print`, and `print ids`' relayed ones.
+    fn prints() -> Vec<Packet> {
+        vec![
+            Packet::AskClusterState,
+            Packet::AskPrimary,
+            Packet::AskNodeList { node_type: None },
+            Packet::AskPartitionList {
+                min_offset: 0,
+                max_offset: 0,
+                nid: None,
+            },
+            Packet::AskRecovery,
+            Packet::AskLastIDs,
+        ]
+    }
+
+    fn ask(h: &mut Harness<Admin>, conn: ConnId, packet: Packet) -> Vec<Packet> {
+        let out = h.handle(Event::Received {
+            conn,
+            msg: Message { id: 9, packet },
+        });
+        sent(&out, conn)
+    }
+
+    /// Finding 12: without a primary, every `print` gets the same NOT_READY answer; with
+    /// one, the admin answers from what it learnt.
+    #[test]
+    fn without_a_primary_every_print_says_so() {
+        let mut h = admin();
+        let mconn = following(&mut h);
+        let ctl = ConnId(500);
+        h.handle(Event::Accepted { conn: ctl });
+        let answers = ask(&mut h, ctl, Packet::AskNodeList { node_type: None });
+        assert!(
+            matches!(&answers[..], [Packet::AnswerNodeList { nodes }] if nodes.len() == 2),
+            "{answers:?}"
+        );
+        let answers = ask(&mut h, ctl, Packet::AskClusterState);
+        assert_eq!(
+            answers,
+            vec![Packet::AnswerClusterState {
+                state: Some(ClusterState::Running)
+            }]
+        );
+        // The primary is lost: nothing it said is shown any more.
+        h.handle(Event::Closed {
+            conn: mconn,
+            reason: CloseReason::Reset,
+        });
+        for p in prints() {
+            let answers = ask(&mut h, ctl, p.clone());
+            assert_eq!(
+                answers,
+                vec![Packet::error(ErrorCode::NotReady, NO_PRIMARY)],
+                "{p:?}"
+            );
+        }
+        // Nor before any primary accepted us.
+        let mut h = admin();
+        h.start();
+        h.handle(Event::Accepted { conn: ctl });
+        for p in prints() {
+            let answers = ask(&mut h, ctl, p.clone());
+            assert_eq!(
+                answers,
+                vec![Packet::error(ErrorCode::NotReady, NO_PRIMARY)],
+                "{p:?}"
+            );
+        }
+    }
+
+    /// neoctl turns that answer into an error (a non-zero exit status), for every print.
+    #[test]
+    fn neoctl_fails_on_the_no_primary_answer() {
+        use crate::ctl::{render, requests, CtlCommand, CtlError};
+        let commands = [
+            CtlCommand::PrintCluster,
+            CtlCommand::PrintIds,
+            CtlCommand::PrintPt {
+                min: None,
+                max: None,
+            },
+            CtlCommand::PrintNode { node_type: None },
+            CtlCommand::PrintPrimary,
+        ];
+        for cmd in commands {
+            let answers: Vec<Packet> = requests(&cmd)
+                .iter()
+                .map(|_| Packet::error(ErrorCode::NotReady, NO_PRIMARY))
+                .collect();
+            assert_eq!(
+                render(&cmd, &answers),
+                Err(CtlError::Error(NO_PRIMARY.into())),
+                "{cmd:?}"
+            );
+        }
+        // An answer without a state or a primary is an error too, not "None".
+        let none = [
+            (
+                CtlCommand::PrintCluster,
+                Packet::AnswerClusterState { state: None },
+            ),
+            (
+                CtlCommand::PrintPrimary,
+                Packet::AnswerPrimary { primary_nid: None },
+            ),
+        ];
+        for (cmd, answer) in none {
+            assert!(render(&cmd, &[answer]).is_err(), "{cmd:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Any sequence of events a host can deliver, hostile packets from the master
+        /// link and from neoctl connections included: the admin never panics, and it never
+        /// shows what it learnt from a primary it is not connected to.
+        #[test]
+        fn the_admin_survives_hostile_input(
+            steps in proptest::collection::vec(crate::actors::fuzz::step("c"), 1..80),
+        ) {
+            let mut h = admin();
+            crate::actors::fuzz::run(&mut h, steps, |a: &Admin| {
+                if a.master.conn().is_none() && a.pt.is_some() {
+                    return Err("a table kept without a primary".into());
+                }
+                Ok(())
+            })?;
+        }
+    }
+}

@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use super::testing::Harness;
 use super::{Actor, CloseReason, Command, ConnId, Effect, Event, TimerId};
 use crate::proto::{
-    Address, CellState, ClusterState, IdentificationExtra, Message, Nid, NodeInfo, NodeState,
+    Address, CellState, ClusterState, IdentificationExtra, Kind, Message, Nid, NodeInfo, NodeState,
     NodeType, Oid, Packet, Ptid, Tid, WallTime,
 };
 
@@ -24,12 +24,17 @@ use crate::proto::{
 pub enum Step {
     /// A peer connects.
     Accept,
+    /// A peer connects and sends this (an identification, mostly).
+    Join(Packet),
     /// An open connection (by index among those open) comes up, if the actor made it.
     Connected(usize),
     /// An open connection ends.
     Close(usize, CloseReason),
     /// A packet arrives on an open connection.
     Receive(usize, Message),
+    /// A request the actor sent (by index among those unanswered) gets the answer of its
+    /// kind from these.
+    Reply(usize, Box<Answers>),
     /// One of the timers the actor set fires (by index among those pending).
     Fire(usize),
     /// Time passes.
@@ -130,14 +135,23 @@ fn node_info() -> BoxedStrategy<NodeInfo> {
         .boxed()
 }
 
-/// Packets of every kind: derived arbitrary ones, and ones built from edge values and the
-/// names a small cluster uses, so that they get past the first checks.
-pub fn packet(cluster: &'static str) -> BoxedStrategy<Packet> {
-    let identification = (
-        any::<NodeType>(),
-        prop::option::of(nid()),
-        prop::option::of(address()),
-        prop_oneof![4 => Just(cluster.to_string()), 1 => any::<String>()],
+fn node_type() -> BoxedStrategy<NodeType> {
+    prop_oneof![
+        3 => Just(NodeType::Storage),
+        1 => Just(NodeType::Admin),
+        1 => Just(NodeType::Master),
+        1 => Just(NodeType::Client),
+    ]
+    .boxed()
+}
+
+/// `RequestIdentification`, mostly well-formed enough to get past the first checks.
+fn identification(cluster: &'static str) -> BoxedStrategy<Packet> {
+    (
+        node_type(),
+        prop_oneof![1 => Just(None), 2 => nid().prop_map(Some)],
+        prop_oneof![5 => address().prop_map(Some), 1 => Just(None)],
+        prop_oneof![6 => Just(cluster.to_string()), 1 => any::<String>()],
         prop::option::of(time()),
         any::<bool>(),
         prop::option::of(ptid()),
@@ -157,8 +171,12 @@ pub fn packet(cluster: &'static str) -> BoxedStrategy<Packet> {
                     },
                 }
             },
-        );
-    let simple = prop_oneof![
+        )
+        .boxed()
+}
+
+fn simple() -> BoxedStrategy<Packet> {
+    prop_oneof![
         Just(Packet::AskRecovery),
         Just(Packet::AskLastIDs),
         Just(Packet::AskPartitionTable),
@@ -175,28 +193,41 @@ pub fn packet(cluster: &'static str) -> BoxedStrategy<Packet> {
         any::<ClusterState>().prop_map(|state| Packet::NotifyClusterInformation { state }),
         any::<ClusterState>().prop_map(|state| Packet::SetClusterState { state }),
         prop::option::of(any::<NodeType>()).prop_map(|node_type| Packet::AskNodeList { node_type }),
-    ];
-    let master_side = prop_oneof![
-        (
-            any::<NodeType>(),
-            prop::option::of(nid()),
-            prop::option::of(nid())
-        )
-            .prop_map(|(node_type, nid, your_nid)| {
-                Packet::AcceptIdentification {
-                    node_type,
-                    nid,
-                    your_nid,
-                }
-            }),
-        (
-            prop::option::of(address()),
-            prop::collection::vec(address(), 0..4)
-        )
-            .prop_map(|(primary, known_masters)| Packet::NotPrimaryMaster {
-                primary,
-                known_masters
-            }),
+    ]
+    .boxed()
+}
+
+fn accept() -> BoxedStrategy<Packet> {
+    (
+        prop_oneof![4 => Just(NodeType::Master), 1 => any::<NodeType>()],
+        prop::option::of(nid()),
+        prop::option::of(nid()),
+    )
+        .prop_map(|(node_type, nid, your_nid)| Packet::AcceptIdentification {
+            node_type,
+            nid,
+            your_nid,
+        })
+        .boxed()
+}
+
+fn not_primary() -> BoxedStrategy<Packet> {
+    (
+        prop::option::of(address()),
+        prop::collection::vec(address(), 0..4),
+    )
+        .prop_map(|(primary, known_masters)| Packet::NotPrimaryMaster {
+            primary,
+            known_masters,
+        })
+        .boxed()
+}
+
+/// What a primary master sends.
+fn master_side() -> BoxedStrategy<Packet> {
+    prop_oneof![
+        accept(),
+        not_primary(),
         (time(), prop::collection::vec(node_info(), 0..5))
             .prop_map(|(timestamp, nodes)| Packet::NotifyNodeInformation { timestamp, nodes }),
         (prop::option::of(ptid()), edge_u32(), rows()).prop_map(|(ptid, num_replicas, rows)| {
@@ -221,49 +252,80 @@ pub fn packet(cluster: &'static str) -> BoxedStrategy<Packet> {
         tid().prop_map(|tid| Packet::Truncate { tid }),
         tid().prop_map(|ttid| Packet::AskFinalTID { ttid }),
         (tid(), tid()).prop_map(|(ttid, tid)| Packet::ValidateTransaction { ttid, tid }),
-    ];
-    let storage_side = prop_oneof![
-        (
-            prop::option::of(ptid()),
-            prop::option::of(tid()),
-            prop::option::of(tid())
-        )
-            .prop_map(|(ptid, backup_tid, truncate_tid)| {
-                Packet::AnswerRecovery {
-                    ptid,
-                    backup_tid,
-                    truncate_tid,
-                }
-            }),
-        (prop::option::of(ptid()), edge_u32(), rows()).prop_map(|(ptid, num_replicas, rows)| {
-            Packet::AnswerPartitionTable {
-                ptid,
-                num_replicas,
-                rows,
-            }
-        }),
-        (
-            prop::option::of(tid()),
-            prop::option::of(edge_u64().prop_map(Oid)),
-            prop::option::of(tid())
-        )
-            .prop_map(|(last_tid, last_oid, first_tid)| Packet::AnswerLastIDs {
-                last_tid,
-                last_oid,
-                first_tid
-            }),
-        prop::collection::vec((tid(), prop::option::of(tid())), 0..4)
-            .prop_map(|transactions| Packet::AnswerLockedTransactions { transactions }),
-        prop::option::of(tid()).prop_map(|tid| Packet::AnswerFinalTID { tid }),
-    ];
-    let admin_side = prop_oneof![
+    ]
+    .boxed()
+}
+
+fn answer_recovery() -> BoxedStrategy<Packet> {
+    (
+        prop_oneof![2 => Just(None), 3 => ptid().prop_map(Some)],
+        prop::option::of(tid()),
+        prop::option::of(tid()),
+    )
+        .prop_map(|(ptid, backup_tid, truncate_tid)| Packet::AnswerRecovery {
+            ptid,
+            backup_tid,
+            truncate_tid,
+        })
+        .boxed()
+}
+
+fn answer_table() -> BoxedStrategy<Packet> {
+    (prop::option::of(ptid()), edge_u32(), rows())
+        .prop_map(|(ptid, num_replicas, rows)| Packet::AnswerPartitionTable {
+            ptid,
+            num_replicas,
+            rows,
+        })
+        .boxed()
+}
+
+fn answer_last_ids() -> BoxedStrategy<Packet> {
+    (
+        prop::option::of(tid()),
+        prop::option::of(edge_u64().prop_map(Oid)),
+        prop::option::of(tid()),
+    )
+        .prop_map(|(last_tid, last_oid, first_tid)| Packet::AnswerLastIDs {
+            last_tid,
+            last_oid,
+            first_tid,
+        })
+        .boxed()
+}
+
+fn answer_locked() -> BoxedStrategy<Packet> {
+    prop::collection::vec((tid(), prop::option::of(tid())), 0..4)
+        .prop_map(|transactions| Packet::AnswerLockedTransactions { transactions })
+        .boxed()
+}
+
+fn answer_final_tid() -> BoxedStrategy<Packet> {
+    prop::option::of(tid())
+        .prop_map(|tid| Packet::AnswerFinalTID { tid })
+        .boxed()
+}
+
+/// A storage's answers to the primary.
+fn storage_side() -> BoxedStrategy<Packet> {
+    prop_oneof![
+        answer_recovery(),
+        answer_table(),
+        answer_last_ids(),
+        answer_locked(),
+        answer_final_tid(),
+    ]
+    .boxed()
+}
+
+/// neoctl's requests.
+fn admin_side() -> BoxedStrategy<Packet> {
+    prop_oneof![
         (edge_u32(), edge_u32(), prop::option::of(nid())).prop_map(
-            |(min_offset, max_offset, nid)| {
-                Packet::AskPartitionList {
-                    min_offset,
-                    max_offset,
-                    nid,
-                }
+            |(min_offset, max_offset, nid)| Packet::AskPartitionList {
+                min_offset,
+                max_offset,
+                nid,
             }
         ),
         (nid(), any::<NodeState>()).prop_map(|(nid, state)| Packet::SetNodeState { nid, state }),
@@ -271,16 +333,84 @@ pub fn packet(cluster: &'static str) -> BoxedStrategy<Packet> {
         (any::<bool>(), prop::collection::vec(nid(), 0..3))
             .prop_map(|(dry_run, nids)| Packet::TweakPartitionTable { dry_run, nids }),
         edge_u32().prop_map(|num_replicas| Packet::SetNumReplicas { num_replicas }),
-    ];
-    prop_oneof![
-        2 => any::<Packet>(),
-        3 => identification,
-        3 => simple,
-        3 => master_side,
-        3 => storage_side,
-        2 => admin_side,
     ]
     .boxed()
+}
+
+/// Packets of every kind: derived arbitrary ones, and ones built from edge values and the
+/// names a small cluster uses, so that they get past the first checks.
+pub fn packet(cluster: &'static str) -> BoxedStrategy<Packet> {
+    prop_oneof![
+        2 => any::<Packet>(),
+        4 => identification(cluster),
+        3 => simple(),
+        3 => master_side(),
+        3 => storage_side(),
+        2 => admin_side(),
+    ]
+    .boxed()
+}
+
+/// One answer of each kind a role asks for, with arbitrary fields; `wrong` answers with
+/// `other` whatever the request was.
+#[derive(Clone, Debug)]
+pub struct Answers {
+    recovery: Packet,
+    table: Packet,
+    last_ids: Packet,
+    locked: Packet,
+    final_tid: Packet,
+    identification: Packet,
+    other: Packet,
+    wrong: bool,
+}
+
+impl Answers {
+    fn to(&self, request: &str) -> Packet {
+        if self.wrong {
+            return self.other.clone();
+        }
+        match request {
+            "AskRecovery" => self.recovery.clone(),
+            "AskPartitionTable" => self.table.clone(),
+            "AskLastIDs" => self.last_ids.clone(),
+            "AskLockedTransactions" => self.locked.clone(),
+            "AskFinalTID" => self.final_tid.clone(),
+            "RequestIdentification" => self.identification.clone(),
+            "Ping" => Packet::Pong,
+            _ => self.other.clone(),
+        }
+    }
+}
+
+fn answers(cluster: &'static str) -> BoxedStrategy<Answers> {
+    (
+        (
+            answer_recovery(),
+            answer_table(),
+            answer_last_ids(),
+            answer_locked(),
+            answer_final_tid(),
+        ),
+        prop_oneof![4 => accept(), 1 => not_primary(), 1 => packet(cluster)],
+        prop_oneof![3 => Just(Packet::ack("ok")), 1 => packet(cluster)],
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(
+            |((recovery, table, last_ids, locked, final_tid), identification, other, wrong)| {
+                Answers {
+                    recovery,
+                    table,
+                    last_ids,
+                    locked,
+                    final_tid,
+                    identification,
+                    other,
+                    wrong,
+                }
+            },
+        )
+        .boxed()
 }
 
 /// Message ids: mostly small, to match the requests a node has pending on a connection.
@@ -306,12 +436,17 @@ fn reason() -> BoxedStrategy<CloseReason> {
 
 pub fn step(cluster: &'static str) -> BoxedStrategy<Step> {
     prop_oneof![
-        3 => Just(Step::Accept),
-        2 => any::<usize>().prop_map(Step::Connected),
-        2 => (any::<usize>(), reason()).prop_map(|(i, r)| Step::Close(i, r)),
-        12 => (any::<usize>(), message(cluster)).prop_map(|(i, m)| Step::Receive(i, m)),
-        3 => any::<usize>().prop_map(Step::Fire),
-        2 => (0u64..20_000).prop_map(|ms| Step::Advance(Duration::from_millis(ms))),
+        10 => Just(Step::Accept),
+        30 => identification(cluster).prop_map(Step::Join),
+        20 => any::<usize>().prop_map(Step::Connected),
+        15 => (any::<usize>(), reason()).prop_map(|(i, r)| Step::Close(i, r)),
+        30 => (any::<usize>(), message(cluster)).prop_map(|(i, m)| Step::Receive(i, m)),
+        80 => (any::<usize>(), answers(cluster)).prop_map(|(i, a)| Step::Reply(i, Box::new(a))),
+        30 => any::<usize>().prop_map(Step::Fire),
+        20 => prop_oneof![
+            4 => (0u64..3_000),
+            1 => (0u64..30_000),
+        ].prop_map(|ms| Step::Advance(Duration::from_millis(ms))),
         1 => Just(Step::Shutdown),
     ]
     .boxed()
@@ -323,6 +458,8 @@ struct Host {
     open: Vec<ConnId>,
     connecting: Vec<ConnId>,
     timers: Vec<(TimerId, u64)>,
+    /// Requests the actor sent, not answered yet: (connection, id, packet name).
+    requests: Vec<(ConnId, u32, &'static str)>,
     next_accept: u64,
     exited: bool,
 }
@@ -338,6 +475,10 @@ impl Host {
                 Effect::Close { conn } => {
                     self.open.retain(|c| c != conn);
                     self.connecting.retain(|c| c != conn);
+                    self.requests.retain(|(c, _, _)| c != conn);
+                }
+                Effect::Send { conn, msg } if msg.packet.kind() == Kind::Request => {
+                    self.requests.push((*conn, msg.id, msg.packet.name()));
                 }
                 Effect::SetTimer { id, token, .. } => self.timers.push((*id, *token)),
                 Effect::CancelTimer { id } => self.timers.retain(|(t, _)| t != id),
@@ -345,6 +486,18 @@ impl Host {
                 Effect::Send { .. } | Effect::Observe(_) => {}
             }
         }
+    }
+
+    /// The events a step stands for (none if it names nothing that exists).
+    fn events(&mut self, step: Step) -> Vec<Event> {
+        if let Step::Join(packet) = step {
+            let Some(Event::Accepted { conn }) = self.event(Step::Accept) else {
+                return vec![];
+            };
+            let msg = Message { id: 0, packet };
+            return vec![Event::Accepted { conn }, Event::Received { conn, msg }];
+        }
+        self.event(step).into_iter().collect()
     }
 
     /// The event a step stands for, if it names something that exists.
@@ -362,10 +515,27 @@ impl Host {
                 self.connecting.retain(|c| *c != conn);
                 Event::Connected { conn }
             }
+            Step::Reply(i, answers) => {
+                if self.requests.is_empty() {
+                    return None;
+                }
+                let (conn, id, name) = self.requests.remove(i % self.requests.len());
+                if self.connecting.contains(&conn) {
+                    self.connecting.retain(|c| *c != conn);
+                    self.requests.push((conn, id, name));
+                    return Some(Event::Connected { conn });
+                }
+                let msg = Message {
+                    id,
+                    packet: answers.to(name),
+                };
+                Event::Received { conn, msg }
+            }
             Step::Close(i, reason) => {
                 let conn = pick(&self.open, i)?;
                 self.open.retain(|c| *c != conn);
                 self.connecting.retain(|c| *c != conn);
+                self.requests.retain(|(c, _, _)| *c != conn);
                 Event::Closed { conn, reason }
             }
             Step::Receive(i, msg) => {
@@ -384,7 +554,7 @@ impl Host {
                 let (id, token) = self.timers.remove(i % self.timers.len());
                 Event::Timer { id, token }
             }
-            Step::Advance(_) => return None,
+            Step::Advance(_) | Step::Join(_) => return None,
             Step::Shutdown => Event::Local(Command::Shutdown),
         })
     }
@@ -409,11 +579,15 @@ pub fn run<A: Actor>(
             h.elapsed += d;
             continue;
         }
-        let Some(ev) = host.event(step) else { continue };
-        let out = h.handle(ev);
-        host.apply(&out);
-        if !host.exited {
-            check(&h.actor).map_err(TestCaseError::fail)?;
+        for ev in host.events(step) {
+            if host.exited {
+                break;
+            }
+            let out = h.handle(ev);
+            host.apply(&out);
+            if !host.exited {
+                check(&h.actor).map_err(TestCaseError::fail)?;
+            }
         }
     }
     Ok(())

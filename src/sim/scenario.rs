@@ -24,6 +24,8 @@ pub const MUTANTS: &[(&str, Scenario, &str)] = &[
     ("pt-renumber-loaded", Scenario::Recovery, "recovery renumbers the table it loaded as it was, without the cells it outdated"),
     ("pt-outdate-wrong", Scenario::Recovery, "a storage lost while the cluster runs keeps its cells readable"),
     ("verification-drop-locked", Scenario::Verification, "drop locked transactions instead of committing them"),
+    ("ptid-wrap", Scenario::Recovery, "take a peer's partition table id unchecked and increment it with a wrap"),
+    ("wiped-disk-serves", Scenario::Recovery, "give a storage restarted with an empty disk the id of a missing storage of the table"),
     (
         "election-no-yield",
         Scenario::Election,

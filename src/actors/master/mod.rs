@@ -364,6 +364,10 @@ impl Master {
             let why = format!("{n} is not a storage node id (storage at {address})");
             return self.protocol_error(cx, req.conn, req.id, why);
         }
+        self.replace_previous(cx, req.nid, &address);
+        let Some(state) = self.cluster_state() else {
+            return;
+        };
         // A storage without a node id has an empty database: a new node. Until the table is
         // decided we cannot know which ids its nodes hold (a missing one may hold any), so it
         // waits for its id (see `admit_new_storages`), counted as a storage of a new cluster.
@@ -420,6 +424,41 @@ impl Master {
                 }
                 if state == ClusterState::Running && node_state == NodeState::Running {
                     self.start_operation(cx, nid);
+                }
+            }
+        }
+    }
+
+    /// A node with another id (or none) listened at `address` before: this process
+    /// replaced it (a storage's wiped or swapped disk, another node started there), so it
+    /// is lost, as if its connection had closed. If the table names it, it stays listed,
+    /// DOWN and without an address, so that its cells still name a known node; otherwise
+    /// it is forgotten when the new one is listed.
+    fn replace_previous(&mut self, cx: &mut Ctx, nid: Option<Nid>, address: &Address) {
+        let previous: Vec<Nid> = self
+            .nodes
+            .iter()
+            .filter(|n| n.address.as_ref() == Some(address) && n.nid != nid)
+            .filter_map(|n| n.nid)
+            .collect();
+        for old in previous {
+            if let Some(c) = self.conn_of(old) {
+                info!(
+                    "{}: the node at {address} is not {old} any more: {old} is lost",
+                    self.me()
+                );
+                self.links.close(cx, c);
+                self.on_lost(cx, c, Peer::Node(old), CloseReason::Reset);
+            }
+            let in_table = self
+                .primary_table()
+                .is_some_and(|pt| pt.nodes().contains(&old));
+            if in_table {
+                if let Some(mut info) = self.nodes.remove(old) {
+                    info.address = None;
+                    info.state = NodeState::Down;
+                    self.nodes.upsert(info.clone());
+                    self.broadcast_nodes(cx, &[info], None);
                 }
             }
         }
@@ -517,6 +556,9 @@ impl Master {
     /// acceptance, the full node list with its own entry first, the cluster state.
     fn welcome(&mut self, cx: &mut Ctx, req: &Identification, mut info: NodeInfo) {
         let nid = info.nid.expect("identified nodes have an id");
+        if let Some(a) = &info.address {
+            self.replace_previous(cx, Some(nid), a);
+        }
         self.close_stale_links(cx, req.conn, nid, info.address.as_ref());
         info.id_timestamp = Some(self.monotonic_time(cx));
         self.nodes.upsert(info.clone());
@@ -1161,7 +1203,6 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 200,
             failure_persistence: None,
             ..Default::default()
         })]
@@ -1171,10 +1212,14 @@ mod tests {
         #[test]
         fn the_master_survives_hostile_input(
             autostart in proptest::option::of(1u32..3),
+            alone in proptest::bool::ANY,
             steps in proptest::collection::vec(crate::actors::fuzz::step("prod"), 1..80),
         ) {
             let mut cfg = config(1);
             cfg.autostart = autostart;
+            if alone {
+                cfg.masters.truncate(1);
+            }
             let mut h = Harness::new(Master::new(cfg));
             crate::actors::fuzz::run(&mut h, steps, Master::check_invariants)?;
         }

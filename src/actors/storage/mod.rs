@@ -838,4 +838,92 @@ mod tests {
             .any(|e| matches!(e, Effect::Exit { success: true, .. })));
         assert_eq!(h.actor.backend().config().unwrap().ptid, Some(Ptid(1)));
     }
+
+    /// Finding 2 at the storage: a table id that cannot be incremented, a table of node
+    /// ids that are not storages, a partition far out of range: refused with a protocol
+    /// error, the link dropped, the database untouched.
+    #[test]
+    fn impossible_tables_from_the_master_are_refused() {
+        let s1 = Nid::new(NodeType::Storage, 1);
+        let m1 = Nid::new(NodeType::Master, 1);
+        let up = crate::proto::CellState::UpToDate;
+        let bad = [
+            Packet::SendPartitionTable {
+                ptid: Some(Ptid(u64::MAX)),
+                num_replicas: 0,
+                rows: vec![vec![(s1, up)]],
+            },
+            Packet::SendPartitionTable {
+                ptid: Some(Ptid(2)),
+                num_replicas: 0,
+                rows: vec![vec![(m1, up)]],
+            },
+        ];
+        for (i, packet) in bad.into_iter().enumerate() {
+            let mut h = storage(&format!("storage-unit-impossible-{i}"));
+            let conn = identified(&mut h);
+            let out = h.handle(Event::Received {
+                conn,
+                msg: Message { id: 5, packet },
+            });
+            assert!(
+                matches!(
+                    &sent(&out, conn)[..],
+                    [Packet::Error {
+                        code: ErrorCode::ProtocolError,
+                        ..
+                    }]
+                ),
+                "{out:?}"
+            );
+            assert!(out
+                .iter()
+                .any(|e| matches!(e, Effect::Close { conn: c } if *c == conn)));
+            assert_eq!(h.actor.backend().config().unwrap().ptid, Some(Ptid(1)));
+            h.actor.check_invariants().unwrap();
+        }
+        // A change after an id that cannot grow is refused, not wrapped.
+        let mut pt = PartitionTable::from_rows(Some(Ptid(u64::MAX)), 0, &[vec![(s1, up)]]);
+        assert!(pt.apply(Ptid(0), 0, &[]).is_err());
+    }
+
+    /// A database holding a partition number no table can have is a fatal error with a
+    /// clear message, not an allocation of billions of rows.
+    #[test]
+    fn an_impossible_partition_on_disk_is_fatal() {
+        let cells = [Cell {
+            partition: u32::MAX,
+            nid: Nid::new(NodeType::Storage, 1),
+            state: crate::proto::CellState::UpToDate,
+        }];
+        let e = table_from_cells(Some(Ptid(1)), 0, &cells).unwrap_err();
+        assert!(e.to_string().contains("partition"), "{e}");
+        let e = table_from_cells(Some(Ptid(u64::MAX)), 0, &cells[..0]).unwrap_err();
+        assert!(e.to_string().contains("table id"), "{e}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Any sequence of events a host can deliver, hostile packets from the master link
+        /// and from incoming connections included: the storage never panics, and its table
+        /// in memory stays the one on disk.
+        #[test]
+        fn the_storage_survives_hostile_input(
+            steps in proptest::collection::vec(crate::actors::fuzz::step("c"), 1..60),
+        ) {
+            static CASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut h = storage(&format!("storage-fuzz-{n}"));
+            crate::actors::fuzz::run(&mut h, steps, |s: &Storage| {
+                if s.failed {
+                    return Ok(());
+                }
+                s.check_invariants()
+            })?;
+        }
+    }
 }
