@@ -28,6 +28,11 @@ pub fn wiped_disks_never_serve(w: &World) -> Result<(), String> {
         let (DiskEventKind::Wiped, Some(old)) = (&e.kind, e.old_nid) else {
             continue;
         };
+        if whole_cluster_wiped_since(w, e.at) {
+            // Every disk lost what it held since: nothing remembers the old cluster, and a
+            // new database made on the empty disks may rightly reuse its ids.
+            continue;
+        }
         let n = &w.nodes[e.node];
         // Only the processes started on the new disk.
         if !n.is_up() || n.started_at < e.at {
@@ -64,6 +69,17 @@ pub fn wiped_disks_never_serve(w: &World) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether every storage's disk was wiped at or after `at`.
+fn whole_cluster_wiped_since(w: &World, at: std::time::Duration) -> bool {
+    (0..w.nodes.len())
+        .filter(|i| w.disks.has(*i))
+        .all(|i| {
+            w.disk_events()
+                .iter()
+                .any(|e| e.node == i && e.kind == DiskEventKind::Wiped && e.at >= at)
+        })
 }
 
 /// Why the cluster may rightly never be RUNNING with all its data again: a wipe took the

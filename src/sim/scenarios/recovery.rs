@@ -97,10 +97,12 @@ fn table_watch() -> impl FnMut(&World) -> Result<(), String> {
     let history: RefCell<BTreeMap<(NodeIdx, usize), BTreeMap<Ptid, Rows>>> =
         RefCell::new(BTreeMap::new());
     type Last = (Ptid, Rows, Option<Nid>);
-    let last: RefCell<BTreeMap<NodeIdx, Last>> = RefCell::new(BTreeMap::new());
+    let last: RefCell<BTreeMap<(NodeIdx, usize), Last>> = RefCell::new(BTreeMap::new());
     move |w: &World| {
         let mut history = history.borrow_mut();
         let mut last = last.borrow_mut();
+        // What a wiped disk held is gone with it.
+        last.retain(|(i, generation), _| *generation == w.wipes_of(*i));
         for (i, s) in w.storages() {
             let Some(pt) = s.partition_table() else {
                 continue;
@@ -133,7 +135,7 @@ fn table_watch() -> impl FnMut(&World) -> Result<(), String> {
                 ));
             }
             seen.insert(ptid, rows.clone());
-            last.insert(i, (ptid, rows, s.nid()));
+            last.insert((i, w.wipes_of(i)), (ptid, rows, s.nid()));
         }
         let Some((pi, p)) = active_primary(w) else {
             return Ok(());
@@ -161,7 +163,7 @@ fn table_watch() -> impl FnMut(&World) -> Result<(), String> {
                 w.label(pi)
             ));
         }
-        for (i, (q, rows, nid)) in last.iter() {
+        for ((i, _), (q, rows, nid)) in last.iter() {
             let readable = nid.is_some_and(|n| {
                 rows.iter()
                     .any(|r| r.iter().any(|(c, s)| *c == n && s.is_readable()))
