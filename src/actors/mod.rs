@@ -14,10 +14,12 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod core;
 pub mod link;
 pub mod master;
 pub mod master_link;
 pub mod nodes;
+pub mod requests;
 pub mod storage;
 
 use std::collections::BTreeMap;
@@ -356,6 +358,8 @@ pub(crate) mod testing {
         env: NodeEnv,
         pub now: WallTime,
         pub elapsed: Duration,
+        /// The last timer the actor set.
+        timer: Option<(TimerId, u64)>,
     }
 
     impl<A: Actor> Harness<A> {
@@ -365,6 +369,15 @@ pub(crate) mod testing {
                 env: NodeEnv::production(rng::stream(0, 0)),
                 now: WallTime::from_secs(1_767_225_600),
                 elapsed: Duration::ZERO,
+                timer: None,
+            }
+        }
+
+        fn note_timers(&mut self, out: &[Effect]) {
+            for e in out {
+                if let Effect::SetTimer { id, token, .. } = e {
+                    self.timer = Some((*id, *token));
+                }
             }
         }
 
@@ -372,6 +385,7 @@ pub(crate) mod testing {
             let mut out = vec![];
             let mut cx = Ctx::new(self.now, self.elapsed, &mut self.env, &mut out);
             self.actor.start(&mut cx);
+            self.note_timers(&out);
             out
         }
 
@@ -379,7 +393,16 @@ pub(crate) mod testing {
             let mut out = vec![];
             let mut cx = Ctx::new(self.now, self.elapsed, &mut self.env, &mut out);
             self.actor.handle(&mut cx, ev);
+            self.note_timers(&out);
             out
+        }
+
+        /// Fire the periodic tick armed last (whenever it was due).
+        pub fn tick(&mut self) -> Vec<Effect> {
+            match self.timer {
+                Some((id, token)) => self.handle(Event::Timer { id, token }),
+                None => vec![],
+            }
         }
 
         /// A peer connects and sends `packet`.

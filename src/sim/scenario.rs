@@ -21,6 +21,7 @@ pub const MUTANTS: &[(&str, Scenario, &str)] = &[
     ("recovery-no-wait", Scenario::Recovery, "start as soon as the table is operational, without waiting for every node with readable cells"),
     ("pt-outdate-last", Scenario::Recovery, "outdate the last readable cell of a partition when its node is lost"),
     ("verification-drop-locked", Scenario::Verification, "drop locked transactions instead of committing them"),
+    ("answer-by-type", Scenario::Verification, "pair an answer with the newest request expecting its packet type, ignoring its id"),
     (
         "election-no-yield",
         Scenario::Election,

@@ -1,0 +1,123 @@
+//! The node core: what every role does alike, written once. A role implements [`Node`]
+//! (its hooks) and gets [`Actor`] from it: the event dispatch (connections accepted and
+//! closed, Ping/Pong, answers paired with their requests, failed requests reported once),
+//! the periodic tick (re-armed, idle links closed, overdue requests failed) and shutdown.
+//!
+//! Roles keep their `Links` and `Ticker` as their own fields (lent to the core through
+//! [`Node::core`]) so that role code reads `self.links` as before; following the primary
+//! master is `MasterLink`, which the non-master roles embed.
+
+use super::link::{Incoming, Links};
+use super::requests::Failure;
+use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Ticker};
+use crate::proto::Message;
+
+/// A node role, as the core drives it.
+pub trait Node {
+    /// What the role knows of the peer of a connection.
+    type Peer;
+    /// What the role needs to resume when one of its requests is answered or fails.
+    type Asked;
+
+    /// The role's connections (with its pending requests) and its tick.
+    fn core(&mut self) -> (&mut Links<Self::Peer, Self::Asked>, &mut Ticker);
+
+    /// The process starts (also after a crash): arm the tick (`Node::tick` does), start
+    /// connecting.
+    fn on_start(&mut self, cx: &mut Ctx);
+
+    /// Once true, the node handles no more events (it stopped, or asked to exit).
+    fn stopped(&self) -> bool {
+        false
+    }
+
+    /// What a peer that connected to us is until it identifies.
+    fn accepted(&self) -> Self::Peer;
+
+    /// A message for the role: `asked` is what we registered with our request when `msg`
+    /// answers it, None for the peer's requests and notifications.
+    fn on_message(&mut self, cx: &mut Ctx, conn: ConnId, asked: Option<Self::Asked>, msg: Message);
+
+    /// One of our requests will never be answered (reported once per request, after the
+    /// event that made it fail was handled).
+    fn on_failed(&mut self, cx: &mut Ctx, conn: ConnId, asked: Self::Asked, why: Failure);
+
+    /// A connection is gone (closed by the host, or by the core as silent); the role's
+    /// requests on it are reported failed afterwards.
+    fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Self::Peer, reason: CloseReason);
+
+    /// The role's periodic work, after the core's.
+    fn on_tick(&mut self, cx: &mut Ctx);
+
+    /// Stop cleanly (SIGINT/SIGTERM).
+    fn on_shutdown(&mut self, cx: &mut Ctx);
+
+    /// The periodic tick: re-arm it, close silent links, fail overdue requests, then the
+    /// role's own work.
+    fn tick(&mut self, cx: &mut Ctx) {
+        let (links, ticker) = self.core();
+        ticker.arm(cx);
+        for conn in links.check_idle(cx) {
+            let (links, _) = self.core();
+            if let Some(peer) = links.close(cx, conn) {
+                self.on_closed(cx, conn, peer, CloseReason::TimedOut);
+            }
+        }
+        self.report_failures(cx);
+        if !self.stopped() {
+            self.on_tick(cx);
+        }
+    }
+
+    /// Tell the role about each request that failed, once.
+    fn report_failures(&mut self, cx: &mut Ctx) {
+        while let Some((conn, asked, why)) = self.core().0.take_failed() {
+            if self.stopped() {
+                continue;
+            }
+            self.on_failed(cx, conn, asked, why);
+        }
+    }
+
+    /// Handle one event.
+    fn dispatch(&mut self, cx: &mut Ctx, ev: Event) {
+        if self.stopped() {
+            return;
+        }
+        match ev {
+            Event::Accepted { conn } => {
+                let peer = self.accepted();
+                self.core().0.insert(cx, conn, peer);
+            }
+            Event::Connected { .. } => {}
+            Event::Closed { conn, reason } => {
+                if let Some(peer) = self.core().0.remove(conn) {
+                    self.on_closed(cx, conn, peer, reason);
+                }
+            }
+            Event::Received { conn, msg } => match self.core().0.receive(cx, conn, msg) {
+                Some(Incoming::Answer(asked, msg)) => self.on_message(cx, conn, Some(asked), msg),
+                Some(Incoming::Message(msg)) => self.on_message(cx, conn, None, msg),
+                None => {}
+            },
+            Event::Timer { id, token } => {
+                if self.core().1.fired(id, token) {
+                    self.tick(cx);
+                }
+            }
+            Event::Local(Command::Shutdown) => self.on_shutdown(cx),
+        }
+        self.report_failures(cx);
+    }
+}
+
+impl<N: Node> Actor for N {
+    fn start(&mut self, cx: &mut Ctx) {
+        self.on_start(cx);
+        self.report_failures(cx);
+    }
+
+    fn handle(&mut self, cx: &mut Ctx, ev: Event) {
+        self.dispatch(cx, ev);
+    }
+}
