@@ -6,12 +6,14 @@
 
 use tracing::{debug, info, warn};
 
-use super::core::Node;
+use super::core::{Follower, Node};
 use super::link::Links;
 use super::master_link::{LinkEvent, MasterLink};
 use super::requests::Failure;
 use super::{CloseReason, ConnId, Ctx, Ticker};
-use crate::proto::{Address, ClusterState, ErrorCode, Message, Nid, NodeType, Packet};
+use crate::proto::{
+    Address, ClusterState, ErrorCode, IdentificationExtra, Message, Nid, NodeType, Packet,
+};
 use crate::pt::PartitionTable;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,42 +75,13 @@ impl Admin {
         self.pt.as_ref()
     }
 
-    /// Find the primary master and stay identified to it.
-    fn follow_master(&mut self, cx: &mut Ctx) {
-        self.master.tick(
-            cx,
-            &mut self.links,
-            Peer::Master,
-            Asked::Identification,
-            self.nid,
-            Default::default(),
-        );
-    }
-
-    fn closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
-        match peer {
-            Peer::Master => {
-                if self.master.closed(conn, &reason) == Some(LinkEvent::Lost) {
-                    self.pt = None;
-                }
-                if !self.stopped {
-                    self.follow_master(cx);
-                }
-            }
-            // What it asked and we relayed is answered to nobody (the link is gone).
-            Peer::Ctl => {}
-        }
-    }
-
     /// A request to the primary will not be answered: if neoctl's, tell it.
     fn failed(&mut self, cx: &mut Ctx, conn: ConnId, asked: Asked, why: Failure) {
         match asked {
             Asked::Identification => {
                 if why == Failure::TimedOut {
                     warn!("admin: the master did not answer our identification");
-                    if self.links.close(cx, conn).is_some() {
-                        self.closed(cx, conn, Peer::Master, CloseReason::TimedOut);
-                    }
+                    self.reconnect(cx, conn, CloseReason::TimedOut);
                 }
             }
             Asked::Relayed { ctl, id } => {
@@ -166,8 +139,7 @@ impl Admin {
                     if let Err(why) = applied {
                         // Reconnect: the primary sends the whole table again.
                         warn!("admin: {why}: reconnecting to the primary");
-                        self.links.close(cx, conn);
-                        self.closed(cx, conn, Peer::Master, CloseReason::Protocol(why));
+                        self.reconnect(cx, conn, CloseReason::Protocol(why));
                     }
                 }
                 other => debug!("admin: ignoring {} from the primary", other.name()),
@@ -287,7 +259,15 @@ impl Node for Admin {
     }
 
     fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
-        self.closed(cx, conn, peer, reason);
+        match peer {
+            Peer::Master => {
+                if self.master_closed(cx, conn, &reason) {
+                    self.pt = None;
+                }
+            }
+            // What it asked and we relayed is answered to nobody (the link is gone).
+            Peer::Ctl => {}
+        }
     }
 
     fn on_tick(&mut self, cx: &mut Ctx) {
@@ -299,6 +279,17 @@ impl Node for Admin {
     }
 }
 
+impl Follower for Admin {
+    fn master_link(&mut self) -> (&mut MasterLink, &mut Links<Peer, Asked>) {
+        (&mut self.master, &mut self.links)
+    }
+
+    fn identification(&self) -> (Peer, Asked, Option<Nid>, IdentificationExtra) {
+        let extra = IdentificationExtra::default();
+        (Peer::Master, Asked::Identification, self.nid, extra)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,12 +298,19 @@ mod tests {
     use std::time::Duration;
 
     fn admin() -> (Harness<Admin>, ConnId) {
-        let cfg = AdminConfig {
+        identified(Harness::new(Admin::new(config())))
+    }
+
+    fn config() -> AdminConfig {
+        AdminConfig {
             cluster: "c".into(),
             bind: Address::new("10.0.2.1", 9999),
             masters: vec![Address::new("10.0.0.1", 10000)],
-        };
-        let mut h = Harness::new(Admin::new(cfg));
+        }
+    }
+
+    /// Start and get identified by the primary; returns the master link.
+    fn identified(mut h: Harness<Admin>) -> (Harness<Admin>, ConnId) {
         let out = h.start();
         let (conn, id) = out
             .iter()
@@ -382,6 +380,30 @@ mod tests {
         // Once answered, the same id answers nothing.
         let out = h.handle(received(m, id1, Packet::ack("again")));
         assert!(sent(&out, c1).is_empty());
+    }
+
+    /// Two neoctl requests whose answers have one packet type, answered in order: what
+    /// each neoctl link gets back.
+    fn two_acks(h: &mut Harness<Admin>, m: ConnId) -> Vec<Vec<(u32, Packet)>> {
+        let (c1, c2) = (ConnId(500), ConnId(501));
+        let id1 = relay(h, m, c1, Packet::AddPendingNodes { nids: vec![] });
+        let id2 = relay(h, m, c2, Packet::SetNumReplicas { num_replicas: 1 });
+        let mut out = h.handle(received(m, id1, Packet::ack("added")));
+        out.extend(h.handle(received(m, id2, Packet::ack("replicas"))));
+        vec![sent_msgs(&out, c1), sent_msgs(&out, c2)]
+    }
+
+    #[test]
+    fn answers_of_one_type_are_told_apart_by_id() {
+        let (mut h, m) = admin();
+        let expected = vec![
+            vec![(9, Packet::ack("added"))],
+            vec![(9, Packet::ack("replicas"))],
+        ];
+        assert_eq!(two_acks(&mut h, m), expected);
+        // The mutant that pairs answers by type gets this wrong: the test can fail.
+        let (mut h, m) = identified(Harness::with_mutant(Admin::new(config()), "answer-by-type"));
+        assert_ne!(two_acks(&mut h, m), expected);
     }
 
     #[test]

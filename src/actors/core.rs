@@ -3,14 +3,18 @@
 //! closed, Ping/Pong, answers paired with their requests, failed requests reported once),
 //! the periodic tick (re-armed, idle links closed, overdue requests failed) and shutdown.
 //!
-//! Roles keep their `Links` and `Ticker` as their own fields (lent to the core through
-//! [`Node::core`]) so that role code reads `self.links` as before; following the primary
-//! master is `MasterLink`, which the non-master roles embed.
+//! Every role but the master also follows the primary master through a [`MasterLink`]:
+//! [`Follower`] adds finding, identifying to and reconnecting to the primary.
+//!
+//! Roles keep their `Links`, `Ticker` and `MasterLink` as their own fields (lent to the core
+//! through [`Node::core`] and [`Follower::master_link`]) so that role code reads
+//! `self.links` as before.
 
 use super::link::{Incoming, Links};
+use super::master_link::{LinkEvent, MasterLink};
 use super::requests::Failure;
 use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Ticker};
-use crate::proto::Message;
+use crate::proto::{IdentificationExtra, Message, Nid};
 
 /// A node role, as the core drives it.
 pub trait Node {
@@ -108,6 +112,43 @@ pub trait Node {
             Event::Local(Command::Shutdown) => self.on_shutdown(cx),
         }
         self.report_failures(cx);
+    }
+}
+
+/// A role that follows the primary master (storages, admins, clients).
+pub trait Follower: Node {
+    /// The link to the primary, and the role's connections.
+    fn master_link(&mut self) -> (&mut MasterLink, &mut Links<Self::Peer, Self::Asked>);
+
+    /// How we identify to the primary: the peer of the link, what the request table keeps
+    /// for the identification request, our node id if we have one, and the extras.
+    fn identification(&self) -> (Self::Peer, Self::Asked, Option<Nid>, IdentificationExtra);
+
+    /// Find the primary master and stay identified to it (every tick, and at once when
+    /// the link is lost).
+    fn follow_master(&mut self, cx: &mut Ctx) {
+        let (peer, asked, nid, extra) = self.identification();
+        let (master, links) = self.master_link();
+        master.tick(cx, links, peer, asked, nid, extra);
+    }
+
+    /// The link to the primary closed: look for it again. Returns whether we were
+    /// identified (what the role learnt from that primary is stale then).
+    fn master_closed(&mut self, cx: &mut Ctx, conn: ConnId, reason: &CloseReason) -> bool {
+        let lost = self.master_link().0.closed(conn, reason) == Some(LinkEvent::Lost);
+        if !self.stopped() {
+            self.follow_master(cx);
+        }
+        lost
+    }
+
+    /// Drop the link to the primary and connect again (it sent what we cannot apply, such
+    /// as a table change that does not follow ours, or does not answer): the primary sends
+    /// everything again to a node that identifies.
+    fn reconnect(&mut self, cx: &mut Ctx, conn: ConnId, reason: CloseReason) {
+        if let Some(peer) = self.master_link().1.close(cx, conn) {
+            self.on_closed(cx, conn, peer, reason);
+        }
     }
 }
 

@@ -381,6 +381,13 @@ pub(crate) mod testing {
             }
         }
 
+        /// Run the actor with a simulation mutant switched on.
+        pub fn with_mutant(actor: A, mutant: &'static str) -> Harness<A> {
+            let mut h = Harness::new(actor);
+            h.env = NodeEnv::simulated(rng::stream(0, 0), None, Some(mutant));
+            h
+        }
+
         pub fn start(&mut self) -> Vec<Effect> {
             let mut out = vec![];
             let mut cx = Ctx::new(self.now, self.elapsed, &mut self.env, &mut out);

@@ -10,7 +10,7 @@
 
 use tracing::{debug, error, info, warn};
 
-use super::core::Node;
+use super::core::{Follower, Node};
 use super::link::Links;
 use super::master_link::{LinkEvent, MasterLink};
 use super::requests::Failure;
@@ -168,29 +168,6 @@ impl Storage {
         Ok(())
     }
 
-    /// Find the primary master and stay identified to it.
-    fn follow_master(&mut self, cx: &mut Ctx) {
-        let extra = self.identification_extra();
-        self.master.tick(
-            cx,
-            &mut self.links,
-            Peer::Master,
-            Identification,
-            self.nid,
-            extra,
-        );
-    }
-
-    fn closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
-        if peer == Peer::Master && self.master.closed(conn, &reason) == Some(LinkEvent::Lost) {
-            // Without a primary we serve nobody until it tells us to start again.
-            self.operational = false;
-        }
-        if !self.master.is_identified() && !self.failed {
-            self.follow_master(cx);
-        }
-    }
-
     fn answer(&mut self, cx: &mut Ctx, conn: ConnId, id: u32, packet: Packet) {
         self.links.answer(cx, conn, id, packet);
     }
@@ -340,8 +317,7 @@ impl Storage {
                 if let Err(why) = applied {
                     // We missed something: reconnect, the primary sends the whole table.
                     warn!("{}: {why}: reconnecting to the primary", self.me());
-                    self.links.close(cx, conn);
-                    self.closed(cx, conn, Peer::Master, CloseReason::Protocol(why));
+                    self.reconnect(cx, conn, CloseReason::Protocol(why));
                     return Ok(());
                 }
                 let cells: Vec<Cell> = changes
@@ -454,13 +430,16 @@ impl Node for Storage {
 
     fn on_failed(&mut self, cx: &mut Ctx, conn: ConnId, _: Identification, why: Failure) {
         // A master that does not answer our identification: try again, or another one.
-        if why == Failure::TimedOut && self.links.close(cx, conn).is_some() {
-            self.closed(cx, conn, Peer::Master, CloseReason::TimedOut);
+        if why == Failure::TimedOut {
+            self.reconnect(cx, conn, CloseReason::TimedOut);
         }
     }
 
     fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
-        self.closed(cx, conn, peer, reason);
+        if peer == Peer::Master && self.master_closed(cx, conn, &reason) {
+            // Without a primary we serve nobody until it tells us to start again.
+            self.operational = false;
+        }
     }
 
     fn on_tick(&mut self, cx: &mut Ctx) {
@@ -469,6 +448,17 @@ impl Node for Storage {
 
     fn on_shutdown(&mut self, cx: &mut Ctx) {
         self.stop(cx, "shutdown requested".into(), true);
+    }
+}
+
+impl Follower for Storage {
+    fn master_link(&mut self) -> (&mut MasterLink, &mut Links<Peer, Identification>) {
+        (&mut self.master, &mut self.links)
+    }
+
+    fn identification(&self) -> (Peer, Identification, Option<Nid>, IdentificationExtra) {
+        let extra = self.identification_extra();
+        (Peer::Master, Identification, self.nid, extra)
     }
 }
 
