@@ -132,15 +132,7 @@ impl Admin {
                     num_replicas,
                     changes,
                 } => {
-                    let applied = match &mut self.pt {
-                        Some(pt) => pt.apply(ptid, num_replicas, &changes),
-                        None => Err("no table".into()),
-                    };
-                    if let Err(why) = applied {
-                        // Reconnect: the primary sends the whole table again.
-                        warn!("admin: {why}: reconnecting to the primary");
-                        self.reconnect(cx, conn, CloseReason::Protocol(why));
-                    }
+                    self.apply_pt_changes(cx, conn, ptid, num_replicas, &changes);
                 }
                 other => debug!("admin: ignoring {} from the primary", other.name()),
             },
@@ -287,6 +279,10 @@ impl Follower for Admin {
     fn identification(&self) -> (Peer, Asked, Option<Nid>, IdentificationExtra) {
         let extra = IdentificationExtra::default();
         (Peer::Master, Asked::Identification, self.nid, extra)
+    }
+
+    fn partition_table_mut(&mut self) -> &mut Option<PartitionTable> {
+        &mut self.pt
     }
 }
 

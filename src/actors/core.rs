@@ -10,11 +10,14 @@
 //! through [`Node::core`] and [`Follower::master_link`]) so that role code reads
 //! `self.links` as before.
 
+use tracing::warn;
+
 use super::link::{Incoming, Links};
 use super::master_link::{LinkEvent, MasterLink};
 use super::requests::Failure;
 use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Ticker};
-use crate::proto::{IdentificationExtra, Message, Nid};
+use crate::proto::{CellState, IdentificationExtra, Message, Nid, Ptid};
+use crate::pt::PartitionTable;
 
 /// A node role, as the core drives it.
 pub trait Node {
@@ -124,6 +127,9 @@ pub trait Follower: Node {
     /// for the identification request, our node id if we have one, and the extras.
     fn identification(&self) -> (Self::Peer, Self::Asked, Option<Nid>, IdentificationExtra);
 
+    /// Our copy of the partition table, kept from what the primary sends.
+    fn partition_table_mut(&mut self) -> &mut Option<PartitionTable>;
+
     /// Find the primary master and stay identified to it (every tick, and at once when
     /// the link is lost).
     fn follow_master(&mut self, cx: &mut Ctx) {
@@ -148,6 +154,31 @@ pub trait Follower: Node {
     fn reconnect(&mut self, cx: &mut Ctx, conn: ConnId, reason: CloseReason) {
         if let Some(peer) = self.master_link().1.close(cx, conn) {
             self.on_closed(cx, conn, peer, reason);
+        }
+    }
+
+    /// Apply a change of the partition table the primary sent on `conn`. One that does not
+    /// follow our table means we missed something: reconnect (the primary sends the whole
+    /// table to a node that identifies) and return false.
+    fn apply_pt_changes(
+        &mut self,
+        cx: &mut Ctx,
+        conn: ConnId,
+        ptid: Ptid,
+        num_replicas: u32,
+        changes: &[(u32, Nid, CellState)],
+    ) -> bool {
+        let applied = match self.partition_table_mut() {
+            Some(pt) => pt.apply(ptid, num_replicas, changes),
+            None => Err("no partition table to change".into()),
+        };
+        match applied {
+            Ok(()) => true,
+            Err(why) => {
+                warn!("{why}: reconnecting to the primary");
+                self.reconnect(cx, conn, CloseReason::Protocol(why));
+                false
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 //! (ping after `PING_AFTER` of silence, close after `DEAD_AFTER`), so that the simulator
 //! exercises it and a partitioned peer is noticed within a bound we choose.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use tracing::debug;
@@ -42,7 +42,7 @@ pub struct Links<P, A = ()> {
     requests: Requests<A>,
     /// Requests that failed and that the role has not been told about yet (see
     /// `take_failed`).
-    failed: Vec<(ConnId, A, Failure)>,
+    failed: VecDeque<(ConnId, A, Failure)>,
 }
 
 impl<P, A> Default for Links<P, A> {
@@ -50,7 +50,7 @@ impl<P, A> Default for Links<P, A> {
         Links {
             map: BTreeMap::new(),
             requests: Requests::default(),
-            failed: Vec::new(),
+            failed: VecDeque::new(),
         }
     }
 }
@@ -126,7 +126,7 @@ impl<P, A> Links<P, A> {
         } else {
             REQUEST_TIMEOUT
         };
-        let deadline = cx.elapsed() + timeout;
+        let deadline = cx.elapsed().saturating_add(timeout);
         let name = packet.name();
         let id = self.send(cx, conn, None, packet)?;
         self.requests.insert(conn, id, name, deadline, what);
@@ -186,11 +186,7 @@ impl<P, A> Links<P, A> {
     /// The next request that failed (its connection closed, or its deadline passed, see
     /// `check_idle`), each reported once, in order.
     pub fn take_failed(&mut self) -> Option<(ConnId, A, Failure)> {
-        if self.failed.is_empty() {
-            None
-        } else {
-            Some(self.failed.remove(0))
-        }
+        self.failed.pop_front()
     }
 
     fn fail(&mut self, requests: Vec<(ConnId, A)>, why: Failure) {

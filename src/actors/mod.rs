@@ -11,6 +11,11 @@
 //! in order before the next event. Messages may be sent on a connection as soon as
 //! [`Ctx::connect`] returns its id; the host queues them until the connection is up and
 //! drops them if it fails (the actor then gets `Closed`).
+//!
+//! What every role does alike is written once: `core` (the event dispatch, the tick,
+//! following the primary master), `link` (connections, idle detection) and `requests`
+//! (the one table that pairs answers with requests). A role implements `core::Node`'s
+//! hooks and gets `Actor` from it.
 
 pub mod admin;
 pub mod bootstrap;

@@ -66,7 +66,7 @@ impl<A> Requests<A> {
         deadline: Duration,
         what: A,
     ) {
-        self.seq += 1;
+        self.seq = self.seq.wrapping_add(1);
         let pending = Pending {
             deadline,
             request,

@@ -310,14 +310,7 @@ impl Storage {
                 num_replicas,
                 changes,
             } => {
-                let applied = match &mut self.pt {
-                    Some(pt) => pt.apply(ptid, num_replicas, &changes),
-                    None => Err("no partition table to change".into()),
-                };
-                if let Err(why) = applied {
-                    // We missed something: reconnect, the primary sends the whole table.
-                    warn!("{}: {why}: reconnecting to the primary", self.me());
-                    self.reconnect(cx, conn, CloseReason::Protocol(why));
+                if !self.apply_pt_changes(cx, conn, ptid, num_replicas, &changes) {
                     return Ok(());
                 }
                 let cells: Vec<Cell> = changes
@@ -459,6 +452,10 @@ impl Follower for Storage {
     fn identification(&self) -> (Peer, Identification, Option<Nid>, IdentificationExtra) {
         let extra = self.identification_extra();
         (Peer::Master, Identification, self.nid, extra)
+    }
+
+    fn partition_table_mut(&mut self) -> &mut Option<PartitionTable> {
+        &mut self.pt
     }
 }
 
