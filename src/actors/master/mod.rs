@@ -895,4 +895,77 @@ mod tests {
             .iter()
             .any(|n| n.node_type == NodeType::Storage && n.state == NodeState::Pending));
     }
+
+    /// A storage identified to a fresh primary; returns the id of the AskRecovery it got.
+    fn join_storage(h: &mut Harness<Master>, conn: ConnId, port: u16) -> u32 {
+        let out = h.incoming(conn, identification("prod", NodeType::Storage, port, None));
+        sent_id(&out, conn, "AskRecovery").expect("recovery asks the storage")
+    }
+
+    fn answer_recovery(h: &mut Harness<Master>, conn: ConnId, id: u32) -> Vec<Effect> {
+        let packet = Packet::AnswerRecovery {
+            ptid: Some(crate::proto::Ptid(3)),
+            backup_tid: None,
+            truncate_tid: None,
+        };
+        h.handle(Event::Received {
+            conn,
+            msg: Message { id, packet },
+        })
+    }
+
+    #[test]
+    fn a_table_request_lost_with_its_storage_goes_to_another_holder_once() {
+        let mut h = Harness::new(Master::new(config(1)));
+        h.start();
+        let (s1, s2) = (ConnId(100), ConnId(101));
+        let id1 = join_storage(&mut h, s1, 20001);
+        let id2 = join_storage(&mut h, s2, 20002);
+        let out = answer_recovery(&mut h, s1, id1);
+        assert_eq!(sent(&out, s1), vec![Packet::AskPartitionTable]);
+        let out = answer_recovery(&mut h, s2, id2);
+        assert!(sent(&out, s2).is_empty(), "one holder is asked at a time");
+        let out = h.handle(Event::Closed {
+            conn: s1,
+            reason: CloseReason::Reset,
+        });
+        let asks = sent(&out, s2)
+            .into_iter()
+            .filter(|p| *p == Packet::AskPartitionTable)
+            .count();
+        assert_eq!(asks, 1, "{out:?}");
+        // Reported once: nothing more on later events.
+        let out = h.tick();
+        assert!(!sent(&out, s2).contains(&Packet::AskPartitionTable));
+    }
+
+    #[test]
+    fn a_storage_that_does_not_answer_in_time_is_dropped() {
+        let mut h = Harness::new(Master::new(config(1)));
+        h.start();
+        let s = ConnId(100);
+        join_storage(&mut h, s, 20001);
+        // It answers pings (no idle close), never AskRecovery.
+        for t in 1..=40 {
+            h.elapsed = std::time::Duration::from_secs(t);
+            h.handle(Event::Received {
+                conn: s,
+                msg: Message {
+                    id: 0,
+                    packet: Packet::Pong,
+                },
+            });
+            let out = h.tick();
+            if closed(&out, s) {
+                assert!(t >= 30, "closed at {t}s, before the deadline");
+                assert!(h
+                    .actor
+                    .nodes()
+                    .iter()
+                    .all(|n| n.node_type != NodeType::Storage || n.state == NodeState::Down));
+                return;
+            }
+        }
+        panic!("the storage that never answers was kept");
+    }
 }
