@@ -4,14 +4,16 @@
 //!
 //! neoctl does not identify: any connection to the admin's address may send requests.
 
-use std::collections::BTreeMap;
-
 use tracing::{debug, info, warn};
 
+use super::core::{Follower, Node};
 use super::link::Links;
 use super::master_link::{LinkEvent, MasterLink};
-use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Ticker};
-use crate::proto::{Address, ClusterState, ErrorCode, Message, Nid, NodeType, Packet};
+use super::requests::Failure;
+use super::{CloseReason, ConnId, Ctx, Ticker};
+use crate::proto::{
+    Address, ClusterState, ErrorCode, IdentificationExtra, Message, Nid, NodeType, Packet,
+};
 use crate::pt::PartitionTable;
 
 /// The one answer (NOT_READY) to every neoctl request while no primary master accepted us:
@@ -26,19 +28,26 @@ pub struct AdminConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Peer {
+pub enum Peer {
     Master,
     Ctl,
+}
+
+/// What the admin waits for from the primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// The answer to our identification.
+    Identification,
+    /// The answer to a neoctl request we relayed: neoctl's link and its message id.
+    Relayed { ctl: ConnId, id: u32 },
 }
 
 pub struct Admin {
     cfg: AdminConfig,
     nid: Option<Nid>,
-    links: Links<Peer>,
+    links: Links<Peer, Asked>,
     master: MasterLink,
     pt: Option<PartitionTable>,
-    /// Requests relayed to the primary: our message id there -> (neoctl's link, its id).
-    relayed: BTreeMap<u32, (ConnId, u32)>,
     tick: Ticker,
     stopped: bool,
 }
@@ -57,7 +66,6 @@ impl Admin {
             links: Links::default(),
             master,
             pt: None,
-            relayed: BTreeMap::new(),
             tick: Ticker::default(),
             stopped: false,
         }
@@ -71,46 +79,23 @@ impl Admin {
         self.pt.as_ref()
     }
 
-    fn on_tick(&mut self, cx: &mut Ctx) {
-        self.tick.arm(cx);
-        for conn in self.links.check_idle(cx) {
-            if let Some(peer) = self.links.close(cx, conn) {
-                self.on_closed(cx, conn, peer, CloseReason::TimedOut);
-            }
-        }
-        self.follow_master(cx);
-    }
-
-    /// Find the primary master and stay identified to it.
-    fn follow_master(&mut self, cx: &mut Ctx) {
-        self.master.tick(
-            cx,
-            &mut self.links,
-            Peer::Master,
-            self.nid,
-            Default::default(),
-        );
-    }
-
-    fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
-        match peer {
-            Peer::Master => {
-                if self.master.closed(conn, &reason) == Some(LinkEvent::Lost) {
-                    // What was relayed will never be answered.
-                    for (_, (ctl, id)) in std::mem::take(&mut self.relayed) {
-                        let e = Packet::error(
-                            ErrorCode::NotReady,
-                            "lost the connection to the primary master",
-                        );
-                        self.links.answer(cx, ctl, id, e);
-                    }
-                    self.pt = None;
-                }
-                if !self.stopped {
-                    self.follow_master(cx);
+    /// A request to the primary will not be answered: if neoctl's, tell it.
+    fn failed(&mut self, cx: &mut Ctx, conn: ConnId, asked: Asked, why: Failure) {
+        match asked {
+            Asked::Identification => {
+                if why == Failure::TimedOut {
+                    warn!("admin: the master did not answer our identification");
+                    self.reconnect(cx, conn, CloseReason::TimedOut);
                 }
             }
-            Peer::Ctl => self.relayed.retain(|_, (c, _)| *c != conn),
+            Asked::Relayed { ctl, id } => {
+                let why = match why {
+                    Failure::Closed => "lost the connection to the primary master",
+                    Failure::TimedOut => "the primary master did not answer in time",
+                };
+                self.links
+                    .answer(cx, ctl, id, Packet::error(ErrorCode::NotReady, why));
+            }
         }
     }
 
@@ -124,10 +109,10 @@ impl Admin {
         cx.exit(reason, true);
     }
 
-    fn on_master_message(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
+    fn on_master_message(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message, answer: bool) {
         let Some(ev) = self
             .master
-            .on_message(cx, &mut self.links, conn, self.nid, msg)
+            .on_message(cx, &mut self.links, conn, self.nid, msg, answer)
         else {
             return;
         };
@@ -157,22 +142,7 @@ impl Admin {
                     num_replicas,
                     changes,
                 } => {
-                    let applied = match &mut self.pt {
-                        Some(pt) => pt.apply(ptid, num_replicas, &changes),
-                        None => Err("no table".into()),
-                    };
-                    if let Err(why) = applied {
-                        // Reconnect: the primary sends the whole table again.
-                        warn!("admin: {why}: reconnecting to the primary");
-                        self.links.close(cx, conn);
-                        self.on_closed(cx, conn, Peer::Master, CloseReason::Protocol(why));
-                    }
-                }
-                packet if packet.kind() == crate::proto::Kind::Answer => {
-                    match self.relayed.remove(&msg.id) {
-                        Some((ctl, id)) => self.links.answer(cx, ctl, id, packet),
-                        None => debug!("admin: an answer nobody waits for: {}", packet.name()),
-                    }
+                    self.apply_pt_changes(cx, conn, ptid, num_replicas, &changes);
                 }
                 other => debug!("admin: ignoring {} from the primary", other.name()),
             },
@@ -236,9 +206,8 @@ impl Admin {
                     let e = Packet::error(ErrorCode::NotReady, NO_PRIMARY);
                     return self.links.answer(cx, conn, id, e);
                 };
-                if let Some(mid) = self.links.ask(cx, mconn, packet) {
-                    self.relayed.insert(mid, (conn, id));
-                }
+                self.links
+                    .ask(cx, mconn, packet, Asked::Relayed { ctl: conn, id });
                 return;
             }
             Packet::RequestIdentification { .. } => {
@@ -279,41 +248,75 @@ fn is_ctl_request(p: &Packet) -> bool {
     )
 }
 
-impl Actor for Admin {
-    fn start(&mut self, cx: &mut Ctx) {
-        info!("admin: listening for neoctl on {}", self.cfg.bind);
-        self.on_tick(cx);
+impl Node for Admin {
+    type Peer = Peer;
+    type Asked = Asked;
+
+    fn core(&mut self) -> (&mut Links<Peer, Asked>, &mut Ticker) {
+        (&mut self.links, &mut self.tick)
     }
 
-    fn handle(&mut self, cx: &mut Ctx, ev: Event) {
-        if self.stopped {
-            return;
+    fn on_start(&mut self, cx: &mut Ctx) {
+        info!("admin: listening for neoctl on {}", self.cfg.bind);
+        self.tick(cx);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    fn accepted(&self) -> Peer {
+        Peer::Ctl
+    }
+
+    fn on_message(&mut self, cx: &mut Ctx, conn: ConnId, asked: Option<Asked>, msg: Message) {
+        match (self.links.get(conn), asked) {
+            (_, Some(Asked::Relayed { ctl, id })) => self.links.answer(cx, ctl, id, msg.packet),
+            (Some(Peer::Master), asked) => {
+                self.on_master_message(cx, conn, msg, asked == Some(Asked::Identification))
+            }
+            (Some(Peer::Ctl), _) => self.on_ctl_request(cx, conn, msg),
+            (None, _) => {}
         }
-        match ev {
-            Event::Accepted { conn } => self.links.insert(cx, conn, Peer::Ctl),
-            Event::Connected { .. } => {}
-            Event::Closed { conn, reason } => {
-                if let Some(peer) = self.links.remove(conn) {
-                    self.on_closed(cx, conn, peer, reason);
+    }
+
+    fn on_failed(&mut self, cx: &mut Ctx, conn: ConnId, asked: Asked, why: Failure) {
+        self.failed(cx, conn, asked, why);
+    }
+
+    fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
+        match peer {
+            Peer::Master => {
+                if self.master_closed(cx, conn, &reason) {
+                    self.pt = None;
                 }
             }
-            Event::Received { conn, msg } => {
-                let Some(msg) = self.links.receive(cx, conn, msg) else {
-                    return;
-                };
-                match self.links.get(conn) {
-                    Some(Peer::Master) => self.on_master_message(cx, conn, msg),
-                    Some(Peer::Ctl) => self.on_ctl_request(cx, conn, msg),
-                    None => {}
-                }
-            }
-            Event::Timer { id, token } => {
-                if self.tick.fired(id, token) {
-                    self.on_tick(cx);
-                }
-            }
-            Event::Local(Command::Shutdown) => self.stop(cx, "shutdown requested"),
+            // What it asked and we relayed is answered to nobody (the link is gone).
+            Peer::Ctl => {}
         }
+    }
+
+    fn on_tick(&mut self, cx: &mut Ctx) {
+        self.follow_master(cx);
+    }
+
+    fn on_shutdown(&mut self, cx: &mut Ctx) {
+        self.stop(cx, "shutdown requested");
+    }
+}
+
+impl Follower for Admin {
+    fn master_link(&mut self) -> (&mut MasterLink, &mut Links<Peer, Asked>) {
+        (&mut self.master, &mut self.links)
+    }
+
+    fn identification(&self) -> (Peer, Asked, Option<Nid>, IdentificationExtra) {
+        let extra = IdentificationExtra::default();
+        (Peer::Master, Asked::Identification, self.nid, extra)
+    }
+
+    fn partition_table_mut(&mut self) -> &mut Option<PartitionTable> {
+        &mut self.pt
     }
 }
 
@@ -321,7 +324,187 @@ impl Actor for Admin {
 mod tests {
     use super::*;
     use crate::actors::testing::{sent, Harness};
-    use crate::actors::Effect;
+    use crate::actors::{Effect, Event};
+    use std::time::Duration;
+
+    fn admin() -> (Harness<Admin>, ConnId) {
+        identified(Harness::new(Admin::new(config())))
+    }
+
+    fn config() -> AdminConfig {
+        AdminConfig {
+            cluster: "c".into(),
+            bind: Address::new("10.0.2.1", 9999),
+            masters: vec![Address::new("10.0.0.1", 10000)],
+        }
+    }
+
+    /// Start and get identified by the primary; returns the master link.
+    fn identified(mut h: Harness<Admin>) -> (Harness<Admin>, ConnId) {
+        let out = h.start();
+        let (conn, id) = out
+            .iter()
+            .find_map(|e| match e {
+                Effect::Send { conn, msg } => Some((*conn, msg.id)),
+                _ => None,
+            })
+            .expect("identifies to the master");
+        h.handle(Event::Connected { conn });
+        let accept = Packet::AcceptIdentification {
+            node_type: NodeType::Master,
+            nid: Some(Nid::new(NodeType::Master, 1)),
+            your_nid: Some(Nid::new(NodeType::Admin, 1)),
+        };
+        h.handle(received(conn, id, accept));
+        (h, conn)
+    }
+
+    fn received(conn: ConnId, id: u32, packet: Packet) -> Event {
+        Event::Received {
+            conn,
+            msg: Message { id, packet },
+        }
+    }
+
+    /// (message id, packet) of what was sent on `conn`.
+    fn sent_msgs(out: &[Effect], conn: ConnId) -> Vec<(u32, Packet)> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Send { conn: c, msg } if *c == conn => Some((msg.id, msg.packet.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Relay `packet` from a new neoctl link `ctl` (message id 9); returns the id the
+    /// request got on the master link.
+    fn relay(h: &mut Harness<Admin>, master: ConnId, ctl: ConnId, packet: Packet) -> u32 {
+        h.handle(Event::Accepted { conn: ctl });
+        let out = h.handle(received(ctl, 9, packet.clone()));
+        let to_master = sent_msgs(&out, master);
+        assert_eq!(to_master.len(), 1, "{out:?}");
+        assert_eq!(to_master[0].1, packet);
+        to_master[0].0
+    }
+
+    #[test]
+    fn relayed_answers_go_back_to_the_request_they_answer() {
+        let (mut h, m) = admin();
+        let (c1, c2) = (ConnId(500), ConnId(501));
+        let id1 = relay(&mut h, m, c1, Packet::AddPendingNodes { nids: vec![] });
+        let id2 = relay(&mut h, m, c2, Packet::SetNumReplicas { num_replicas: 1 });
+        // Answered out of order; a notification carrying a pending id is not an answer.
+        let out = h.handle(received(
+            m,
+            id1,
+            Packet::NotifyClusterInformation {
+                state: ClusterState::Running,
+            },
+        ));
+        assert!(sent(&out, c1).is_empty());
+        let out = h.handle(received(m, id2, Packet::ack("replicas")));
+        assert_eq!(sent_msgs(&out, c2), vec![(9, Packet::ack("replicas"))]);
+        assert!(sent(&out, c1).is_empty());
+        let out = h.handle(received(m, id1, Packet::ack("added")));
+        assert_eq!(sent_msgs(&out, c1), vec![(9, Packet::ack("added"))]);
+        // Once answered, the same id answers nothing.
+        let out = h.handle(received(m, id1, Packet::ack("again")));
+        assert!(sent(&out, c1).is_empty());
+    }
+
+    /// Two neoctl requests whose answers have one packet type, answered in order: what
+    /// each neoctl link gets back.
+    fn two_acks(h: &mut Harness<Admin>, m: ConnId) -> Vec<Vec<(u32, Packet)>> {
+        let (c1, c2) = (ConnId(500), ConnId(501));
+        let id1 = relay(h, m, c1, Packet::AddPendingNodes { nids: vec![] });
+        let id2 = relay(h, m, c2, Packet::SetNumReplicas { num_replicas: 1 });
+        let mut out = h.handle(received(m, id1, Packet::ack("added")));
+        out.extend(h.handle(received(m, id2, Packet::ack("replicas"))));
+        vec![sent_msgs(&out, c1), sent_msgs(&out, c2)]
+    }
+
+    #[test]
+    fn answers_of_one_type_are_told_apart_by_id() {
+        let (mut h, m) = admin();
+        let expected = vec![
+            vec![(9, Packet::ack("added"))],
+            vec![(9, Packet::ack("replicas"))],
+        ];
+        assert_eq!(two_acks(&mut h, m), expected);
+        // The mutant that pairs answers by type gets this wrong: the test can fail.
+        let (mut h, m) = identified(Harness::with_mutant(Admin::new(config()), "answer-by-type"));
+        assert_ne!(two_acks(&mut h, m), expected);
+    }
+
+    #[test]
+    fn a_relayed_request_fails_once_when_the_master_link_is_lost() {
+        let (mut h, m) = admin();
+        let c = ConnId(500);
+        let id = relay(&mut h, m, c, Packet::AddPendingNodes { nids: vec![] });
+        let out = h.handle(Event::Closed {
+            conn: m,
+            reason: CloseReason::Reset,
+        });
+        let answers = sent_msgs(&out, c);
+        assert!(
+            matches!(
+                &answers[..],
+                [(
+                    9,
+                    Packet::Error {
+                        code: ErrorCode::NotReady,
+                        ..
+                    }
+                )]
+            ),
+            "{answers:?}"
+        );
+        // Nothing more for it, even if a late answer came on a new link with that id.
+        h.elapsed += Duration::from_secs(60);
+        let out = h.handle(received(m, id, Packet::ack("late")));
+        assert!(sent(&out, c).is_empty());
+    }
+
+    #[test]
+    fn a_relayed_request_past_its_deadline_fails_once() {
+        let (mut h, m) = admin();
+        let c = ConnId(500);
+        let id = relay(&mut h, m, c, Packet::AddPendingNodes { nids: vec![] });
+        let mut failures = 0;
+        // The master and neoctl keep their links alive (no idle close); the master never
+        // answers.
+        for t in 1..=40 {
+            h.elapsed = Duration::from_secs(t);
+            let notify = Packet::NotifyClusterInformation {
+                state: ClusterState::Running,
+            };
+            let mut out = h.handle(received(m, 1000 + t as u32, notify));
+            out.extend(h.handle(received(c, 0, Packet::Pong)));
+            out.extend(h.tick());
+            let answers = sent_msgs(&out, c)
+                .into_iter()
+                .filter(|(_, p)| *p != Packet::Ping);
+            for (aid, p) in answers {
+                assert_eq!(aid, 9);
+                assert!(
+                    matches!(&p, Packet::Error { code: ErrorCode::NotReady, message } if message.contains("in time")),
+                    "{p:?}"
+                );
+                assert!(t >= 30, "failed early, at {t}s");
+                failures += 1;
+            }
+        }
+        assert_eq!(failures, 1);
+        let out = h.handle(received(m, id, Packet::ack("late")));
+        assert!(sent(&out, c).is_empty(), "a late answer is dropped");
+    }
+}
+
+#[cfg(test)]
+mod truth_tests {
+    use super::*;
+    use crate::actors::testing::{sent, Harness};
+    use crate::actors::{Effect, Event};
     use crate::proto::{CellState, NodeInfo, NodeState, Ptid, WallTime};
 
     fn admin() -> Harness<Admin> {

@@ -1,13 +1,16 @@
 //! Per-connection bookkeeping shared by every role: what the peer is, the message-id
-//! counter, and idle detection.
+//! counter, idle detection, and the requests sent and not answered yet (see `requests`).
 //!
 //! NEO relies on TCP keepalive to notice dead peers; we detect them in the actor instead
 //! (ping after `PING_AFTER` of silence, close after `DEAD_AFTER`), so that the simulator
 //! exercises it and a partitioned peer is noticed within a bound we choose.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use tracing::debug;
+
+use super::requests::{Failure, Requests, REQUEST_TIMEOUT};
 use super::{ConnId, Ctx};
 use crate::proto::{Message, Packet};
 
@@ -23,21 +26,36 @@ pub struct Link<P> {
     last_tx: Duration,
 }
 
-/// The connections of one node, keyed by id, each with the role's description `P` of its
-/// peer.
-pub struct Links<P> {
-    map: BTreeMap<ConnId, Link<P>>,
+/// What a received message is to the role.
+#[derive(Debug, PartialEq)]
+pub enum Incoming<A> {
+    /// The answer to our request registered with `A`.
+    Answer(A, Message),
+    /// A request or a notification from the peer.
+    Message(Message),
 }
 
-impl<P> Default for Links<P> {
+/// The connections of one node, keyed by id, each with the role's description `P` of its
+/// peer, and the requests sent on them, each with what the role needs `A` to resume.
+pub struct Links<P, A = ()> {
+    map: BTreeMap<ConnId, Link<P>>,
+    requests: Requests<A>,
+    /// Requests that failed and that the role has not been told about yet (see
+    /// `take_failed`).
+    failed: VecDeque<(ConnId, A, Failure)>,
+}
+
+impl<P, A> Default for Links<P, A> {
     fn default() -> Self {
         Links {
             map: BTreeMap::new(),
+            requests: Requests::default(),
+            failed: VecDeque::new(),
         }
     }
 }
 
-impl<P> Links<P> {
+impl<P, A> Links<P, A> {
     pub fn insert(&mut self, cx: &Ctx, conn: ConnId, peer: P) {
         let now = cx.elapsed();
         self.map.insert(
@@ -63,12 +81,15 @@ impl<P> Links<P> {
         self.map.iter().map(|(c, l)| (*c, &l.peer))
     }
 
-    /// Forget a connection the host reported closed.
+    /// Forget a connection the host reported closed; its requests fail.
     pub fn remove(&mut self, conn: ConnId) -> Option<P> {
-        self.map.remove(&conn).map(|l| l.peer)
+        let peer = self.map.remove(&conn)?.peer;
+        let failed = self.requests.closed(conn);
+        self.fail(failed, Failure::Closed);
+        Some(peer)
     }
 
-    /// Close a connection and forget it.
+    /// Close a connection and forget it; its requests fail.
     pub fn close(&mut self, cx: &mut Ctx, conn: ConnId) -> Option<P> {
         let peer = self.remove(conn)?;
         cx.close(conn);
@@ -76,8 +97,9 @@ impl<P> Links<P> {
     }
 
     pub fn close_all(&mut self, cx: &mut Ctx) {
-        for conn in std::mem::take(&mut self.map).into_keys() {
-            cx.close(conn);
+        let conns: Vec<ConnId> = self.map.keys().copied().collect();
+        for conn in conns {
+            self.close(cx, conn);
         }
     }
 
@@ -93,9 +115,22 @@ impl<P> Links<P> {
         Some(id)
     }
 
-    /// Send a request; returns its message id (None if the connection is gone).
-    pub fn ask(&mut self, cx: &mut Ctx, conn: ConnId, packet: Packet) -> Option<u32> {
-        self.send(cx, conn, None, packet)
+    /// Send a request and wait for its answer: it comes back as `Incoming::Answer` with
+    /// `what`, or fails (see `take_failed`). Returns its message id (None if the connection
+    /// is gone: nothing is sent, nothing will be reported).
+    pub fn ask(&mut self, cx: &mut Ctx, conn: ConnId, packet: Packet, what: A) -> Option<u32> {
+        // Simulation: now and then a deadline so short that healthy peers miss it, to
+        // exercise every role's handling of a request that failed.
+        let timeout = if cx.buggify("request-short-deadline") {
+            Duration::from_millis(500)
+        } else {
+            REQUEST_TIMEOUT
+        };
+        let deadline = cx.elapsed().saturating_add(timeout);
+        let name = packet.name();
+        let id = self.send(cx, conn, None, packet)?;
+        self.requests.insert(conn, id, name, deadline, what);
+        Some(id)
     }
 
     pub fn notify(&mut self, cx: &mut Ctx, conn: ConnId, packet: Packet) {
@@ -107,9 +142,10 @@ impl<P> Links<P> {
         self.send(cx, conn, Some(id), packet);
     }
 
-    /// Note traffic from the peer and handle what every role handles alike (Ping, Pong).
-    /// Returns the message if the role still has to handle it.
-    pub fn receive(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) -> Option<Message> {
+    /// Note traffic from the peer, handle what every role handles alike (Ping, Pong) and
+    /// pair answers with our requests. Returns what the role still has to handle; an
+    /// answer to nothing pending (late, or bogus) is dropped here.
+    pub fn receive(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) -> Option<Incoming<A>> {
         let link = self.map.get_mut(&conn)?;
         link.last_rx = cx.elapsed();
         match msg.packet {
@@ -117,15 +153,54 @@ impl<P> Links<P> {
                 self.answer(cx, conn, msg.id, Packet::Pong);
                 None
             }
+            // Pings are not registered: any traffic proves the peer alive.
             Packet::Pong => None,
-            _ => Some(msg),
+            _ if msg.packet.is_answer() => {
+                let by_type = cx.mutant("answer-by-type");
+                match self.requests.answered(conn, &msg, by_type) {
+                    Some(what) => Some(Incoming::Answer(what, msg)),
+                    None => {
+                        debug!(
+                            "{conn:?}: dropping {} #{}: it answers no pending request",
+                            msg.packet.name(),
+                            msg.id
+                        );
+                        None
+                    }
+                }
+            }
+            _ => Some(Incoming::Message(msg)),
         }
     }
 
-    /// Ping quiet connections; return the silent ones, for the role to close and handle one
-    /// at a time (what it says about the first loss must still reach the others).
+    /// The requests waiting for an answer.
+    pub fn pending(&self) -> impl Iterator<Item = &A> {
+        self.requests.values()
+    }
+
+    /// Forget pending requests without reporting them (their owner starts over).
+    pub fn cancel(&mut self, drop: impl FnMut(&A) -> bool) {
+        self.requests.cancel(drop);
+    }
+
+    /// The next request that failed (its connection closed, or its deadline passed, see
+    /// `check_idle`), each reported once, in order.
+    pub fn take_failed(&mut self) -> Option<(ConnId, A, Failure)> {
+        self.failed.pop_front()
+    }
+
+    fn fail(&mut self, requests: Vec<(ConnId, A)>, why: Failure) {
+        self.failed
+            .extend(requests.into_iter().map(|(c, a)| (c, a, why)));
+    }
+
+    /// Ping quiet connections, fail the requests past their deadline; return the silent
+    /// connections, for the role to close and handle one at a time (what it says about the
+    /// first loss must still reach the others).
     pub fn check_idle(&mut self, cx: &mut Ctx) -> Vec<ConnId> {
         let now = cx.elapsed();
+        let expired = self.requests.expired(now);
+        self.fail(expired, Failure::TimedOut);
         let mut dead: Vec<ConnId> = self
             .map
             .iter()
@@ -150,7 +225,7 @@ impl<P> Links<P> {
             .map(|(c, _)| *c)
             .collect();
         for conn in quiet {
-            self.ask(cx, conn, Packet::Ping);
+            self.send(cx, conn, None, Packet::Ping);
         }
         dead
     }

@@ -1,6 +1,11 @@
 //! The connection every non-master node keeps with the primary master: find it (following
 //! `NotPrimaryMaster`), identify, keep the node list and cluster state it sends, and
 //! reconnect when it is lost. Storages and admins (and clients) embed one.
+//!
+//! Its identification request goes through the node's request table: the role hands the
+//! answer back (`on_message` with `answer` set) only when it matched that request by
+//! (connection, id), so an `AcceptIdentification`, `NotPrimaryMaster` or `Error` is never
+//! taken for one by its type alone.
 
 use tracing::{debug, info, warn};
 
@@ -86,11 +91,14 @@ impl MasterLink {
     }
 
     /// Connect to the next candidate if we have no link; call on every tick.
-    pub fn tick<P>(
+    /// `asked` is what the role's request table keeps for our identification request: the
+    /// role gives its answer back to `on_message` as such.
+    pub fn tick<P, A>(
         &mut self,
         cx: &mut Ctx,
-        links: &mut Links<P>,
+        links: &mut Links<P, A>,
         peer: P,
+        asked: A,
         nid: Option<Nid>,
         extra: IdentificationExtra,
     ) {
@@ -118,7 +126,7 @@ impl MasterLink {
             id_timestamp: None,
             extra,
         };
-        links.ask(cx, conn, req);
+        links.ask(cx, conn, req, asked);
     }
 
     /// The master we follow or try, and whether it accepted us.
@@ -153,14 +161,17 @@ impl MasterLink {
         }
     }
 
-    /// Handle a message from the link; what is not the link's business comes back.
-    pub fn on_message<P>(
+    /// Handle a message from the link: `answer` if it is the answer to our identification
+    /// (paired by the request table), else a notification or a request from the primary.
+    /// What is not the link's business comes back.
+    pub fn on_message<P, A>(
         &mut self,
         cx: &mut Ctx,
-        links: &mut Links<P>,
+        links: &mut Links<P, A>,
         conn: ConnId,
         own: Option<Nid>,
         msg: Message,
+        answer: bool,
     ) -> Option<LinkEvent> {
         if let Some(t) = self.finder.target().cloned() {
             self.backoff.succeeded(&t);
@@ -170,7 +181,7 @@ impl MasterLink {
                 node_type: NodeType::Master,
                 nid,
                 your_nid,
-            } if !self.identified => {
+            } if answer && !self.identified => {
                 self.identified = true;
                 self.primary_nid = nid;
                 self.last_notification = None;
@@ -185,7 +196,7 @@ impl MasterLink {
             Packet::NotPrimaryMaster {
                 primary,
                 known_masters,
-            } if !self.identified => {
+            } if answer && !self.identified => {
                 for m in &known_masters {
                     self.finder.learn(m);
                 }
@@ -197,7 +208,7 @@ impl MasterLink {
                 // Try the next one at once (the back-off still paces each address).
                 None
             }
-            Packet::Error { code, message } if !self.identified => {
+            Packet::Error { code, message } if answer && !self.identified => {
                 warn!("the master refused us: {code}: {message}");
                 links.close(cx, conn);
                 self.closed(conn, &CloseReason::Protocol(message))

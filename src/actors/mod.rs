@@ -11,15 +11,22 @@
 //! in order before the next event. Messages may be sent on a connection as soon as
 //! [`Ctx::connect`] returns its id; the host queues them until the connection is up and
 //! drops them if it fails (the actor then gets `Closed`).
+//!
+//! What every role does alike is written once: `core` (the event dispatch, the tick,
+//! following the primary master), `link` (connections, idle detection) and `requests`
+//! (the one table that pairs answers with requests). A role implements `core::Node`'s
+//! hooks and gets `Actor` from it.
 
 pub mod admin;
 pub mod bootstrap;
+pub mod core;
 #[cfg(test)]
 pub(crate) mod fuzz;
 pub mod link;
 pub mod master;
 pub mod master_link;
 pub mod nodes;
+pub mod requests;
 pub mod storage;
 
 use std::collections::BTreeMap;
@@ -367,6 +374,8 @@ pub(crate) mod testing {
         env: NodeEnv,
         pub now: WallTime,
         pub elapsed: Duration,
+        /// The last timer the actor set.
+        timer: Option<(TimerId, u64)>,
     }
 
     impl<A: Actor> Harness<A> {
@@ -376,13 +385,30 @@ pub(crate) mod testing {
                 env: NodeEnv::production(rng::stream(0, 0)),
                 now: WallTime::from_secs(1_767_225_600),
                 elapsed: Duration::ZERO,
+                timer: None,
             }
+        }
+
+        fn note_timers(&mut self, out: &[Effect]) {
+            for e in out {
+                if let Effect::SetTimer { id, token, .. } = e {
+                    self.timer = Some((*id, *token));
+                }
+            }
+        }
+
+        /// Run the actor with a simulation mutant switched on.
+        pub fn with_mutant(actor: A, mutant: &'static str) -> Harness<A> {
+            let mut h = Harness::new(actor);
+            h.env = NodeEnv::simulated(rng::stream(0, 0), None, Some(mutant));
+            h
         }
 
         pub fn start(&mut self) -> Vec<Effect> {
             let mut out = vec![];
             let mut cx = Ctx::new(self.now, self.elapsed, &mut self.env, &mut out);
             self.actor.start(&mut cx);
+            self.note_timers(&out);
             out
         }
 
@@ -390,7 +416,16 @@ pub(crate) mod testing {
             let mut out = vec![];
             let mut cx = Ctx::new(self.now, self.elapsed, &mut self.env, &mut out);
             self.actor.handle(&mut cx, ev);
+            self.note_timers(&out);
             out
+        }
+
+        /// Fire the periodic tick armed last (whenever it was due).
+        pub fn tick(&mut self) -> Vec<Effect> {
+            match self.timer {
+                Some((id, token)) => self.handle(Event::Timer { id, token }),
+                None => vec![],
+            }
         }
 
         /// A peer connects and sends `packet`.

@@ -75,6 +75,12 @@ macro_rules! packets {
             pub fn kind(&self) -> Kind {
                 match self { $( Packet::$name { .. } => Kind::$kind ),* }
             }
+
+            /// Whether the packet answers a request (the `Answer*` packets, Error, Pong,
+            /// AcceptIdentification, NotPrimaryMaster): only those are matched to requests.
+            pub fn is_answer(&self) -> bool {
+                self.kind() == Kind::Answer
+            }
         }
     };
 }

@@ -146,7 +146,11 @@ pub fn add_storages(
 ) -> Vec<NodeIdx> {
     let identity = Databases::identity();
     let mut added = Vec::new();
-    assert_eq!(w.next_node(), dbs.first, "sim: storages come right after their disks");
+    assert_eq!(
+        w.next_node(),
+        dbs.first,
+        "sim: storages come right after their disks"
+    );
     for i in 0..dbs.count {
         let cfg = StorageConfig {
             cluster: CLUSTER.into(),

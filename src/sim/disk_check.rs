@@ -73,13 +73,11 @@ pub fn wiped_disks_never_serve(w: &World) -> Result<(), String> {
 
 /// Whether every storage's disk was wiped at or after `at`.
 fn whole_cluster_wiped_since(w: &World, at: std::time::Duration) -> bool {
-    (0..w.nodes.len())
-        .filter(|i| w.disks.has(*i))
-        .all(|i| {
-            w.disk_events()
-                .iter()
-                .any(|e| e.node == i && e.kind == DiskEventKind::Wiped && e.at >= at)
-        })
+    (0..w.nodes.len()).filter(|i| w.disks.has(*i)).all(|i| {
+        w.disk_events()
+            .iter()
+            .any(|e| e.node == i && e.kind == DiskEventKind::Wiped && e.at >= at)
+    })
 }
 
 /// Why the cluster may rightly never be RUNNING with all its data again: a wipe took the

@@ -26,6 +26,7 @@ pub const MUTANTS: &[(&str, Scenario, &str)] = &[
     ("verification-drop-locked", Scenario::Verification, "drop locked transactions instead of committing them"),
     ("ptid-wrap", Scenario::Recovery, "take a peer's partition table id unchecked and increment it with a wrap"),
     ("wiped-disk-serves", Scenario::Recovery, "give a storage restarted with an empty disk the id of a missing storage of the table"),
+    ("answer-by-type", Scenario::Verification, "pair an answer with the newest request expecting its packet type, ignoring its id"),
     (
         "election-no-yield",
         Scenario::Election,

@@ -168,7 +168,7 @@ impl Master {
                     // It erases its data and exits: end its link now, so that no link
                     // names a node we no longer list (simulator: operator seed 175).
                     self.links.close(cx, conn);
-                    self.storage_lost(cx, conn, nid);
+                    self.storage_lost(cx, nid);
                 }
                 if let Some(mut info) = self.nodes.remove(nid) {
                     info.state = NodeState::Unknown;

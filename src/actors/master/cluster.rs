@@ -27,9 +27,9 @@ use crate::proto::{
 };
 use crate::pt::{Change, PartitionTable};
 
-/// What a request the primary sent to a storage was, to pair its answer.
+/// What a request the primary sent to a storage was (kept in the request table with it).
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Asked {
+pub enum Asked {
     Recovery,
     PartitionTable,
     LockedTransactions,
@@ -94,8 +94,6 @@ pub struct Primary {
     pub backup_tid: Option<Tid>,
     recovery: Recovery,
     verification: Verification,
-    /// Requests sent to storages and not answered yet.
-    asked: BTreeMap<(ConnId, u32), Asked>,
     /// Storages told to start operation that have not said they are ready.
     pub starting: BTreeSet<Nid>,
     /// Storages without a node id (empty databases) waiting, while RECOVERING, for the
@@ -117,7 +115,6 @@ impl Primary {
             backup_tid: None,
             recovery: Recovery::default(),
             verification: Verification::default(),
-            asked: BTreeMap::new(),
             starting: BTreeSet::new(),
             new_storages: BTreeMap::new(),
         }
@@ -126,10 +123,6 @@ impl Primary {
     /// The claim, while it still counts (in RECOVERING).
     pub fn electing(&self) -> Option<&Claim> {
         (self.cluster_state == ClusterState::Recovering).then_some(&self.claim)
-    }
-
-    fn waiting_for(&self, kind: impl Fn(&Asked) -> bool) -> bool {
-        self.asked.values().any(kind)
     }
 }
 
@@ -158,10 +151,23 @@ impl Master {
         }
     }
 
-    /// Forget what we asked on a connection that is gone: no answer will come.
-    pub(super) fn forget_asks(&mut self, conn: ConnId) {
-        if let Some(p) = self.primary_mut() {
-            p.asked.retain(|(c, _), _| *c != conn);
+    /// Whether a request to a storage that `kind` selects is pending.
+    fn waiting_for(&self, kind: impl Fn(&Asked) -> bool) -> bool {
+        self.links
+            .pending()
+            .any(|a| matches!(a, super::Asked::Storage(a) if kind(a)))
+    }
+
+    /// Forget what we asked storages: their answers no longer count (we start over).
+    fn forget_asks(&mut self) {
+        self.links.cancel(|a| matches!(a, super::Asked::Storage(_)));
+    }
+
+    /// A request to a storage will not be answered (its connection is gone, or the storage
+    /// was too slow and we closed it): ask another holder for the table if it was that.
+    pub(super) fn storage_ask_failed(&mut self, cx: &mut Ctx, asked: Asked) {
+        if asked == Asked::PartitionTable {
+            self.ask_table(cx);
         }
     }
 
@@ -234,11 +240,8 @@ impl Master {
         let Some(conn) = self.conn_of(nid) else {
             return;
         };
-        if let Some(id) = self.links.ask(cx, conn, packet) {
-            if let Some(p) = self.primary_mut() {
-                p.asked.insert((conn, id), kind);
-            }
-        }
+        self.links
+            .ask(cx, conn, packet, super::Asked::Storage(kind));
     }
 
     fn set_node_state(&mut self, cx: &mut Ctx, nid: Nid, state: NodeState) {
@@ -357,8 +360,8 @@ impl Master {
             ..Recovery::default()
         };
         p.verification = Verification::default();
-        p.asked.clear();
         p.starting.clear();
+        self.forget_asks();
         self.set_cluster_state(cx, ClusterState::Recovering);
         for (conn, nid, state) in self.storages() {
             if state != NodeState::Pending {
@@ -406,7 +409,7 @@ impl Master {
     /// Ask a holder of the newest table for it, unless loaded or asked already.
     fn ask_table(&mut self, cx: &mut Ctx) {
         let Some(p) = self.primary() else { return };
-        if p.recovery.loaded || p.waiting_for(|a| *a == Asked::PartitionTable) {
+        if p.recovery.loaded || self.waiting_for(|a| *a == Asked::PartitionTable) {
             return;
         }
         let target = p.recovery.target;
@@ -525,7 +528,7 @@ impl Master {
         let new = self.waiting_new_storages().len();
         // Every identified storage must have answered; the newest table must be loaded.
         if (pending.is_empty() && new == 0)
-            || p.waiting_for(|a| matches!(a, Asked::Recovery | Asked::PartitionTable))
+            || self.waiting_for(|a| matches!(a, Asked::Recovery | Asked::PartitionTable))
         {
             return;
         }
@@ -654,9 +657,7 @@ impl Master {
 
     /// Verify again from the start (a node we asked reconnected; its answer is lost).
     pub(super) fn restart_verification(&mut self, cx: &mut Ctx) {
-        if let Some(p) = self.primary_mut() {
-            p.asked.clear();
-        }
+        self.forget_asks();
         self.start_verification(cx);
     }
 
@@ -711,7 +712,7 @@ impl Master {
     /// Move verification on once the answers of a step are all in.
     fn verification_progress(&mut self, cx: &mut Ctx) {
         let Some(p) = self.primary() else { return };
-        if p.cluster_state != ClusterState::Verifying || p.waiting_for(|_| true) {
+        if p.cluster_state != ClusterState::Verifying || self.waiting_for(|_| true) {
             return;
         }
         match p.verification.step {
@@ -830,12 +831,14 @@ impl Master {
 
     // ---- answers from storages ----
 
-    /// A storage's answer or notification; returns false if it was not one of ours.
+    /// A storage's answer (to what we `asked`, paired by the request table) or its
+    /// notification; returns false if it was not one we expect.
     pub(super) fn on_storage_message(
         &mut self,
         cx: &mut Ctx,
         conn: ConnId,
         nid: Nid,
+        asked: Option<Asked>,
         msg: Message,
     ) -> bool {
         let impossible = match &msg.packet {
@@ -851,12 +854,9 @@ impl Master {
             let address = self.nodes.get(nid).and_then(|n| n.address.clone());
             let why = format!("{why} from {nid} at {address:?}");
             self.protocol_error(cx, conn, msg.id, why);
-            self.storage_lost(cx, conn, nid);
+            self.storage_lost(cx, nid);
             return true;
         }
-        let asked = self
-            .primary_mut()
-            .and_then(|p| p.asked.remove(&(conn, msg.id)));
         match (asked, msg.packet) {
             (
                 Some(Asked::Recovery),
@@ -906,16 +906,11 @@ impl Master {
     // ---- storages leaving ----
 
     /// A storage's connection is gone.
-    pub(super) fn storage_lost(&mut self, cx: &mut Ctx, conn: ConnId, nid: Nid) {
+    pub(super) fn storage_lost(&mut self, cx: &mut Ctx, nid: Nid) {
         let keep_last = !cx.mutant("pt-outdate-last");
         let outdate_wrong = cx.mutant("pt-outdate-wrong");
         let Some(p) = self.primary_mut() else { return };
-        // Its unanswered requests will never be answered.
-        let lost_table_ask = p
-            .asked
-            .iter()
-            .any(|((c, _), a)| *c == conn && *a == Asked::PartitionTable);
-        p.asked.retain(|(c, _), _| *c != conn);
+        // Its unanswered requests fail once its link is gone (see `storage_ask_failed`).
         p.starting.remove(&nid);
         let state = p.cluster_state;
         let was = self.nodes.get(nid).map(|n| n.state);
@@ -925,9 +920,6 @@ impl Master {
                     p.recovery.answers.remove(&nid);
                 }
                 self.set_node_state(cx, nid, NodeState::Down);
-                if lost_table_ask {
-                    self.ask_table(cx);
-                }
                 self.try_start(cx);
             }
             _ if was == Some(NodeState::Pending) => {

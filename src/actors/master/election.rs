@@ -109,7 +109,7 @@ impl Master {
                         let conn = cx.connect(&address);
                         self.links.insert(cx, conn, Peer::Election(address));
                         let req = self.identification(Some(claim.ts));
-                        self.links.ask(cx, conn, req);
+                        self.links.ask(cx, conn, req, super::Asked::Identification);
                     }
                 }
             }
@@ -247,7 +247,7 @@ impl Master {
         let conn = cx.connect(&address);
         self.links.insert(cx, conn, Peer::ToPrimary(address));
         let req = self.identification(None);
-        self.links.ask(cx, conn, req);
+        self.links.ask(cx, conn, req, super::Asked::Identification);
         if let Role::Secondary(s) = &mut self.role {
             s.conn = Some(conn);
         }

@@ -14,9 +14,11 @@ use tracing::{debug, info, warn};
 
 use self::election::{Claim, Role};
 use super::bootstrap::PrimaryFinder;
+use super::core::Node;
 use super::link::{Backoff, Links};
 use super::nodes::{hears_about, NodeTable};
-use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Observation, Ticker};
+use super::requests::Failure;
+use super::{CloseReason, ConnId, Ctx, Observation, Ticker};
 use crate::proto::{
     Address, ClusterState, ErrorCode, IdentificationExtra, Message, Nid, NodeInfo, NodeState,
     NodeType, Packet, WallTime,
@@ -51,6 +53,15 @@ pub enum Peer {
     Node(Nid),
 }
 
+/// What a master waits for, in its request table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// The answer to our identification: an election claim, or to the master we follow.
+    Identification,
+    /// A storage's answer, as the primary.
+    Storage(cluster::Asked),
+}
+
 /// Election timestamps are forced to increase by at least this much.
 const TIME_STEP: u64 = 1_000_000;
 
@@ -60,7 +71,7 @@ pub struct Master {
     /// Known masters, and the search for the primary when we are a secondary.
     finder: PrimaryFinder,
     nodes: NodeTable,
-    links: Links<Peer>,
+    links: Links<Peer, Asked>,
     role: Role,
     /// The last time stamp handed out (see `monotonic_time`).
     last_time: WallTime,
@@ -169,17 +180,6 @@ impl Master {
         }
     }
 
-    fn on_tick(&mut self, cx: &mut Ctx) {
-        self.tick.arm(cx);
-        for conn in self.links.check_idle(cx) {
-            if let Some(peer) = self.links.close(cx, conn) {
-                debug!("closed silent connection {conn:?} to {peer:?}");
-                self.on_lost(cx, conn, peer, CloseReason::TimedOut);
-            }
-        }
-        self.election_tick(cx);
-    }
-
     fn protocol_error(&mut self, cx: &mut Ctx, conn: ConnId, id: u32, why: String) {
         warn!("{}: protocol error on {conn:?}: {why}", self.me());
         self.links
@@ -192,7 +192,8 @@ impl Master {
         self.links.close(cx, conn);
     }
 
-    fn on_message(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
+    /// A message from a peer; `asked` is what we asked if it answers our request.
+    fn received(&mut self, cx: &mut Ctx, conn: ConnId, asked: Option<Asked>, msg: Message) {
         let Some(peer) = self.links.get(conn).cloned() else {
             return;
         };
@@ -250,9 +251,13 @@ impl Master {
             Peer::Node(nid) => match node_type {
                 Some(NodeType::Storage) => {
                     let id = msg.id;
-                    if !self.on_storage_message(cx, conn, nid, msg) {
+                    let asked = match asked {
+                        Some(Asked::Storage(a)) => Some(a),
+                        _ => None,
+                    };
+                    if !self.on_storage_message(cx, conn, nid, asked, msg) {
                         self.protocol_error(cx, conn, id, "unexpected packet".into());
-                        self.storage_lost(cx, conn, nid);
+                        self.storage_lost(cx, nid);
                     }
                 }
                 Some(NodeType::Admin) => self.on_admin_request(cx, conn, msg),
@@ -616,7 +621,6 @@ impl Master {
                 self.me()
             );
             self.links.close(cx, c);
-            self.forget_asks(c);
         }
     }
 
@@ -711,7 +715,7 @@ impl Master {
         match self.nodes.get(nid).map(|n| n.node_type) {
             Some(NodeType::Storage) => {
                 info!("{}: storage {nid} lost ({reason:?})", self.me());
-                self.storage_lost(cx, conn, nid);
+                self.storage_lost(cx, nid);
             }
             Some(NodeType::Admin) => {
                 if let Some(mut info) = self.nodes.remove(nid) {
@@ -794,37 +798,59 @@ struct Identification {
     ptid: Option<crate::proto::Ptid>,
 }
 
-impl Actor for Master {
-    fn start(&mut self, cx: &mut Ctx) {
+impl Master {
+    /// A request of ours will not be answered. A peer that does not answer in time is
+    /// treated as gone (it is alive, as it answers pings, but stuck or hostile).
+    fn on_request_failed(&mut self, cx: &mut Ctx, conn: ConnId, asked: Asked, why: Failure) {
+        if why == Failure::TimedOut {
+            if let Some(peer) = self.links.close(cx, conn) {
+                warn!("{}: {peer:?} did not answer in time", self.me());
+                self.on_lost(cx, conn, peer, CloseReason::TimedOut);
+            }
+        }
+        if let Asked::Storage(a) = asked {
+            self.storage_ask_failed(cx, a);
+        }
+    }
+}
+
+impl Node for Master {
+    type Peer = Peer;
+    type Asked = Asked;
+
+    fn core(&mut self) -> (&mut Links<Peer, Asked>, &mut Ticker) {
+        (&mut self.links, &mut self.tick)
+    }
+
+    fn on_start(&mut self, cx: &mut Ctx) {
         self.tick.arm(cx);
         self.play_primary(cx);
     }
 
-    fn handle(&mut self, cx: &mut Ctx, ev: Event) {
-        match ev {
-            Event::Accepted { conn } => self.links.insert(cx, conn, Peer::Incoming),
-            Event::Connected { .. } => {}
-            Event::Closed { conn, reason } => {
-                if let Some(peer) = self.links.remove(conn) {
-                    self.on_lost(cx, conn, peer, reason);
-                }
-            }
-            Event::Received { conn, msg } => {
-                if let Some(msg) = self.links.receive(cx, conn, msg) {
-                    self.on_message(cx, conn, msg);
-                }
-            }
-            Event::Timer { id, token } => {
-                if self.tick.fired(id, token) {
-                    self.on_tick(cx);
-                }
-            }
-            Event::Local(Command::Shutdown) => {
-                info!("{}: shutting down", self.me());
-                self.links.close_all(cx);
-                cx.exit("shutdown requested", true);
-            }
-        }
+    fn accepted(&self) -> Peer {
+        Peer::Incoming
+    }
+
+    fn on_message(&mut self, cx: &mut Ctx, conn: ConnId, asked: Option<Asked>, msg: Message) {
+        self.received(cx, conn, asked, msg);
+    }
+
+    fn on_failed(&mut self, cx: &mut Ctx, conn: ConnId, asked: Asked, why: Failure) {
+        self.on_request_failed(cx, conn, asked, why);
+    }
+
+    fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
+        self.on_lost(cx, conn, peer, reason);
+    }
+
+    fn on_tick(&mut self, cx: &mut Ctx) {
+        self.election_tick(cx);
+    }
+
+    fn on_shutdown(&mut self, cx: &mut Ctx) {
+        info!("{}: shutting down", self.me());
+        self.links.close_all(cx);
+        cx.exit("shutdown requested", true);
     }
 }
 
@@ -832,7 +858,7 @@ impl Actor for Master {
 mod tests {
     use super::*;
     use crate::actors::testing::{closed, sent, Harness};
-    use crate::actors::Effect;
+    use crate::actors::{Effect, Event};
     use crate::proto::{CellState, Ptid};
 
     fn config(port: u16) -> MasterConfig {
@@ -1004,6 +1030,16 @@ mod tests {
     fn accepted(effects: &[Effect], conn: ConnId) -> Option<Nid> {
         sent(effects, conn).into_iter().find_map(|p| match p {
             Packet::AcceptIdentification { your_nid, .. } => your_nid,
+            _ => None,
+        })
+    }
+
+    /// The id of the last `packet` (by name) sent on `conn`.
+    fn sent_id(effects: &[Effect], conn: ConnId, name: &str) -> Option<u32> {
+        effects.iter().rev().find_map(|e| match e {
+            Effect::Send { conn: c, msg } if *c == conn && msg.packet.name() == name => {
+                Some(msg.id)
+            }
             _ => None,
         })
     }
@@ -1223,5 +1259,117 @@ mod tests {
             let mut h = Harness::new(Master::new(cfg));
             crate::actors::fuzz::run(&mut h, steps, Master::check_invariants)?;
         }
+    }
+
+    /// Finding 1: the primary paired every message of a storage with the request of the
+    /// same id, notifications included, and dropped a storage whose `NotifyReady` carried
+    /// the id of a pending `AskRecovery`.
+    #[test]
+    fn a_notification_with_the_id_of_a_pending_request_is_not_its_answer() {
+        let mut h = Harness::new(Master::new(config(1)));
+        h.start();
+        let s = ConnId(100);
+        let out = h.incoming(s, identification("prod", NodeType::Storage, 20000, None));
+        assert!(matches!(
+            &sent(&out, s)[0],
+            Packet::AcceptIdentification { .. }
+        ));
+        let id = sent_id(&out, s, "AskRecovery").expect("recovery asks the storage");
+        let msg = |id, packet| Event::Received {
+            conn: s,
+            msg: Message { id, packet },
+        };
+        let out = h.handle(msg(id, Packet::NotifyReady));
+        assert!(!closed(&out, s), "the storage was dropped: {out:?}");
+        assert!(sent(&out, s).is_empty(), "{out:?}");
+        // An answer with another id answers nothing; the one with the id is the answer
+        // (a storage with a table: the primary asks it for the table next).
+        let answer = Packet::AnswerRecovery {
+            ptid: Some(crate::proto::Ptid(3)),
+            backup_tid: None,
+            truncate_tid: None,
+        };
+        let out = h.handle(msg(id.wrapping_add(7), answer.clone()));
+        assert!(!closed(&out, s) && sent(&out, s).is_empty(), "{out:?}");
+        let out = h.handle(msg(id, answer));
+        assert_eq!(sent(&out, s), vec![Packet::AskPartitionTable]);
+        assert!(h
+            .actor
+            .nodes()
+            .iter()
+            .any(|n| n.node_type == NodeType::Storage && n.state == NodeState::Pending));
+    }
+
+    /// A storage identified to a fresh primary; returns the id of the AskRecovery it got.
+    fn join_storage(h: &mut Harness<Master>, conn: ConnId, port: u16) -> u32 {
+        let out = h.incoming(conn, identification("prod", NodeType::Storage, port, None));
+        sent_id(&out, conn, "AskRecovery").expect("recovery asks the storage")
+    }
+
+    fn answer_recovery(h: &mut Harness<Master>, conn: ConnId, id: u32) -> Vec<Effect> {
+        let packet = Packet::AnswerRecovery {
+            ptid: Some(crate::proto::Ptid(3)),
+            backup_tid: None,
+            truncate_tid: None,
+        };
+        h.handle(Event::Received {
+            conn,
+            msg: Message { id, packet },
+        })
+    }
+
+    #[test]
+    fn a_table_request_lost_with_its_storage_goes_to_another_holder_once() {
+        let mut h = Harness::new(Master::new(config(1)));
+        h.start();
+        let (s1, s2) = (ConnId(100), ConnId(101));
+        let id1 = join_storage(&mut h, s1, 20001);
+        let id2 = join_storage(&mut h, s2, 20002);
+        let out = answer_recovery(&mut h, s1, id1);
+        assert_eq!(sent(&out, s1), vec![Packet::AskPartitionTable]);
+        let out = answer_recovery(&mut h, s2, id2);
+        assert!(sent(&out, s2).is_empty(), "one holder is asked at a time");
+        let out = h.handle(Event::Closed {
+            conn: s1,
+            reason: CloseReason::Reset,
+        });
+        let asks = sent(&out, s2)
+            .into_iter()
+            .filter(|p| *p == Packet::AskPartitionTable)
+            .count();
+        assert_eq!(asks, 1, "{out:?}");
+        // Reported once: nothing more on later events.
+        let out = h.tick();
+        assert!(!sent(&out, s2).contains(&Packet::AskPartitionTable));
+    }
+
+    #[test]
+    fn a_storage_that_does_not_answer_in_time_is_dropped() {
+        let mut h = Harness::new(Master::new(config(1)));
+        h.start();
+        let s = ConnId(100);
+        join_storage(&mut h, s, 20001);
+        // It answers pings (no idle close), never AskRecovery.
+        for t in 1..=40 {
+            h.elapsed = std::time::Duration::from_secs(t);
+            h.handle(Event::Received {
+                conn: s,
+                msg: Message {
+                    id: 0,
+                    packet: Packet::Pong,
+                },
+            });
+            let out = h.tick();
+            if closed(&out, s) {
+                assert!(t >= 30, "closed at {t}s, before the deadline");
+                assert!(h
+                    .actor
+                    .nodes()
+                    .iter()
+                    .all(|n| n.node_type != NodeType::Storage || n.state == NodeState::Down));
+                return;
+            }
+        }
+        panic!("the storage that never answers was kept");
     }
 }

@@ -15,9 +15,11 @@
 
 use tracing::{debug, error, info, warn};
 
+use super::core::{Follower, Node};
 use super::link::Links;
 use super::master_link::{LinkEvent, MasterLink};
-use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Ticker};
+use super::requests::Failure;
+use super::{CloseReason, ConnId, Ctx, Ticker};
 use crate::db::{Backend, Cell, DbError};
 use crate::proto::{
     Address, ClusterState, ErrorCode, IdentificationExtra, Message, Nid, NodeState, NodeType,
@@ -34,17 +36,21 @@ pub struct StorageConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Peer {
+pub enum Peer {
     Master,
     /// Another node connected to us (clients and storages: not served yet).
     Incoming,
 }
 
+/// What a storage asks: only its identification, of the primary master.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identification;
+
 pub struct Storage {
     cfg: StorageConfig,
     db: Box<dyn Backend>,
     nid: Option<Nid>,
-    links: Links<Peer>,
+    links: Links<Peer, Identification>,
     master: MasterLink,
     /// Our copy of the partition table (also in the database).
     pt: Option<PartitionTable>,
@@ -205,41 +211,14 @@ impl Storage {
         Ok(())
     }
 
-    fn on_tick(&mut self, cx: &mut Ctx) {
-        self.tick.arm(cx);
-        for conn in self.links.check_idle(cx) {
-            if let Some(peer) = self.links.close(cx, conn) {
-                self.on_closed(cx, conn, peer, CloseReason::TimedOut);
-            }
-        }
-        self.follow_master(cx);
-    }
-
-    /// Find the primary master and stay identified to it.
-    fn follow_master(&mut self, cx: &mut Ctx) {
-        let extra = self.identification_extra();
-        self.master
-            .tick(cx, &mut self.links, Peer::Master, self.nid, extra);
-    }
-
-    fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
-        if peer == Peer::Master && self.master.closed(conn, &reason) == Some(LinkEvent::Lost) {
-            // Without a primary we serve nobody until it tells us to start again.
-            self.operational = false;
-        }
-        if !self.master.is_identified() && !self.failed {
-            self.follow_master(cx);
-        }
-    }
-
     fn answer(&mut self, cx: &mut Ctx, conn: ConnId, id: u32, packet: Packet) {
         self.links.answer(cx, conn, id, packet);
     }
 
-    fn on_master_message(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
+    fn on_master_message(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message, answer: bool) {
         let Some(ev) = self
             .master
-            .on_message(cx, &mut self.links, conn, self.nid, msg)
+            .on_message(cx, &mut self.links, conn, self.nid, msg, answer)
         else {
             return;
         };
@@ -409,15 +388,7 @@ impl Storage {
                 num_replicas,
                 changes,
             } => {
-                let applied = match &mut self.pt {
-                    Some(pt) => pt.apply(ptid, num_replicas, &changes),
-                    None => Err("no partition table to change".into()),
-                };
-                if let Err(why) = applied {
-                    // We missed something: reconnect, the primary sends the whole table.
-                    warn!("{}: {why}: reconnecting to the primary", self.me());
-                    self.links.close(cx, conn);
-                    self.on_closed(cx, conn, Peer::Master, CloseReason::Protocol(why));
+                if !self.apply_pt_changes(cx, conn, ptid, num_replicas, &changes) {
                     return Ok(());
                 }
                 let cells: Vec<Cell> = changes
@@ -485,8 +456,15 @@ impl Storage {
     }
 }
 
-impl Actor for Storage {
-    fn start(&mut self, cx: &mut Ctx) {
+impl Node for Storage {
+    type Peer = Peer;
+    type Asked = Identification;
+
+    fn core(&mut self) -> (&mut Links<Peer, Identification>, &mut Ticker) {
+        (&mut self.links, &mut self.tick)
+    }
+
+    fn on_start(&mut self, cx: &mut Ctx) {
         if let Err(e) = self.load() {
             self.db_failed(cx, "loading", e);
             return;
@@ -496,38 +474,66 @@ impl Actor for Storage {
             self.me(),
             self.pt.as_ref().and_then(|p| p.ptid())
         );
-        self.on_tick(cx);
+        self.tick(cx);
     }
 
-    fn handle(&mut self, cx: &mut Ctx, ev: Event) {
-        if self.failed {
-            return;
+    fn stopped(&self) -> bool {
+        self.failed
+    }
+
+    fn accepted(&self) -> Peer {
+        Peer::Incoming
+    }
+
+    fn on_message(
+        &mut self,
+        cx: &mut Ctx,
+        conn: ConnId,
+        asked: Option<Identification>,
+        msg: Message,
+    ) {
+        match self.links.get(conn) {
+            Some(Peer::Master) => self.on_master_message(cx, conn, msg, asked.is_some()),
+            Some(Peer::Incoming) => self.on_incoming(cx, conn, msg),
+            None => {}
         }
-        match ev {
-            Event::Accepted { conn } => self.links.insert(cx, conn, Peer::Incoming),
-            Event::Connected { .. } => {}
-            Event::Closed { conn, reason } => {
-                if let Some(peer) = self.links.remove(conn) {
-                    self.on_closed(cx, conn, peer, reason);
-                }
-            }
-            Event::Received { conn, msg } => {
-                let Some(msg) = self.links.receive(cx, conn, msg) else {
-                    return;
-                };
-                match self.links.get(conn) {
-                    Some(Peer::Master) => self.on_master_message(cx, conn, msg),
-                    Some(Peer::Incoming) => self.on_incoming(cx, conn, msg),
-                    None => {}
-                }
-            }
-            Event::Timer { id, token } => {
-                if self.tick.fired(id, token) {
-                    self.on_tick(cx);
-                }
-            }
-            Event::Local(Command::Shutdown) => self.stop(cx, "shutdown requested".into(), true),
+    }
+
+    fn on_failed(&mut self, cx: &mut Ctx, conn: ConnId, _: Identification, why: Failure) {
+        // A master that does not answer our identification: try again, or another one.
+        if why == Failure::TimedOut {
+            self.reconnect(cx, conn, CloseReason::TimedOut);
         }
+    }
+
+    fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
+        if peer == Peer::Master && self.master_closed(cx, conn, &reason) {
+            // Without a primary we serve nobody until it tells us to start again.
+            self.operational = false;
+        }
+    }
+
+    fn on_tick(&mut self, cx: &mut Ctx) {
+        self.follow_master(cx);
+    }
+
+    fn on_shutdown(&mut self, cx: &mut Ctx) {
+        self.stop(cx, "shutdown requested".into(), true);
+    }
+}
+
+impl Follower for Storage {
+    fn master_link(&mut self) -> (&mut MasterLink, &mut Links<Peer, Identification>) {
+        (&mut self.master, &mut self.links)
+    }
+
+    fn identification(&self) -> (Peer, Identification, Option<Nid>, IdentificationExtra) {
+        let extra = self.identification_extra();
+        (Peer::Master, Identification, self.nid, extra)
+    }
+
+    fn partition_table_mut(&mut self) -> &mut Option<PartitionTable> {
+        &mut self.pt
     }
 }
 
@@ -562,7 +568,7 @@ impl Storage {
 mod tests {
     use super::*;
     use crate::actors::testing::{sent, Harness};
-    use crate::actors::{ConnId, Effect};
+    use crate::actors::{ConnId, Effect, Event};
     use crate::db::sqlite::SqliteBackend;
     use crate::db::Identity;
     use crate::proto::{NodeInfo, Ptid, WallTime};
