@@ -1269,7 +1269,8 @@ mod tests {
         let mut h = Harness::new(Master::new(config(1)));
         h.start();
         let s = ConnId(100);
-        let out = h.incoming(s, identification("prod", NodeType::Storage, 20000, None));
+        // A storage of the cluster (a new one would wait until the table is decided).
+        let out = h.incoming(s, storage(20000, Some(self::s(1)), None));
         assert!(matches!(
             &sent(&out, s)[0],
             Packet::AcceptIdentification { .. }
@@ -1302,7 +1303,8 @@ mod tests {
 
     /// A storage identified to a fresh primary; returns the id of the AskRecovery it got.
     fn join_storage(h: &mut Harness<Master>, conn: ConnId, port: u16) -> u32 {
-        let out = h.incoming(conn, identification("prod", NodeType::Storage, port, None));
+        let nid = s(u32::from(port - 20000));
+        let out = h.incoming(conn, storage(port, Some(nid), None));
         sent_id(&out, conn, "AskRecovery").expect("recovery asks the storage")
     }
 
