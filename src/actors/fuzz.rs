@@ -444,8 +444,8 @@ pub fn step(cluster: &'static str) -> BoxedStrategy<Step> {
         80 => (any::<usize>(), answers(cluster)).prop_map(|(i, a)| Step::Reply(i, Box::new(a))),
         30 => any::<usize>().prop_map(Step::Fire),
         20 => prop_oneof![
-            4 => (0u64..3_000),
-            1 => (0u64..30_000),
+            4 => 0u64..3_000,
+            1 => 0u64..30_000,
         ].prop_map(|ms| Step::Advance(Duration::from_millis(ms))),
         1 => Just(Step::Shutdown),
     ]
