@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::world::World;
 use crate::actors::master::election::Role;
-use crate::proto::{Address, CellState, ClusterState, Nid, NodeState, Ptid};
+use crate::proto::{Address, CellState, ClusterState, Nid, NodeState, NodeType, Ptid};
 
 type Rows = Vec<Vec<(Nid, CellState)>>;
 
@@ -133,10 +133,14 @@ pub fn primary_history() -> impl FnMut(&World) -> Result<(), String> {
     // Master label -> since when it has been a primary past RECOVERING.
     let mut past_recovering: BTreeMap<String, Duration> = BTreeMap::new();
     move |w: &World| {
-        for (i, m) in w.masters() {
-            let label = w.label(i).to_string();
-            let up = w.nodes[i].is_up()
-                && matches!(m.role(), Role::Primary(p) if p.cluster_state != ClusterState::Recovering);
+        // Every master node, crashed ones too (they have no actor, and are no primary).
+        for (i, n) in w.nodes.iter().enumerate() {
+            if super::builder::node_type(&n.label) != Some(NodeType::Master) {
+                continue;
+            }
+            let label = n.label.clone();
+            let up = n.is_up()
+                && matches!(n.master().map(|m| m.role()), Some(Role::Primary(p)) if p.cluster_state != ClusterState::Recovering);
             if up {
                 past_recovering.entry(label).or_insert(w.now());
             } else {
@@ -149,6 +153,15 @@ pub fn primary_history() -> impl FnMut(&World) -> Result<(), String> {
                 continue;
             }
             let Some(primary) = s.primary() else { continue };
+            // A storage that has not heard yet that its primary's process died (the reset
+            // is on its way) serves under nobody: only a live primary coordinates.
+            let alive = w
+                .nodes
+                .iter()
+                .any(|n| n.address == *primary && n.is_up() && n.master().is_some());
+            if !alive {
+                continue;
+            }
             serving.entry(primary.clone()).or_default().push(w.label(i));
         }
         if serving.len() > 1 {
