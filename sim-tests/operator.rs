@@ -21,5 +21,5 @@ fn operator_sweep_finds_no_failure() {
 /// just before healing reached a storage after the operator restarted the others).
 #[test]
 fn operator_regression_seeds_pass() {
-    common::regressions_pass(Scenario::Operator, &[91, 175, 847]);
+    common::regressions_pass(Scenario::Operator, &[0, 91, 175, 192, 458, 847]);
 }

@@ -21,5 +21,5 @@ fn verification_mutant_is_caught_within_1000_seeds() {
 
 #[test]
 fn verification_regression_seeds_pass() {
-    common::regressions_pass(Scenario::Verification, &[2744, 3905, 4855]);
+    common::regressions_pass(Scenario::Verification, &[32, 2744, 3905, 4855]);
 }

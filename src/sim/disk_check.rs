@@ -71,13 +71,19 @@ pub fn wiped_disks_never_serve(w: &World) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether every storage's disk was wiped at or after `at`.
+/// Whether every storage's disk was wiped at or after `at`, or a wipe since then took the
+/// last copy of some data: the old cluster is gone (the primary waits for it, or finds no
+/// table at all and makes a new database), so what follows is no longer its history.
 fn whole_cluster_wiped_since(w: &World, at: std::time::Duration) -> bool {
-    (0..w.nodes.len()).filter(|i| w.disks.has(*i)).all(|i| {
+    let wiped_since = |i: usize| {
         w.disk_events()
             .iter()
             .any(|e| e.node == i && e.kind == DiskEventKind::Wiped && e.at >= at)
-    })
+    };
+    w.disk_events().iter().any(|e| e.lost_data && e.at >= at)
+        || (0..w.nodes.len())
+            .filter(|i| w.disks.has(*i))
+            .all(wiped_since)
 }
 
 /// Why the cluster may rightly never be RUNNING with all its data again: a wipe took the
