@@ -134,7 +134,7 @@ pub fn primary_history() -> impl FnMut(&World) -> Result<(), String> {
     let mut past_recovering: BTreeMap<String, Duration> = BTreeMap::new();
     move |w: &World| {
         // Every master node, crashed ones too (they have no actor, and are no primary).
-        for (i, n) in w.nodes.iter().enumerate() {
+        for n in &w.nodes {
             if super::builder::node_type(&n.label) != Some(NodeType::Master) {
                 continue;
             }
