@@ -384,8 +384,17 @@ fn announce(admin: &Address, cluster: &str, summary: &str) {
     ));
 }
 
-/// Stop every node still running: SIGTERM, then SIGKILL for those not gone in time.
+/// Stop every node still running: the masters first, so that no primary outlives a storage
+/// and marks its cells out of date (the database would come back with them OUT_OF_DATE),
+/// then the others; SIGTERM, then SIGKILL for those not gone in time.
 fn stop(nodes: &mut [Node]) {
+    let (masters, others): (Vec<&mut Node>, Vec<&mut Node>) =
+        nodes.iter_mut().partition(|n| n.name.starts_with("master"));
+    stop_wave(masters);
+    stop_wave(others);
+}
+
+fn stop_wave(mut nodes: Vec<&mut Node>) {
     for n in nodes.iter_mut() {
         if !n.poll() {
             n.signal(libc::SIGTERM);
