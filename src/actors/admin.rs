@@ -193,18 +193,10 @@ impl Admin {
                 }
                 None => Packet::error(ErrorCode::NotReady, "no partition table yet"),
             },
-            packet @ (Packet::SetClusterState { .. }
-            | Packet::SetNodeState { .. }
-            | Packet::AddPendingNodes { .. }
-            | Packet::TweakPartitionTable { .. }
-            | Packet::SetNumReplicas { .. }
-            | Packet::AskRecovery
-            | Packet::AskLastIDs
-            | Packet::AskLastTransaction
-            | Packet::Truncate { .. }) => {
+            packet if is_relayed(&packet) => {
+                // Checked above: with no primary, nothing is relayed.
                 let Some(mconn) = self.master.conn() else {
-                    let e = Packet::error(ErrorCode::NotReady, NO_PRIMARY);
-                    return self.links.answer(cx, conn, id, e);
+                    return;
                 };
                 self.links
                     .ask(cx, mconn, packet, Asked::Relayed { ctl: conn, id });
@@ -236,7 +228,14 @@ fn is_ctl_request(p: &Packet) -> bool {
             | Packet::AskPrimary
             | Packet::AskNodeList { .. }
             | Packet::AskPartitionList { .. }
-            | Packet::SetClusterState { .. }
+    ) || is_relayed(p)
+}
+
+/// neoctl's requests the primary answers (the admin relays them).
+fn is_relayed(p: &Packet) -> bool {
+    matches!(
+        p,
+        Packet::SetClusterState { .. }
             | Packet::SetNodeState { .. }
             | Packet::AddPendingNodes { .. }
             | Packet::TweakPartitionTable { .. }
@@ -504,7 +503,7 @@ mod tests {
 mod truth_tests {
     use super::*;
     use crate::actors::testing::{sent, Harness};
-    use crate::actors::{Effect, Event};
+    use crate::actors::Event;
     use crate::proto::{CellState, NodeInfo, NodeState, Ptid, WallTime};
 
     fn admin() -> Harness<Admin> {
@@ -519,13 +518,7 @@ mod truth_tests {
     /// the master link.
     fn following(h: &mut Harness<Admin>) -> ConnId {
         let out = h.start();
-        let conn = out
-            .iter()
-            .find_map(|e| match e {
-                Effect::Connect { conn, .. } => Some(*conn),
-                _ => None,
-            })
-            .expect("connects to the master");
+        let conn = crate::actors::testing::first_connect(&out).expect("connects to the master");
         let s1 = Nid::new(NodeType::Storage, 1);
         let m1 = Nid::new(NodeType::Master, 1);
         let node = |nid, node_type, port| NodeInfo {

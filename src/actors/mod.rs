@@ -449,6 +449,14 @@ pub(crate) mod testing {
             .collect()
     }
 
+    /// The first connection the node asked to open.
+    pub fn first_connect(effects: &[Effect]) -> Option<ConnId> {
+        effects.iter().find_map(|e| match e {
+            Effect::Connect { conn, .. } => Some(*conn),
+            _ => None,
+        })
+    }
+
     pub fn closed(effects: &[Effect], conn: ConnId) -> bool {
         effects
             .iter()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::check::{election_converged, election_converged_among};
 use super::faults::{Rate, Swarm};
+use super::net::NodeIdx;
 use super::scenario::{
     converged_for, election_world, primary, run_election_with, RunOptions, Scenario,
 };
@@ -102,14 +103,19 @@ fn elect(w: &mut World, masters: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn crash_primary(w: &mut World) -> Result<(), String> {
+/// Wait for the first election to settle; the primary it made.
+fn first_primary(w: &mut World) -> Result<NodeIdx, String> {
     expect(
         w,
         Duration::from_secs(40),
         "a first primary",
         converged_for(STABLE, election_converged),
     )?;
-    let old = primary(w).ok_or("no primary")?;
+    Ok(primary(w).ok_or("no primary")?)
+}
+
+fn crash_primary(w: &mut World) -> Result<(), String> {
+    let old = first_primary(w)?;
     w.crash(old);
     // The others notice at once (connections reset), try the old primary and each other,
     // then claim: a new primary among them within a few seconds.
@@ -140,13 +146,7 @@ fn crash_primary(w: &mut World) -> Result<(), String> {
 }
 
 fn partition_primary(w: &mut World) -> Result<(), String> {
-    expect(
-        w,
-        Duration::from_secs(40),
-        "a first primary",
-        converged_for(STABLE, election_converged),
-    )?;
-    let old = primary(w).ok_or("no primary")?;
+    let old = first_primary(w)?;
     w.partition(&[old], false);
     // The majority notices through idle detection (a dozen seconds), then elects.
     expect(

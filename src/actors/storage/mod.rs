@@ -590,13 +590,7 @@ mod tests {
     /// Start, connect to the master, get identified as S1 with a one-cell table.
     fn identified(h: &mut Harness<Storage>) -> ConnId {
         let out = h.start();
-        let conn = out
-            .iter()
-            .find_map(|e| match e {
-                Effect::Connect { conn, .. } => Some(*conn),
-                _ => None,
-            })
-            .expect("connects to the master");
+        let conn = crate::actors::testing::first_connect(&out).expect("connects to the master");
         let s1 = Nid::new(NodeType::Storage, 1);
         let m1 = Nid::new(NodeType::Master, 1);
         let msg = |id, packet| Event::Received {
