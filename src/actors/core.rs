@@ -12,6 +12,7 @@
 
 use tracing::warn;
 
+use super::client::{Call, ClientError, Reply};
 use super::link::{Incoming, Links};
 use super::master_link::{LinkEvent, MasterLink};
 use super::requests::Failure;
@@ -58,6 +59,14 @@ pub trait Node {
 
     /// Stop cleanly (SIGINT/SIGTERM).
     fn on_shutdown(&mut self, cx: &mut Ctx);
+
+    /// An application's call: only the client role serves them.
+    fn on_call(&mut self, cx: &mut Ctx, call: Call) {
+        cx.reply(Reply {
+            id: call.id,
+            result: Err(ClientError::Invalid("this node is not a client".into())),
+        });
+    }
 
     /// The periodic tick: re-arm it, close silent links, fail overdue requests, then the
     /// role's own work.
@@ -113,6 +122,7 @@ pub trait Node {
                 }
             }
             Event::Local(Command::Shutdown) => self.on_shutdown(cx),
+            Event::Local(Command::Call(call)) => self.on_call(cx, call),
         }
         self.report_failures(cx);
     }

@@ -483,7 +483,8 @@ impl Host {
                 Effect::SetTimer { id, token, .. } => self.timers.push((*id, *token)),
                 Effect::CancelTimer { id } => self.timers.retain(|(t, _)| t != id),
                 Effect::Exit { .. } => self.exited = true,
-                Effect::Send { .. } | Effect::Observe(_) => {}
+                Effect::Send { .. } | Effect::Observe(_) | Effect::Reply(_) | Effect::Notice(_) => {
+                }
             }
         }
     }

@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod client;
 pub mod core;
 #[cfg(test)]
 pub(crate) mod fuzz;
@@ -124,6 +125,8 @@ pub enum Event {
 pub enum Command {
     /// Stop cleanly (SIGINT/SIGTERM).
     Shutdown,
+    /// An application's call to the client role.
+    Call(client::Call),
 }
 
 /// What a node asks its host to do, in order.
@@ -150,6 +153,10 @@ pub enum Effect {
     },
     /// A fact for the simulator's checkers; production hosts ignore it.
     Observe(Observation),
+    /// The client role answers an application's call.
+    Reply(client::Reply),
+    /// The client role tells the application something unasked (invalidations).
+    Notice(client::Notice),
     /// The process should end (told to stop by the cluster, or a fatal condition).
     Exit {
         reason: String,
@@ -350,6 +357,16 @@ impl<'a> Ctx<'a> {
     pub fn mutant(&self, _name: &str) -> bool {
         let _ = self.env.mutant;
         false
+    }
+
+    /// Answer an application's call (client role).
+    pub fn reply(&mut self, r: client::Reply) {
+        self.effects.push(Effect::Reply(r));
+    }
+
+    /// Tell the application something unasked (client role).
+    pub fn notice(&mut self, n: client::Notice) {
+        self.effects.push(Effect::Notice(n));
     }
 
     pub fn observe(&mut self, o: Observation) {

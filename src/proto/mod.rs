@@ -8,5 +8,5 @@ pub mod packet;
 pub mod states;
 
 pub use ids::{Address, Nid, Oid, Ptid, Tid, WallTime};
-pub use packet::{IdentificationExtra, Kind, Message, NodeInfo, Packet};
+pub use packet::{Data, IdentificationExtra, Kind, Message, NodeInfo, Packet, Relocked};
 pub use states::{CellState, ClusterState, ErrorCode, NodeState, NodeType};

@@ -159,6 +159,107 @@ packets! {
     Request SetClusterState { state: ClusterState },
     Request AskLastTransaction,
     Answer AnswerLastTransaction { tid: Option<Tid> },
+
+    // ---- transactions (running; neo-spec 6.4 to 6.11) ----
+    /// Client to primary: begin a transaction, with the TID it must get (restore) or not.
+    Request AskBeginTransaction { tid: Option<Tid> },
+    Answer AnswerBeginTransaction { ttid: Tid },
+    Request AskNewOIDs { count: u32 },
+    Answer AnswerNewOIDs { oids: Vec<Oid> },
+    /// Client to every cell of the object's partition. `data` is None for a deletion
+    /// (checksum `ZERO_HASH`); `data_serial` is an undo's backpointer.
+    Request AskStoreObject {
+        oid: Oid,
+        serial: Tid,
+        compression: u8,
+        checksum: [u8; 20],
+        data: Option<Data>,
+        data_serial: Option<Tid>,
+        ttid: Tid,
+    },
+    /// None: stored and write-locked. `Some(Tid::ZERO)`: accepted without a lock (the
+    /// cell is being replicated) or ignored (not ours). Otherwise the conflicting serial.
+    Answer AnswerStoreObject { conflict: Option<Tid> },
+    /// readCurrent: lock `oid` as a store would, conflicting if `serial` is not current.
+    Request AskCheckCurrentSerial { ttid: Tid, oid: Oid, serial: Tid },
+    Answer AnswerCheckCurrentSerial { conflict: Option<Tid> },
+    /// Storage to the client of a younger transaction holding a lock an older one waits
+    /// for: give it up and take it again (`AskRelockObject`) if you have not voted.
+    Notification NotifyDeadlock { ttid: Tid, oid: Oid },
+    Request AskRelockObject { ttid: Tid, oid: Oid },
+    /// None: locked again with nothing changed. Otherwise the store must be resolved again
+    /// against `conflict`.
+    Answer AnswerRelockObject { conflict: Option<Relocked> },
+    /// Client to the cells of partition(ttid): the metadata, and vote. `oids` lists every
+    /// object written or checked.
+    Request AskStoreTransaction {
+        ttid: Tid,
+        user: Data,
+        description: Data,
+        extension: Data,
+        oids: Vec<Oid>,
+    },
+    Answer AnswerStoreTransaction,
+    /// Client to every other storage it stored to: vote.
+    Request AskVoteTransaction { ttid: Tid },
+    Answer AnswerVoteTransaction,
+    /// Client to primary: these storages failed during the vote; answered ACK (go on) or
+    /// INCOMPLETE_TRANSACTION.
+    Request FailedVote { ttid: Tid, nids: Vec<Nid> },
+    /// `oids`: objects to invalidate; `deleted`/`checked`: partitions of deleted and
+    /// readCurrent-only objects, whose storages take part in lock and unlock.
+    Request AskFinishTransaction { ttid: Tid, oids: Vec<Oid>, deleted: Vec<u32>, checked: Vec<u32> },
+    Answer AnswerTransactionFinished { ttid: Tid, tid: Tid },
+    /// Primary to every storage involved: the final TID; make the transaction durable.
+    Request AskLockInformation { ttid: Tid, tid: Tid },
+    Answer AnswerInformationLocked { ttid: Tid },
+    Notification NotifyUnlockInformation { ttid: Tid },
+    /// Primary to every other client, in commit order.
+    Notification InvalidateObjects { tid: Tid, oids: Vec<Oid> },
+    /// Client to storages (`nids` empty) and to the primary (the storages it used).
+    Notification AbortTransaction { ttid: Tid, nids: Vec<Nid> },
+
+    // ---- reads (neo-spec 6.12) ----
+    /// `at`: that exact serial; `before`: the last revision before it; neither: latest.
+    Request AskObject { oid: Oid, at: Option<Tid>, before: Option<Tid> },
+    Answer AnswerObject {
+        oid: Oid,
+        serial: Tid,
+        next_serial: Option<Tid>,
+        compression: u8,
+        checksum: [u8; 20],
+        data: Option<Data>,
+        data_serial: Option<Tid>,
+    },
+}
+
+/// Opaque bytes (object data, transaction text), encoded as one length-prefixed block
+/// rather than byte by byte.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Data(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl std::fmt::Debug for Data {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for Data {
+    fn from(v: Vec<u8>) -> Data {
+        Data(v)
+    }
+}
+
+/// `AnswerRelockObject`'s conflict: the serial the relocked store was based on, the one it
+/// now conflicts with, and what had been stored (None for a readCurrent check), since the
+/// client may have dropped it.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Relocked {
+    pub serial: Tid,
+    pub conflict: Tid,
+    pub data: Option<(u8, [u8; 20], Data)>,
 }
 
 impl Packet {

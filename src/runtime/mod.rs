@@ -280,6 +280,8 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
                 }
             }
             Effect::Observe(_) => {}
+            // Hosting the client role (the library) delivers these to the application.
+            Effect::Reply(_) | Effect::Notice(_) => {}
             Effect::Exit { reason, success } => {
                 info!("{}: exiting: {reason}", self.name);
                 self.exited = true;

@@ -62,6 +62,8 @@ fn emit(trace: &mut Trace, node: NodeIdx, e: &Effect) {
         Effect::CancelTimer { id } => trace.emit((node, 4u8, id)),
         Effect::Observe(o) => trace.emit((node, 5u8, o)),
         Effect::Exit { reason, success } => trace.emit((node, 6u8, reason, success)),
+        Effect::Reply(r) => trace.emit((node, 7u8, r)),
+        Effect::Notice(n) => trace.emit((node, 8u8, n)),
     }
 }
 
@@ -600,6 +602,8 @@ impl World {
                         self.fail(what);
                     }
                 }
+                // Client replies and notices go to the workload (the commits scenario).
+                Effect::Reply(_) | Effect::Notice(_) => {}
                 Effect::Exit { reason, success } => {
                     let label = self.nodes[node].label.clone();
                     self.trace.step(self.now, (node, "exit", &reason), || {
