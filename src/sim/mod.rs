@@ -21,6 +21,7 @@ pub mod disk;
 pub mod disk_check;
 pub mod faults;
 pub mod history;
+pub mod isolation;
 pub mod hostile;
 pub mod net;
 pub mod operator;
