@@ -803,8 +803,7 @@ impl Master {
     /// Verification is over: RUNNING.
     fn provide_service(&mut self, cx: &mut Ctx) {
         let Some(p) = self.primary_mut() else { return };
-        p.tm
-            .running(p.verification.last_tid, p.verification.last_oid);
+        p.tm.running(p.verification.last_tid, p.verification.last_oid);
         p.truncate_tid = None;
         p.startup_allowed = false;
         p.auto_restart = false;

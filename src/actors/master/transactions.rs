@@ -173,7 +173,9 @@ impl Transactions {
     pub fn check(&self) -> Result<(), String> {
         for (ttid, txn) in &self.txns {
             if txn.finish.is_some() != self.queue.contains(ttid) {
-                return Err(format!("transaction {ttid:?} finishing but not queued, or so"));
+                return Err(format!(
+                    "transaction {ttid:?} finishing but not queued, or so"
+                ));
             }
             if !self.clients.contains_key(&txn.client) && txn.finish.is_none() {
                 return Err(format!("transaction {ttid:?} of a client that is gone"));
@@ -296,14 +298,8 @@ impl Master {
             let storages = self.running_storage_conns(None);
             for ttid in aborted {
                 for c in &storages {
-                    self.links.notify(
-                        cx,
-                        *c,
-                        Packet::AbortTransaction {
-                            ttid,
-                            nids: vec![],
-                        },
-                    );
+                    self.links
+                        .notify(cx, *c, Packet::AbortTransaction { ttid, nids: vec![] });
                 }
             }
         }
@@ -390,7 +386,10 @@ impl Master {
             let Some(&ttid) = tm.queue.front() else {
                 return;
             };
-            let done = tm.txns[&ttid].finish.as_ref().is_some_and(|f| f.waiting.is_empty());
+            let done = tm.txns[&ttid]
+                .finish
+                .as_ref()
+                .is_some_and(|f| f.waiting.is_empty());
             if !done {
                 return;
             }
@@ -660,14 +659,8 @@ impl Master {
         }
         let among: BTreeSet<Nid> = nids.into_iter().collect();
         for c in self.running_storage_conns(Some(&among)) {
-            self.links.notify(
-                cx,
-                c,
-                Packet::AbortTransaction {
-                    ttid,
-                    nids: vec![],
-                },
-            );
+            self.links
+                .notify(cx, c, Packet::AbortTransaction { ttid, nids: vec![] });
         }
     }
 
@@ -732,7 +725,12 @@ impl Master {
             let why = format!("the table would not be operational without {failed:?}");
             let answer = Packet::error(ErrorCode::IncompleteTransaction, why);
             self.links.answer(cx, conn, id, answer);
-            return self.abort(cx, conn, ttid, self.storages().iter().map(|s| s.1).collect());
+            return self.abort(
+                cx,
+                conn,
+                ttid,
+                self.storages().iter().map(|s| s.1).collect(),
+            );
         }
         for nid in &failed {
             if let Some(c) = self.conn_of(*nid) {
@@ -822,5 +820,711 @@ impl Master {
         self.tm()
             .map(|tm| tm.clients.values().map(|c| c.nid).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::actors::testing::{closed, sent, Harness};
+    use crate::actors::{CloseReason, Effect, Event};
+    use crate::proto::{Address, IdentificationExtra, WallTime};
+
+    const NP: u32 = 4;
+    const S1: ConnId = ConnId(100);
+    const S2: ConnId = ConnId(101);
+    const C1: ConnId = ConnId(200);
+    const C2: ConnId = ConnId(201);
+
+    fn config(replicas: u32) -> super::super::MasterConfig {
+        super::super::MasterConfig {
+            cluster: "prod".into(),
+            bind: Address::new("10.0.0.1", 1),
+            masters: vec![Address::new("10.0.0.1", 1)],
+            autostart: Some(2),
+            replicas,
+            partitions: NP,
+            nid: None,
+        }
+    }
+
+    fn storage(port: u16) -> Packet {
+        Packet::RequestIdentification {
+            node_type: NodeType::Storage,
+            nid: None,
+            address: Some(Address::new("10.0.1.1", port)),
+            cluster_name: "prod".into(),
+            id_timestamp: None,
+            extra: IdentificationExtra::default(),
+        }
+    }
+
+    fn client(read_only: bool) -> Packet {
+        Packet::RequestIdentification {
+            node_type: NodeType::Client,
+            nid: None,
+            address: None,
+            cluster_name: "prod".into(),
+            id_timestamp: None,
+            extra: IdentificationExtra {
+                read_only,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn messages(effects: &[Effect], conn: ConnId) -> Vec<(u32, Packet)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { conn: c, msg } if *c == conn => Some((msg.id, msg.packet.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn recv(h: &mut Harness<Master>, conn: ConnId, id: u32, packet: Packet) -> Vec<Effect> {
+        h.handle(Event::Received {
+            conn,
+            msg: Message { id, packet },
+        })
+    }
+
+    /// A primary with two new storages, RUNNING with the storages' last ids, both ready.
+    fn running(h: &mut Harness<Master>, last_tid: Option<Tid>, last_oid: Option<Oid>) {
+        h.start();
+        let mut out = h.incoming(S1, storage(30));
+        out.extend(h.incoming(S2, storage(31)));
+        while !out.is_empty() {
+            let mut next = Vec::new();
+            for conn in [S1, S2] {
+                for (id, p) in messages(&out, conn) {
+                    let answer = match p {
+                        Packet::AskRecovery => Packet::AnswerRecovery {
+                            ptid: None,
+                            backup_tid: None,
+                            truncate_tid: None,
+                        },
+                        Packet::AskLockedTransactions => Packet::AnswerLockedTransactions {
+                            transactions: vec![],
+                        },
+                        Packet::AskLastIDs => Packet::AnswerLastIDs {
+                            last_tid,
+                            last_oid,
+                            first_tid: None,
+                        },
+                        _ => continue,
+                    };
+                    next.extend(recv(h, conn, id, answer));
+                }
+            }
+            out = next;
+        }
+        assert_eq!(h.actor.cluster_state(), Some(ClusterState::Running));
+        for conn in [S1, S2] {
+            recv(h, conn, 0, Packet::NotifyReady);
+        }
+    }
+
+    fn ask(h: &mut Harness<Master>, conn: ConnId, id: u32, packet: Packet) -> Vec<Packet> {
+        let out = recv(h, conn, id, packet);
+        messages(&out, conn)
+            .into_iter()
+            .filter(|(i, _)| *i == id)
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    fn begin(h: &mut Harness<Master>, conn: ConnId, id: u32) -> Tid {
+        match &ask(h, conn, id, Packet::AskBeginTransaction { tid: None })[..] {
+            [Packet::AnswerBeginTransaction { ttid }] => *ttid,
+            other => panic!("begin: {other:?}"),
+        }
+    }
+
+    fn finish_packet(ttid: Tid, oids: &[u64]) -> Packet {
+        Packet::AskFinishTransaction {
+            ttid,
+            oids: oids.iter().map(|o| Oid(*o)).collect(),
+            deleted: vec![],
+            checked: vec![],
+        }
+    }
+
+    /// The AskLockInformation requests in `out`: (storage connection, message id, ttid, tid).
+    fn lock_requests(out: &[Effect]) -> Vec<(ConnId, u32, Tid, Tid)> {
+        [S1, S2]
+            .into_iter()
+            .flat_map(|c| {
+                messages(out, c)
+                    .into_iter()
+                    .filter_map(move |(id, p)| match p {
+                        Packet::AskLockInformation { ttid, tid } => Some((c, id, ttid, tid)),
+                        _ => None,
+                    })
+            })
+            .collect()
+    }
+
+    fn lock(h: &mut Harness<Master>, req: (ConnId, u32, Tid, Tid)) -> Vec<Effect> {
+        recv(
+            h,
+            req.0,
+            req.1,
+            Packet::AnswerInformationLocked { ttid: req.2 },
+        )
+    }
+
+    fn error_code(p: &[Packet]) -> Option<ErrorCode> {
+        match p {
+            [Packet::Error { code, .. }] => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// A running cluster (replicas 1: both storages hold every partition) with clients C1, C2.
+    fn cluster(mutant: Option<&'static str>) -> Harness<Master> {
+        let m = Master::new(config(1));
+        let mut h = match mutant {
+            Some(name) => Harness::with_mutant(m, name),
+            None => Harness::new(m),
+        };
+        running(&mut h, None, None);
+        for c in [C1, C2] {
+            let out = h.incoming(c, client(false));
+            assert!(
+                matches!(
+                    sent(&out, c).first(),
+                    Some(Packet::AcceptIdentification { .. })
+                ),
+                "{out:?}"
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn a_client_gets_the_nodes_but_clients_and_the_table_and_storages_hear_of_it() {
+        let mut h = cluster(None);
+        let out = h.incoming(ConnId(202), client(false));
+        let got = sent(&out, ConnId(202));
+        let Some(Packet::AcceptIdentification {
+            your_nid: Some(nid),
+            ..
+        }) = got.first()
+        else {
+            panic!("{got:?}")
+        };
+        assert_eq!(nid.node_type(), Some(NodeType::Client));
+        let Some(Packet::NotifyNodeInformation { nodes, .. }) = got.get(1) else {
+            panic!("{got:?}")
+        };
+        assert_eq!(nodes[0].nid, Some(*nid));
+        assert!(nodes[0].id_timestamp.is_some());
+        assert!(nodes[1..].iter().all(|n| n.node_type != NodeType::Client));
+        assert!(got
+            .iter()
+            .any(|p| matches!(p, Packet::SendPartitionTable { .. })));
+        let told = |c| {
+            sent(&out, c).iter().any(|p| matches!(p, Packet::NotifyNodeInformation { nodes, .. } if nodes.iter().any(|n| n.nid == Some(*nid))))
+        };
+        assert!(told(S1) && told(S2));
+        assert!(!told(C1), "clients are not told of clients");
+        assert_eq!(h.actor.clients().len(), 3);
+    }
+
+    #[test]
+    fn clients_are_refused_outside_running_and_closed_when_it_stops() {
+        let mut h = Harness::new(Master::new(config(0)));
+        h.start();
+        let out = h.incoming(C1, client(false));
+        assert_eq!(error_code(&sent(&out, C1)), Some(ErrorCode::NotReady));
+        assert!(closed(&out, C1));
+        // Replicas 0: losing a storage stops the cluster; the client is closed.
+        running(&mut h, None, None);
+        h.incoming(C1, client(false));
+        assert_eq!(h.actor.clients().len(), 1);
+        let out = h.handle(Event::Closed {
+            conn: S1,
+            reason: CloseReason::Reset,
+        });
+        assert_eq!(h.actor.cluster_state(), Some(ClusterState::Recovering));
+        assert!(closed(&out, C1), "{out:?}");
+        assert!(h.actor.clients().is_empty());
+        h.actor.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_read_only_client_cannot_begin() {
+        let mut h = cluster(None);
+        h.incoming(ConnId(202), client(true));
+        let got = ask(
+            &mut h,
+            ConnId(202),
+            1,
+            Packet::AskBeginTransaction { tid: None },
+        );
+        assert_eq!(error_code(&got), Some(ErrorCode::ReadOnlyAccess));
+        // It may read: the last transaction.
+        let got = ask(&mut h, ConnId(202), 2, Packet::AskLastTransaction);
+        assert_eq!(got, vec![Packet::AnswerLastTransaction { tid: None }]);
+    }
+
+    #[test]
+    fn oids_continue_above_what_storages_know_and_what_was_stored() {
+        let mut h = Harness::new(Master::new(config(1)));
+        running(&mut h, None, Some(Oid(41)));
+        h.incoming(C1, client(false));
+        for count in [0, MAX_NEW_OIDS + 1] {
+            let got = ask(&mut h, C1, 1, Packet::AskNewOIDs { count });
+            assert_eq!(error_code(&got), Some(ErrorCode::ProtocolError));
+        }
+        let got = ask(&mut h, C1, 2, Packet::AskNewOIDs { count: 3 });
+        assert_eq!(
+            got,
+            vec![Packet::AnswerNewOIDs {
+                oids: vec![Oid(42), Oid(43), Oid(44)]
+            }]
+        );
+        // A client stored OID 100 (from another primary's allocation, say).
+        let ttid = begin(&mut h, C1, 3);
+        recv(&mut h, C1, 4, finish_packet(ttid, &[100]));
+        let got = ask(&mut h, C1, 5, Packet::AskNewOIDs { count: 1 });
+        assert_eq!(
+            got,
+            vec![Packet::AnswerNewOIDs {
+                oids: vec![Oid(101)]
+            }]
+        );
+    }
+
+    /// TTIDs and final TIDs strictly increase when the clock goes back, start above the
+    /// storages' last TID whatever the clock says, and the final TID is in the TTID's
+    /// partition.
+    fn tids_under_a_clock_going_back(mutant: Option<&'static str>) -> Result<(), String> {
+        let m = Master::new(config(1));
+        let mut h = match mutant {
+            Some(name) => Harness::with_mutant(m, name),
+            None => Harness::new(m),
+        };
+        // The storages know a TID an hour ahead of our clock.
+        let ahead = Tid::from_wall(h.now.saturating_add(Duration::from_secs(3600)));
+        running(&mut h, Some(ahead), None);
+        h.incoming(C1, client(false));
+        let mut last = ahead;
+        let mut id = 0;
+        for step in 0..6u64 {
+            if step % 2 == 1 {
+                h.now = h.now.saturating_sub(Duration::from_secs(600));
+            } else {
+                h.now = h.now.saturating_add(Duration::from_millis(1));
+            }
+            id += 2;
+            let ttid = begin(&mut h, C1, id);
+            if ttid <= last {
+                return Err(format!("ttid {ttid:?} after {last:?}"));
+            }
+            let out = recv(&mut h, C1, id + 1, finish_packet(ttid, &[step]));
+            let locks = lock_requests(&out);
+            let tid = locks.first().map(|l| l.3).ok_or("no lock asked")?;
+            if tid < ttid || tid <= last {
+                return Err(format!("tid {tid:?} for ttid {ttid:?} after {last:?}"));
+            }
+            if tid.0 % u64::from(NP) != ttid.0 % u64::from(NP) {
+                return Err(format!("tid {tid:?} not in the partition of {ttid:?}"));
+            }
+            for l in locks {
+                lock(&mut h, l);
+            }
+            last = tid;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn tids_increase_across_clock_jumps_and_stay_in_the_ttid_partition() {
+        tids_under_a_clock_going_back(None).unwrap();
+        assert!(tids_under_a_clock_going_back(Some("tid-not-monotonic")).is_err());
+    }
+
+    #[test]
+    fn a_user_tid_must_be_above_the_last_and_alone() {
+        let mut h = Harness::new(Master::new(config(1)));
+        let last = Tid::from_wall(h.now);
+        running(&mut h, Some(last), None);
+        h.incoming(C1, client(false));
+        let got = ask(
+            &mut h,
+            C1,
+            1,
+            Packet::AskBeginTransaction { tid: Some(last) },
+        );
+        assert_eq!(error_code(&got), Some(ErrorCode::ProtocolError));
+        let want = Tid(last.0 + 7);
+        let got = ask(
+            &mut h,
+            C1,
+            2,
+            Packet::AskBeginTransaction { tid: Some(want) },
+        );
+        assert_eq!(got, vec![Packet::AnswerBeginTransaction { ttid: want }]);
+        let got = ask(&mut h, C1, 3, Packet::AskBeginTransaction { tid: None });
+        assert_eq!(error_code(&got), Some(ErrorCode::ProtocolError));
+        let out = recv(&mut h, C1, 4, finish_packet(want, &[1]));
+        let locks = lock_requests(&out);
+        assert!(locks.iter().all(|l| l.3 == want) && locks.len() == 2);
+    }
+
+    #[test]
+    fn commits_wait_for_every_lock_and_complete_in_tid_order() {
+        let mut h = cluster(None);
+        let t1 = begin(&mut h, C1, 1);
+        let t2 = begin(&mut h, C2, 1);
+        let l1 = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1, 2])));
+        let l2 = lock_requests(&recv(&mut h, C2, 2, finish_packet(t2, &[3])));
+        assert_eq!(
+            (l1.len(), l2.len()),
+            (2, 2),
+            "both storages hold every partition"
+        );
+        let (tid1, tid2) = (l1[0].3, l2[0].3);
+        assert!(tid1 < tid2);
+        // T2 locked everywhere: it waits for T1, ahead in the queue.
+        let mut out = Vec::new();
+        for l in &l2 {
+            out.extend(lock(&mut h, *l));
+        }
+        assert!(
+            sent(&out, C2).is_empty() && sent(&out, C1).is_empty(),
+            "{out:?}"
+        );
+        // T1 locked on one storage only: still waiting.
+        let out = lock(&mut h, l1[0]);
+        assert!(sent(&out, C1).is_empty(), "{out:?}");
+        let out = lock(&mut h, l1[1]);
+        let finished = |c| {
+            messages(&out, c)
+                .into_iter()
+                .find(|(_, p)| matches!(p, Packet::AnswerTransactionFinished { .. }))
+        };
+        assert_eq!(
+            finished(C1),
+            Some((
+                2,
+                Packet::AnswerTransactionFinished {
+                    ttid: t1,
+                    tid: tid1
+                }
+            ))
+        );
+        assert_eq!(
+            finished(C2),
+            Some((
+                2,
+                Packet::AnswerTransactionFinished {
+                    ttid: t2,
+                    tid: tid2
+                }
+            ))
+        );
+        // Each client is told of the other's commit only, in TID order, before... after it
+        // answered its own.
+        let invalidations = |c| -> Vec<Packet> {
+            sent(&out, c)
+                .into_iter()
+                .filter(|p| matches!(p, Packet::InvalidateObjects { .. }))
+                .collect()
+        };
+        assert_eq!(
+            invalidations(C1),
+            vec![Packet::InvalidateObjects {
+                tid: tid2,
+                oids: vec![Oid(3)]
+            }]
+        );
+        assert_eq!(
+            invalidations(C2),
+            vec![Packet::InvalidateObjects {
+                tid: tid1,
+                oids: vec![Oid(1), Oid(2)]
+            }]
+        );
+        for s in [S1, S2] {
+            assert_eq!(
+                sent(&out, s),
+                vec![
+                    Packet::NotifyUnlockInformation { ttid: t1 },
+                    Packet::NotifyUnlockInformation { ttid: t2 }
+                ]
+            );
+        }
+        let got = ask(&mut h, C1, 9, Packet::AskLastTransaction);
+        assert_eq!(got, vec![Packet::AnswerLastTransaction { tid: Some(tid2) }]);
+        h.actor.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn invalidate_before_unlock_mutant_invalidates_at_the_finish_request() {
+        for (mutant, early) in [(None, false), (Some("invalidate-before-unlock"), true)] {
+            let mut h = cluster(mutant);
+            let t1 = begin(&mut h, C1, 1);
+            let out = recv(&mut h, C1, 2, finish_packet(t1, &[1]));
+            let told = sent(&out, C2)
+                .iter()
+                .any(|p| matches!(p, Packet::InvalidateObjects { .. }));
+            assert_eq!(told, early, "{mutant:?}");
+        }
+    }
+
+    #[test]
+    fn an_abort_before_finish_reaches_the_storages_named_and_is_refused_after() {
+        let mut h = cluster(None);
+        let t1 = begin(&mut h, C1, 1);
+        let s1 = h
+            .actor
+            .storages()
+            .into_iter()
+            .find(|s| s.0 == S1)
+            .unwrap()
+            .1;
+        let out = recv(
+            &mut h,
+            C1,
+            2,
+            Packet::AbortTransaction {
+                ttid: t1,
+                nids: vec![s1],
+            },
+        );
+        assert_eq!(
+            sent(&out, S1),
+            vec![Packet::AbortTransaction {
+                ttid: t1,
+                nids: vec![]
+            }]
+        );
+        assert!(sent(&out, S2).is_empty());
+        let got = ask(&mut h, C1, 3, finish_packet(t1, &[1]));
+        assert_eq!(error_code(&got), Some(ErrorCode::ProtocolError));
+        // Once finish was requested, an abort is ignored: the commit goes on.
+        let t2 = begin(&mut h, C1, 4);
+        let locks = lock_requests(&recv(&mut h, C1, 5, finish_packet(t2, &[1])));
+        let out = recv(
+            &mut h,
+            C1,
+            6,
+            Packet::AbortTransaction {
+                ttid: t2,
+                nids: vec![s1],
+            },
+        );
+        assert!(sent(&out, S1).is_empty(), "{out:?}");
+        let mut out = Vec::new();
+        for l in locks {
+            out.extend(lock(&mut h, l));
+        }
+        assert!(sent(&out, C1)
+            .iter()
+            .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })));
+        // Another client's transaction, an unknown one: refused, no panic.
+        let t3 = begin(&mut h, C2, 1);
+        let got = ask(&mut h, C1, 7, finish_packet(t3, &[1]));
+        assert_eq!(error_code(&got), Some(ErrorCode::ProtocolError));
+        let got = ask(&mut h, C1, 8, finish_packet(Tid(5), &[1]));
+        assert_eq!(error_code(&got), Some(ErrorCode::ProtocolError));
+        h.actor.check_invariants().unwrap();
+    }
+
+    /// A client that disconnects: its transaction not finishing is aborted on every
+    /// storage; the one finishing commits (the other client is told).
+    fn disconnect(mutant: Option<&'static str>) -> (Vec<Effect>, Vec<Effect>, Tid) {
+        let mut h = cluster(mutant);
+        let t1 = begin(&mut h, C1, 1);
+        let t2 = begin(&mut h, C1, 2);
+        let locks = lock_requests(&recv(&mut h, C1, 3, finish_packet(t2, &[1])));
+        let lost = h.handle(Event::Closed {
+            conn: C1,
+            reason: CloseReason::Reset,
+        });
+        let aborted = |s| {
+            sent(&lost, s)
+                .into_iter()
+                .filter_map(|p| match p {
+                    Packet::AbortTransaction { ttid, .. } => Some(ttid),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut later = Vec::new();
+        for l in locks {
+            later.extend(lock(&mut h, l));
+        }
+        h.actor.check_invariants().unwrap();
+        assert_eq!(aborted(S1), aborted(S2));
+        assert!(aborted(S1).contains(&t1));
+        (lost, later, t2)
+    }
+
+    #[test]
+    fn a_client_lost_after_its_finish_request_still_commits() {
+        let (lost, later, t2) = disconnect(None);
+        assert!(!sent(&lost, S1).contains(&Packet::AbortTransaction {
+            ttid: t2,
+            nids: vec![]
+        }));
+        assert!(sent(&later, S1).contains(&Packet::NotifyUnlockInformation { ttid: t2 }));
+        assert!(sent(&later, C2)
+            .iter()
+            .any(|p| matches!(p, Packet::InvalidateObjects { .. })));
+        let (lost, later, t2) = disconnect(Some("abort-after-lock"));
+        assert!(sent(&lost, S1).contains(&Packet::AbortTransaction {
+            ttid: t2,
+            nids: vec![]
+        }));
+        assert!(!sent(&later, S1).contains(&Packet::NotifyUnlockInformation { ttid: t2 }));
+    }
+
+    #[test]
+    fn failed_vote_is_acknowledged_while_the_table_stays_operational() {
+        let mut h = cluster(None);
+        let nids: Vec<Nid> = h.actor.storages().into_iter().map(|s| s.1).collect();
+        let t1 = begin(&mut h, C1, 1);
+        let got = ask(
+            &mut h,
+            C1,
+            2,
+            Packet::FailedVote {
+                ttid: t1,
+                nids: nids.clone(),
+            },
+        );
+        assert_eq!(error_code(&got), Some(ErrorCode::IncompleteTransaction));
+        let got = ask(
+            &mut h,
+            C1,
+            3,
+            Packet::FailedVote {
+                ttid: t1,
+                nids: vec![nids[0]],
+            },
+        );
+        assert_eq!(error_code(&got), Some(ErrorCode::Ack));
+        // At finish, the failed storage is dropped first and not asked to lock.
+        let out = recv(&mut h, C1, 4, finish_packet(t1, &[1]));
+        let failed_conn = h.actor.storages().iter().all(|s| s.1 != nids[0]);
+        assert!(failed_conn, "the failed storage is still connected");
+        assert!(closed(&out, S1) || closed(&out, S2));
+        let locks = lock_requests(&out);
+        assert_eq!(locks.len(), 1, "{locks:?}");
+        let out = lock(&mut h, locks[0]);
+        assert!(sent(&out, C1)
+            .iter()
+            .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })));
+        h.actor.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_storage_lost_while_locking_is_not_waited_for() {
+        let mut h = cluster(None);
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        lock(&mut h, locks[0]);
+        let other = if locks[0].0 == S1 { S2 } else { S1 };
+        let out = h.handle(Event::Closed {
+            conn: other,
+            reason: CloseReason::Reset,
+        });
+        assert!(sent(&out, C1)
+            .iter()
+            .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })));
+        // The lost storage's cells are outdated first, then the unlock.
+        let to_locker = sent(&out, locks[0].0);
+        let changes = to_locker
+            .iter()
+            .position(|p| matches!(p, Packet::NotifyPartitionChanges { .. }));
+        assert!(changes.is_some(), "{to_locker:?}");
+        assert_eq!(
+            to_locker.last(),
+            Some(&Packet::NotifyUnlockInformation { ttid: t1 })
+        );
+    }
+
+    #[test]
+    fn final_tid_answers_known_unknown_and_waits_for_a_commit_in_progress() {
+        let mut h = cluster(None);
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        assert!(ask(&mut h, C2, 1, Packet::AskFinalTID { ttid: t1 }).is_empty());
+        let mut out = Vec::new();
+        for l in locks {
+            out.extend(lock(&mut h, l));
+        }
+        let tid = h.actor.tm().unwrap().last_tid().unwrap();
+        assert!(messages(&out, C2).contains(&(1, Packet::AnswerFinalTID { tid: Some(tid) })));
+        let got = ask(&mut h, C2, 2, Packet::AskFinalTID { ttid: t1 });
+        assert_eq!(got, vec![Packet::AnswerFinalTID { tid: Some(tid) }]);
+        let got = ask(
+            &mut h,
+            C2,
+            3,
+            Packet::AskFinalTID {
+                ttid: Tid(tid.0 + 1000),
+            },
+        );
+        assert_eq!(got, vec![Packet::AnswerFinalTID { tid: None }]);
+        let got = ask(&mut h, C2, 4, Packet::AskFinalTID { ttid: Tid(5) });
+        assert_eq!(
+            got,
+            vec![Packet::AnswerFinalTID {
+                tid: Some(Tid::MAX)
+            }]
+        );
+    }
+
+    #[test]
+    fn begins_wait_while_a_storage_is_starting() {
+        let mut h = cluster(None);
+        // S2 reconnects: it starts operation again.
+        h.handle(Event::Closed {
+            conn: S2,
+            reason: CloseReason::Reset,
+        });
+        let nid = h
+            .actor
+            .nodes()
+            .of_type(NodeType::Storage)
+            .find(|n| n.state == NodeState::Down)
+            .and_then(|n| n.nid);
+        let back = Packet::RequestIdentification {
+            node_type: NodeType::Storage,
+            nid,
+            address: Some(Address::new("10.0.1.1", 31)),
+            cluster_name: "prod".into(),
+            id_timestamp: None,
+            extra: IdentificationExtra::default(),
+        };
+        let out = h.incoming(ConnId(102), back);
+        assert!(sent(&out, ConnId(102)).contains(&Packet::StartOperation { backup: false }));
+        assert!(ask(&mut h, C1, 1, Packet::AskBeginTransaction { tid: None }).is_empty());
+        let out = recv(&mut h, ConnId(102), 0, Packet::NotifyReady);
+        assert!(matches!(
+            &messages(&out, C1)[..],
+            [(1, Packet::AnswerBeginTransaction { .. })]
+        ));
+        h.actor.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_client_cannot_hoard_transactions() {
+        let mut h = cluster(None);
+        for id in 0..MAX_TRANSACTIONS_PER_CLIENT as u32 {
+            begin(&mut h, C1, id);
+        }
+        let got = ask(&mut h, C1, 5000, Packet::AskBeginTransaction { tid: None });
+        assert_eq!(error_code(&got), Some(ErrorCode::ProtocolError));
+        h.actor.check_invariants().unwrap();
+        let _ = WallTime(0);
     }
 }
