@@ -1655,7 +1655,7 @@ mod tests {
         #[test]
         fn random_sessions_keep_tids_ordered(ops in proptest::collection::vec(op(), 1..120)) {
             let mut h = cluster(None);
-            let mut conns = vec![C1, C2, ConnId(202)];
+            let mut conns = [C1, C2, ConnId(202)];
             h.incoming(conns[2], client(false));
             let mut next_conn = 300;
             let mut seen = Seen::default();
