@@ -1713,4 +1713,68 @@ mod tests {
             }
         }
     }
+
+    /// Client packets with TTIDs near those the master hands out, and storages' lock
+    /// answers, so that hostile input reaches the transaction code past the first checks.
+    fn hostile() -> impl proptest::strategy::Strategy<Value = Packet> {
+        use proptest::prelude::*;
+        let base = Tid::from_wall(WallTime::from_secs(1_767_225_600)).0;
+        let tid = prop_oneof![
+            4 => (0..12u64).prop_map(move |d| Tid(base + d)),
+            1 => any::<u64>().prop_map(Tid),
+        ];
+        let nids = proptest::collection::vec(crate::actors::fuzz::nid(), 0..3);
+        let oids = proptest::collection::vec(any::<u64>().prop_map(Oid), 0..4);
+        let parts = proptest::collection::vec(prop_oneof![0..NP + 1, any::<u32>()], 0..3);
+        prop_oneof![
+            3 => proptest::option::of(tid.clone()).prop_map(|tid| Packet::AskBeginTransaction { tid }),
+            2 => any::<u32>().prop_map(|count| Packet::AskNewOIDs { count }),
+            3 => (tid.clone(), oids, parts.clone(), parts).prop_map(|(ttid, oids, deleted, checked)| {
+                Packet::AskFinishTransaction { ttid, oids, deleted, checked }
+            }),
+            2 => (tid.clone(), nids.clone()).prop_map(|(ttid, nids)| Packet::FailedVote { ttid, nids }),
+            2 => (tid.clone(), nids).prop_map(|(ttid, nids)| Packet::AbortTransaction { ttid, nids }),
+            2 => tid.clone().prop_map(|ttid| Packet::AskFinalTID { ttid }),
+            3 => tid.prop_map(|ttid| Packet::AnswerInformationLocked { ttid }),
+            1 => Just(Packet::NotifyReady),
+            2 => crate::actors::fuzz::packet("prod"),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            cases: 64,
+            ..Default::default()
+        })]
+
+        /// Clients and storages of a running cluster sending anything, with arbitrary
+        /// message ids, closing at random: no panic, invariants hold.
+        #[test]
+        fn the_primary_survives_hostile_clients(
+            steps in proptest::collection::vec(
+                (0..5usize, 0..8u32, hostile(), proptest::bool::weighted(0.05), -100i64..3),
+                1..100,
+            ),
+        ) {
+            let mut h = cluster(None);
+            let conns = [C1, C2, S1, S2, ConnId(202)];
+            for (who, id, packet, close, secs) in steps {
+                let conn = conns[who];
+                if conn == ConnId(202) && !h.actor.clients().is_empty() {
+                    // A newcomer: identify first (refused unless RUNNING).
+                    h.handle(Event::Closed { conn, reason: CloseReason::Reset });
+                    h.incoming(conn, client(false));
+                }
+                let d = Duration::from_secs(secs.unsigned_abs());
+                h.now = if secs < 0 { h.now.saturating_sub(d) } else { h.now.saturating_add(d) };
+                if close {
+                    h.handle(Event::Closed { conn, reason: CloseReason::PeerClosed });
+                } else {
+                    recv(&mut h, conn, id, packet);
+                }
+                h.actor.check_invariants().map_err(proptest::test_runner::TestCaseError::fail)?;
+            }
+        }
+    }
 }
