@@ -139,7 +139,10 @@ impl Storage {
             .filter(|c| self.announced(*c) != Some(true))
             .collect();
         for client in gone {
-            debug!("{}: client {client} gone: aborting its transactions", self.me());
+            debug!(
+                "{}: client {client} gone: aborting its transactions",
+                self.me()
+            );
             let mut out = Vec::new();
             let r = self.tm.client_gone(self.db.as_mut(), &mut out, client);
             self.flush(cx, out);
@@ -246,7 +249,12 @@ impl Storage {
             Err(e) if e.is_fatal() => self.db_failed(cx, "serving a client", e),
             Err(e) => {
                 warn!("{}: serving {nid}: {e}", self.me());
-                self.answer(cx, conn, msg.id, Packet::error(e.error_code(), e.to_string()));
+                self.answer(
+                    cx,
+                    conn,
+                    msg.id,
+                    Packet::error(e.error_code(), e.to_string()),
+                );
             }
         }
     }
@@ -312,7 +320,8 @@ impl Storage {
                         oids,
                     };
                     let lazy = cx.mutant("unlock-before-vote-durable");
-                    self.tm.vote(self.db.as_mut(), out, o, ttid, Some(meta), lazy)?;
+                    self.tm
+                        .vote(self.db.as_mut(), out, o, ttid, Some(meta), lazy)?;
                 }
             },
             Packet::AskVoteTransaction { ttid } => {
@@ -320,8 +329,7 @@ impl Storage {
                 self.tm.vote(self.db.as_mut(), out, o, ttid, None, lazy)?;
             }
             Packet::AbortTransaction { ttid, .. } => {
-                self.tm
-                    .abort(self.db.as_mut(), out, ttid, Some(o.client))?
+                self.tm.abort(self.db.as_mut(), out, ttid, Some(o.client))?
             }
             Packet::AskObject { oid, at, before } => match self.cell_mode(oid.0) {
                 Err(e) => error(out, e),
@@ -370,9 +378,9 @@ impl Storage {
                 packet: Packet::error(code, why),
             }),
             Ok(CellMode::Locking) => self.tm.store(db, out, o, ttid, oid, serial, write)?,
-            Ok(CellMode::Lockless) => {
-                self.tm.store_lockless(db, out, o, ttid, oid, serial, write)?
-            }
+            Ok(CellMode::Lockless) => self
+                .tm
+                .store_lockless(db, out, o, ttid, oid, serial, write)?,
             Ok(CellMode::Ignore) => out.push(Out::Answer {
                 conn: o.conn,
                 id: o.id,

@@ -472,7 +472,6 @@ impl Storage {
         }
         Ok(())
     }
-
 }
 
 impl Node for Storage {

@@ -53,7 +53,9 @@ pub enum Out {
         packet: Packet,
     },
     /// The client broke a limit: close its connection (and say why first).
-    Close { conn: ConnId },
+    Close {
+        conn: ConnId,
+    },
 }
 
 fn answer(out: &mut Vec<Out>, o: Origin, packet: Packet) {
@@ -425,7 +427,13 @@ impl Transactions {
     }
 
     /// Try a request (anew, or again after a lock was released): answer it or queue it.
-    fn run(&mut self, db: &mut dyn Backend, out: &mut Vec<Out>, p: Pending, first: bool) -> DbResult {
+    fn run(
+        &mut self,
+        db: &mut dyn Backend,
+        out: &mut Vec<Out>,
+        p: Pending,
+        first: bool,
+    ) -> DbResult {
         let origin = p.origin();
         match &p {
             Pending::Store {
@@ -450,9 +458,11 @@ impl Transactions {
                 let had_lock = self.write_locks.get(&oid) == Some(&ttid);
                 match self.try_lock(db, out, ttid, oid, serial, check)? {
                     Attempt::Delay => return self.delay(out, oid, p),
-                    Attempt::Conflict(Tid::ZERO) => {
-                        refuse(out, origin, format!("{oid} does not exist (serial {serial})"))
-                    }
+                    Attempt::Conflict(Tid::ZERO) => refuse(
+                        out,
+                        origin,
+                        format!("{oid} does not exist (serial {serial})"),
+                    ),
                     Attempt::Conflict(last) => answer(out, origin, write.answer(Some(last))),
                     Attempt::Locked => {
                         if let Some(value) = write.value() {
@@ -464,7 +474,11 @@ impl Transactions {
                                         self.write_locks.remove(&oid);
                                         self.run_delayed(db, out, oid)?;
                                     }
-                                    answer(out, origin, Packet::error(e.error_code(), e.to_string()));
+                                    answer(
+                                        out,
+                                        origin,
+                                        Packet::error(e.error_code(), e.to_string()),
+                                    );
                                     return Ok(());
                                 }
                             }
@@ -655,9 +669,17 @@ impl Transactions {
             refuse(out, origin, format!("unknown transaction {ttid}"));
             return Ok(());
         }
-        let waiting = self.delayed.values().flat_map(|q| q.values()).any(|p| p.ttid() == ttid);
+        let waiting = self
+            .delayed
+            .values()
+            .flat_map(|q| q.values())
+            .any(|p| p.ttid() == ttid);
         if waiting {
-            refuse(out, origin, format!("transaction {ttid} has stores waiting for locks"));
+            refuse(
+                out,
+                origin,
+                format!("transaction {ttid} has stores waiting for locks"),
+            );
             return Ok(());
         }
         let packet = if meta.is_some() {
@@ -726,7 +748,9 @@ impl Transactions {
             None => {}
         }
         let result = match txn.lazy_vote.take() {
-            Some(meta) => db.vote(ttid, meta.as_ref()).and_then(|()| db.lock(ttid, tid)),
+            Some(meta) => db
+                .vote(ttid, meta.as_ref())
+                .and_then(|()| db.lock(ttid, tid)),
             None => db.lock(ttid, tid),
         };
         match result {
@@ -768,7 +792,10 @@ impl Transactions {
             return Ok(());
         };
         if by.is_some_and(|c| c != txn.client) {
-            warn!("{by:?} asked to abort {ttid}, a transaction of {}: ignored", txn.client);
+            warn!(
+                "{by:?} asked to abort {ttid}, a transaction of {}: ignored",
+                txn.client
+            );
             return Ok(());
         }
         if let Some(tid) = txn.locked {
@@ -793,7 +820,11 @@ impl Transactions {
         let mine: Vec<(Oid, (Tid, u64))> = self
             .delayed
             .iter()
-            .flat_map(|(oid, q)| q.iter().filter(|(k, _)| k.0 == ttid).map(|(k, _)| (*oid, *k)))
+            .flat_map(|(oid, q)| {
+                q.iter()
+                    .filter(|(k, _)| k.0 == ttid)
+                    .map(|(k, _)| (*oid, *k))
+            })
             .collect();
         for (oid, key) in mine {
             if let Some(p) = self.delayed.get_mut(&oid).and_then(|q| q.remove(&key)) {
@@ -919,7 +950,12 @@ impl Transactions {
     }
 
     /// The primary reports the client gone: abort all its transactions but locked ones.
-    pub fn client_gone(&mut self, db: &mut dyn Backend, out: &mut Vec<Out>, client: Nid) -> DbResult {
+    pub fn client_gone(
+        &mut self,
+        db: &mut dyn Backend,
+        out: &mut Vec<Out>,
+        client: Nid,
+    ) -> DbResult {
         self.drop_waiting(|o| o.client == client);
         let gone: Vec<Tid> = self
             .txns
@@ -1015,5 +1051,718 @@ impl Transactions {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::sqlite::SqliteBackend;
+    use crate::db::{Cell, Identity};
+    use crate::proto::{CellState, NodeType, Ptid};
+    use sha1::{Digest, Sha1};
+
+    fn db(name: &str) -> SqliteBackend {
+        let identity = Identity {
+            cluster: "c".into(),
+            nid: None,
+        };
+        let mut db = SqliteBackend::memory(name, &identity).unwrap();
+        let cell = Cell {
+            partition: 0,
+            nid: Nid::new(NodeType::Storage, 1),
+            state: CellState::UpToDate,
+        };
+        db.change_partition_table(Ptid(1), 0, &[cell], true)
+            .unwrap();
+        db
+    }
+
+    fn client(n: u32) -> Nid {
+        Nid::new(NodeType::Client, n)
+    }
+
+    /// A request of client `n` on its connection `n`, message `id`.
+    fn from(n: u32, id: u32) -> Origin {
+        Origin {
+            conn: ConnId(n as u64),
+            id,
+            client: client(n),
+        }
+    }
+
+    fn data(bytes: &[u8]) -> Write {
+        Write::Data(ObjectData {
+            compression: 0,
+            checksum: Sha1::digest(bytes).into(),
+            data: bytes.to_vec(),
+        })
+    }
+
+    fn answers(out: &mut Vec<Out>) -> Vec<(u32, Packet)> {
+        out.drain(..)
+            .filter_map(|o| match o {
+                Out::Answer { id, packet, .. } => Some((id, packet)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stored(conflict: Option<Tid>) -> Packet {
+        Packet::AnswerStoreObject { conflict }
+    }
+
+    fn is_error(p: &Packet) -> bool {
+        matches!(p, Packet::Error { .. })
+    }
+
+    /// Store `oid` in a new transaction of client 9 and commit it as `tid`.
+    fn commit(tm: &mut Transactions, db: &mut dyn Backend, ttid: u64, oid: u64, tid: u64) {
+        let mut out = Vec::new();
+        let serial = match db.load(Oid(oid), None, None).unwrap() {
+            Load::Found(l) => l.serial,
+            _ => Tid::ZERO,
+        };
+        let o = from(9, 0);
+        tm.store(db, &mut out, o, Tid(ttid), Oid(oid), serial, data(b"x"))
+            .unwrap();
+        tm.vote(db, &mut out, o, Tid(ttid), None, false).unwrap();
+        assert_eq!(
+            answers(&mut out),
+            vec![(0, stored(None)), (0, Packet::AnswerVoteTransaction)]
+        );
+        tm.lock(db, Tid(ttid), Tid(tid)).unwrap().unwrap();
+        tm.unlock(db, &mut out, Tid(ttid)).unwrap();
+        tm.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_store_on_a_stale_serial_conflicts() {
+        for skipped in [false, true] {
+            let mut db = db(&format!("tm-conflict-{skipped}"));
+            let mut tm = Transactions::default();
+            tm.mutants.conflict_check_skipped = skipped;
+            commit(&mut tm, &mut db, 100, 1, 110);
+            let mut out = Vec::new();
+            // Based on the creation (ZERO) while 110 is current.
+            tm.store(
+                &mut db,
+                &mut out,
+                from(1, 1),
+                Tid(200),
+                Oid(1),
+                Tid::ZERO,
+                data(b"y"),
+            )
+            .unwrap();
+            let expected = if skipped { None } else { Some(Tid(110)) };
+            assert_eq!(answers(&mut out), vec![(1, stored(expected))]);
+            assert_eq!(tm.write_locker(Oid(1)), skipped.then_some(Tid(200)));
+            // Resolved: stored again on the current serial, it locks.
+            tm.store(
+                &mut db,
+                &mut out,
+                from(1, 2),
+                Tid(200),
+                Oid(1),
+                Tid(110),
+                data(b"z"),
+            )
+            .unwrap();
+            assert_eq!(answers(&mut out), vec![(2, stored(None))]);
+            assert_eq!(tm.write_locker(Oid(1)), Some(Tid(200)));
+        }
+    }
+
+    #[test]
+    fn a_readcurrent_check_conflicts_and_locks() {
+        for unchecked in [false, true] {
+            let mut db = db(&format!("tm-readcurrent-{unchecked}"));
+            let mut tm = Transactions::default();
+            tm.mutants.readcurrent_unchecked = unchecked;
+            commit(&mut tm, &mut db, 100, 1, 110);
+            let mut out = Vec::new();
+            tm.store(
+                &mut db,
+                &mut out,
+                from(1, 1),
+                Tid(200),
+                Oid(1),
+                Tid(105),
+                Write::Check,
+            )
+            .unwrap();
+            let expected = if unchecked { None } else { Some(Tid(110)) };
+            assert_eq!(
+                answers(&mut out),
+                vec![(1, Packet::AnswerCheckCurrentSerial { conflict: expected })]
+            );
+            // Checked on the current serial: locked, and a younger store waits for it.
+            tm.store(
+                &mut db,
+                &mut out,
+                from(1, 2),
+                Tid(200),
+                Oid(1),
+                Tid(110),
+                Write::Check,
+            )
+            .unwrap();
+            assert_eq!(
+                answers(&mut out),
+                vec![(2, Packet::AnswerCheckCurrentSerial { conflict: None })]
+            );
+            tm.store(
+                &mut db,
+                &mut out,
+                from(2, 3),
+                Tid(300),
+                Oid(1),
+                Tid(110),
+                data(b"a"),
+            )
+            .unwrap();
+            assert!(answers(&mut out).is_empty());
+            assert!(tm.objectless(Tid(200)));
+        }
+    }
+
+    #[test]
+    fn waiting_stores_get_the_lock_in_ttid_order() {
+        let mut db = db("tm-wait-order");
+        let mut tm = Transactions::default();
+        let mut out = Vec::new();
+        tm.store(
+            &mut db,
+            &mut out,
+            from(1, 1),
+            Tid(10),
+            Oid(1),
+            Tid::ZERO,
+            data(b"a"),
+        )
+        .unwrap();
+        tm.vote(&mut db, &mut out, from(1, 2), Tid(10), None, false)
+            .unwrap();
+        answers(&mut out);
+        // The locker voted: younger and older stores both wait, no deadlock notice.
+        tm.store(
+            &mut db,
+            &mut out,
+            from(3, 3),
+            Tid(30),
+            Oid(1),
+            Tid::ZERO,
+            data(b"c"),
+        )
+        .unwrap();
+        tm.store(
+            &mut db,
+            &mut out,
+            from(2, 4),
+            Tid(5),
+            Oid(1),
+            Tid::ZERO,
+            data(b"b"),
+        )
+        .unwrap();
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(tm.waiting(), 2);
+        // Abort of the voted locker (by its client): the oldest waiter gets the lock, the
+        // other waits again.
+        tm.abort(&mut db, &mut out, Tid(10), Some(client(1)))
+            .unwrap();
+        assert_eq!(answers(&mut out), vec![(4, stored(None))]);
+        assert_eq!(tm.write_locker(Oid(1)), Some(Tid(5)));
+        assert_eq!(tm.waiting(), 1);
+        tm.check_invariants().unwrap();
+        // Ttid 5 commits: ttid 30 now conflicts with it.
+        tm.vote(&mut db, &mut out, from(2, 5), Tid(5), None, false)
+            .unwrap();
+        tm.lock(&mut db, Tid(5), Tid(50)).unwrap().unwrap();
+        answers(&mut out);
+        tm.unlock(&mut db, &mut out, Tid(5)).unwrap();
+        assert_eq!(answers(&mut out), vec![(3, stored(Some(Tid(50))))]);
+        assert_eq!(tm.write_locker(Oid(1)), None);
+        tm.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn deadlock_notice_then_relock_without_conflict() {
+        let mut db = db("tm-relock-none");
+        let mut tm = Transactions::default();
+        let mut out = Vec::new();
+        // Younger 20 holds oid 1; older 10 wants it.
+        tm.store(
+            &mut db,
+            &mut out,
+            from(2, 1),
+            Tid(20),
+            Oid(1),
+            Tid::ZERO,
+            data(b"b"),
+        )
+        .unwrap();
+        answers(&mut out);
+        tm.store(
+            &mut db,
+            &mut out,
+            from(1, 2),
+            Tid(10),
+            Oid(1),
+            Tid::ZERO,
+            data(b"a"),
+        )
+        .unwrap();
+        let notice = Out::Notify {
+            conn: ConnId(2),
+            packet: Packet::NotifyDeadlock {
+                ttid: Tid(20),
+                oid: Oid(1),
+            },
+        };
+        assert_eq!(out, vec![notice.clone()]);
+        out.clear();
+        // Once per object and locker.
+        tm.store(
+            &mut db,
+            &mut out,
+            from(1, 3),
+            Tid(10),
+            Oid(1),
+            Tid::ZERO,
+            Write::Check,
+        )
+        .unwrap();
+        assert!(out.is_empty(), "{out:?}");
+        // The younger one relocks: the older gets the lock (both its requests answered),
+        // the relock waits behind it.
+        tm.relock(&mut db, &mut out, from(2, 4), Tid(20), Oid(1))
+            .unwrap();
+        assert_eq!(
+            answers(&mut out),
+            vec![
+                (2, stored(None)),
+                (3, Packet::AnswerCheckCurrentSerial { conflict: None })
+            ]
+        );
+        assert_eq!(tm.write_locker(Oid(1)), Some(Tid(10)));
+        tm.check_invariants().unwrap();
+        // The older one aborts: nothing changed, the relock succeeds plainly.
+        tm.abort(&mut db, &mut out, Tid(10), None).unwrap();
+        assert_eq!(
+            answers(&mut out),
+            vec![(4, Packet::AnswerRelockObject { conflict: None })]
+        );
+        assert_eq!(tm.write_locker(Oid(1)), Some(Tid(20)));
+        tm.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn relock_after_a_newer_commit_returns_the_stored_data() {
+        let mut db = db("tm-relock-conflict");
+        let mut tm = Transactions::default();
+        let mut out = Vec::new();
+        tm.store(
+            &mut db,
+            &mut out,
+            from(2, 1),
+            Tid(20),
+            Oid(1),
+            Tid::ZERO,
+            data(b"mine"),
+        )
+        .unwrap();
+        tm.store(
+            &mut db,
+            &mut out,
+            from(1, 2),
+            Tid(10),
+            Oid(1),
+            Tid::ZERO,
+            data(b"a"),
+        )
+        .unwrap();
+        tm.relock(&mut db, &mut out, from(2, 3), Tid(20), Oid(1))
+            .unwrap();
+        assert_eq!(tm.write_locker(Oid(1)), Some(Tid(10)));
+        out.clear();
+        tm.vote(&mut db, &mut out, from(1, 4), Tid(10), None, false)
+            .unwrap();
+        tm.lock(&mut db, Tid(10), Tid(15)).unwrap().unwrap();
+        answers(&mut out);
+        tm.unlock(&mut db, &mut out, Tid(10)).unwrap();
+        let Write::Data(d) = data(b"mine") else {
+            unreachable!()
+        };
+        let expected = Relocked {
+            serial: Tid::ZERO,
+            conflict: Tid(15),
+            data: Some((0, d.checksum, Data(d.data))),
+        };
+        assert_eq!(
+            answers(&mut out),
+            vec![(
+                3,
+                Packet::AnswerRelockObject {
+                    conflict: Some(expected)
+                }
+            )]
+        );
+        // Not locked: the client resolves and stores again on the new serial.
+        assert_eq!(tm.write_locker(Oid(1)), None);
+        tm.store(
+            &mut db,
+            &mut out,
+            from(2, 5),
+            Tid(20),
+            Oid(1),
+            Tid(15),
+            data(b"m2"),
+        )
+        .unwrap();
+        assert_eq!(answers(&mut out), vec![(5, stored(None))]);
+        tm.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn lockless_stores_take_no_lock_and_check_nothing() {
+        let mut db = db("tm-lockless");
+        let mut tm = Transactions::default();
+        let mut out = Vec::new();
+        commit(&mut tm, &mut db, 100, 1, 110);
+        tm.store_lockless(
+            &mut db,
+            &mut out,
+            from(1, 1),
+            Tid(200),
+            Oid(1),
+            Tid::ZERO,
+            data(b"a"),
+        )
+        .unwrap();
+        assert_eq!(answers(&mut out), vec![(1, stored(Some(Tid::ZERO)))]);
+        assert_eq!(tm.write_locker(Oid(1)), None);
+        tm.store(
+            &mut db,
+            &mut out,
+            from(2, 2),
+            Tid(300),
+            Oid(1),
+            Tid(110),
+            data(b"b"),
+        )
+        .unwrap();
+        assert_eq!(answers(&mut out), vec![(2, stored(None))]);
+        // Its data is written at vote all the same.
+        tm.vote(&mut db, &mut out, from(1, 3), Tid(200), None, false)
+            .unwrap();
+        assert_eq!(answers(&mut out), vec![(3, Packet::AnswerVoteTransaction)]);
+        assert!(db.locked_transactions().unwrap().contains_key(&Tid(200)));
+    }
+
+    #[test]
+    fn the_vote_is_on_disk_before_its_answer() {
+        for lazy in [false, true] {
+            let mut db = db(&format!("tm-vote-{lazy}"));
+            let mut tm = Transactions::default();
+            let mut out = Vec::new();
+            tm.store(
+                &mut db,
+                &mut out,
+                from(1, 1),
+                Tid(10),
+                Oid(1),
+                Tid::ZERO,
+                data(b"a"),
+            )
+            .unwrap();
+            let meta = TxnMeta {
+                oids: vec![Oid(1)],
+                ..Default::default()
+            };
+            tm.vote(&mut db, &mut out, from(1, 2), Tid(10), Some(meta), lazy)
+                .unwrap();
+            assert_eq!(
+                answers(&mut out),
+                vec![(1, stored(None)), (2, Packet::AnswerStoreTransaction)]
+            );
+            let on_disk = db.locked_transactions().unwrap();
+            assert_eq!(on_disk.contains_key(&Tid(10)), !lazy, "{on_disk:?}");
+            // Either way the lock makes it durable.
+            tm.lock(&mut db, Tid(10), Tid(12)).unwrap().unwrap();
+            assert_eq!(
+                db.locked_transactions().unwrap().get(&Tid(10)),
+                Some(&Some(Tid(12)))
+            );
+        }
+    }
+
+    #[test]
+    fn loads_wait_for_the_unlock_of_what_their_snapshot_includes() {
+        let mut db = db("tm-read-lock");
+        let mut tm = Transactions::default();
+        let mut out = Vec::new();
+        commit(&mut tm, &mut db, 100, 1, 110);
+        let o = from(1, 1);
+        tm.store(
+            &mut db,
+            &mut out,
+            o,
+            Tid(200),
+            Oid(1),
+            Tid(110),
+            data(b"new"),
+        )
+        .unwrap();
+        tm.vote(&mut db, &mut out, o, Tid(200), None, false)
+            .unwrap();
+        tm.lock(&mut db, Tid(200), Tid(210)).unwrap().unwrap();
+        answers(&mut out);
+        // Latest, and before a TID above 210: wait. Before 210: served at once.
+        tm.load(&mut db, &mut out, from(2, 2), Oid(1), None, None)
+            .unwrap();
+        tm.load(&mut db, &mut out, from(2, 3), Oid(1), None, Some(Tid(211)))
+            .unwrap();
+        tm.load(&mut db, &mut out, from(2, 4), Oid(1), None, Some(Tid(210)))
+            .unwrap();
+        let served = answers(&mut out);
+        assert!(
+            matches!(
+                &served[..],
+                [(
+                    4,
+                    Packet::AnswerObject {
+                        serial: Tid(110),
+                        ..
+                    }
+                )]
+            ),
+            "{served:?}"
+        );
+        assert_eq!(tm.waiting(), 2);
+        tm.check_invariants().unwrap();
+        tm.unlock(&mut db, &mut out, Tid(200)).unwrap();
+        let served = answers(&mut out);
+        assert!(
+            matches!(
+                &served[..],
+                [
+                    (
+                        2,
+                        Packet::AnswerObject {
+                            serial: Tid(210),
+                            ..
+                        }
+                    ),
+                    (
+                        3,
+                        Packet::AnswerObject {
+                            serial: Tid(210),
+                            ..
+                        }
+                    )
+                ]
+            ),
+            "{served:?}"
+        );
+        tm.check_invariants().unwrap();
+        // Errors: no such object; no revision that old.
+        tm.load(&mut db, &mut out, from(2, 5), Oid(7), None, None)
+            .unwrap();
+        tm.load(&mut db, &mut out, from(2, 6), Oid(1), Some(Tid(3)), None)
+            .unwrap();
+        let codes: Vec<_> = answers(&mut out)
+            .into_iter()
+            .map(|(_, p)| match p {
+                Packet::Error { code, .. } => Some(code),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                Some(ErrorCode::OidDoesNotExist),
+                Some(ErrorCode::OidNotFound)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_locked_transaction_is_never_aborted() {
+        let mut db = db("tm-abort-locked");
+        let mut tm = Transactions::default();
+        let mut out = Vec::new();
+        let o = from(1, 1);
+        tm.store(&mut db, &mut out, o, Tid(10), Oid(1), Tid::ZERO, data(b"a"))
+            .unwrap();
+        tm.vote(&mut db, &mut out, o, Tid(10), None, false).unwrap();
+        tm.lock(&mut db, Tid(10), Tid(11)).unwrap().unwrap();
+        tm.abort(&mut db, &mut out, Tid(10), None).unwrap();
+        tm.abort(&mut db, &mut out, Tid(10), Some(client(1)))
+            .unwrap();
+        tm.client_gone(&mut db, &mut out, client(1)).unwrap();
+        tm.connection_closed(&mut db, &mut out, ConnId(1)).unwrap();
+        assert_eq!(tm.locked_tid(Tid(10)), Some(Tid(11)));
+        assert_eq!(tm.write_locker(Oid(1)), Some(Tid(10)));
+        tm.unlock(&mut db, &mut out, Tid(10)).unwrap();
+        assert!(matches!(
+            db.load(Oid(1), None, None).unwrap(),
+            Load::Found(l) if l.serial == Tid(11)
+        ));
+    }
+
+    #[test]
+    fn a_closed_connection_aborts_only_unvoted_transactions() {
+        let mut db = db("tm-disconnect");
+        let mut tm = Transactions::default();
+        let mut out = Vec::new();
+        for (ttid, oid) in [(10, 1), (20, 2)] {
+            tm.store(
+                &mut db,
+                &mut out,
+                from(1, 1),
+                Tid(ttid),
+                Oid(oid),
+                Tid::ZERO,
+                data(b"a"),
+            )
+            .unwrap();
+        }
+        tm.vote(&mut db, &mut out, from(1, 2), Tid(10), None, false)
+            .unwrap();
+        // Another client waits for oid 2.
+        tm.store(
+            &mut db,
+            &mut out,
+            from(2, 3),
+            Tid(30),
+            Oid(2),
+            Tid::ZERO,
+            data(b"b"),
+        )
+        .unwrap();
+        answers(&mut out);
+        tm.connection_closed(&mut db, &mut out, ConnId(1)).unwrap();
+        assert!(tm.is_voted(Tid(10)));
+        assert_eq!(tm.write_locker(Oid(2)), Some(Tid(30)));
+        assert_eq!(answers(&mut out), vec![(3, stored(None))]);
+        assert_eq!(tm.len(), 2);
+        // The primary reports the client gone: the voted one goes too.
+        tm.client_gone(&mut db, &mut out, client(1)).unwrap();
+        assert_eq!(tm.len(), 1);
+        assert!(!db.locked_transactions().unwrap().contains_key(&Tid(10)));
+        tm.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn impossible_requests_are_answered_with_errors() {
+        let mut db = db("tm-impossible");
+        let mut tm = Transactions::default();
+        let mut out = Vec::new();
+        let o = from(1, 1);
+        tm.store(&mut db, &mut out, o, Tid(10), Oid(1), Tid::ZERO, data(b"a"))
+            .unwrap();
+        answers(&mut out);
+        // Another client's transaction; an unknown one; relock of what it did not lock;
+        // a nonexistent object stored on a serial.
+        tm.store(
+            &mut db,
+            &mut out,
+            from(2, 2),
+            Tid(10),
+            Oid(2),
+            Tid::ZERO,
+            data(b"a"),
+        )
+        .unwrap();
+        tm.vote(&mut db, &mut out, from(2, 3), Tid(99), None, false)
+            .unwrap();
+        tm.relock(&mut db, &mut out, from(1, 4), Tid(10), Oid(5))
+            .unwrap();
+        tm.store(
+            &mut db,
+            &mut out,
+            from(1, 5),
+            Tid(10),
+            Oid(6),
+            Tid(3),
+            data(b"a"),
+        )
+        .unwrap();
+        assert!(
+            tm.lock(&mut db, Tid(10), Tid(11)).unwrap().is_err(),
+            "not voted"
+        );
+        tm.vote(&mut db, &mut out, o, Tid(10), None, false).unwrap();
+        // After the vote: stores, a second vote.
+        tm.store(
+            &mut db,
+            &mut out,
+            from(1, 6),
+            Tid(10),
+            Oid(7),
+            Tid::ZERO,
+            data(b"a"),
+        )
+        .unwrap();
+        tm.vote(&mut db, &mut out, from(1, 7), Tid(10), None, false)
+            .unwrap();
+        let got = answers(&mut out);
+        let errors: Vec<u32> = got
+            .iter()
+            .filter(|(_, p)| is_error(p))
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(errors, vec![2, 3, 4, 5, 6, 7], "{got:?}");
+        assert!(tm.lock(&mut db, Tid(99), Tid(100)).unwrap().is_err());
+        tm.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_client_with_too_many_waiting_requests_is_cut_off() {
+        let mut db = db("tm-cap");
+        let mut tm = Transactions::default();
+        let mut out = Vec::new();
+        tm.store(
+            &mut db,
+            &mut out,
+            from(1, 0),
+            Tid(10),
+            Oid(1),
+            Tid::ZERO,
+            Write::Check,
+        )
+        .unwrap();
+        tm.vote(&mut db, &mut out, from(1, 0), Tid(10), None, false)
+            .unwrap();
+        out.clear();
+        for i in 0..MAX_PENDING as u32 {
+            tm.store(
+                &mut db,
+                &mut out,
+                from(2, i),
+                Tid(20),
+                Oid(1),
+                Tid::ZERO,
+                Write::Check,
+            )
+            .unwrap();
+        }
+        assert!(out.is_empty());
+        tm.store(
+            &mut db,
+            &mut out,
+            from(2, 9),
+            Tid(20),
+            Oid(1),
+            Tid::ZERO,
+            Write::Check,
+        )
+        .unwrap();
+        assert!(out.contains(&Out::Close { conn: ConnId(2) }), "{out:?}");
+        tm.connection_closed(&mut db, &mut out, ConnId(2)).unwrap();
+        assert_eq!(tm.waiting(), 0);
+        tm.check_invariants().unwrap();
     }
 }
