@@ -285,7 +285,10 @@ impl Storage {
             } => {
                 let write = match store_write(compression, checksum, data, data_serial) {
                     Ok(w) => w,
-                    Err(why) => return Ok(error(out, (ErrorCode::ProtocolError, why))),
+                    Err(why) => {
+                        error(out, (ErrorCode::ProtocolError, why));
+                        return Ok(());
+                    }
                 };
                 let mode = self.cell_mode(oid.0);
                 self.store(mode, o, ttid, oid, serial, write, out)?;

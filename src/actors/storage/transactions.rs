@@ -332,6 +332,7 @@ impl Transactions {
 
     /// AskStoreObject (a `Write` other than `Check`) or AskCheckCurrentSerial (`Check`) on
     /// a cell we hold readable: lock, check the serial, store.
+    #[allow(clippy::too_many_arguments)]
     pub fn store(
         &mut self,
         db: &mut dyn Backend,
@@ -354,6 +355,7 @@ impl Transactions {
 
     /// A store on a cell being replicated: accepted without a lock or a conflict check
     /// (a readable cell does the check); a check there is a no-op. Answers `Tid::ZERO`.
+    #[allow(clippy::too_many_arguments)]
     pub fn store_lockless(
         &mut self,
         db: &mut dyn Backend,
@@ -444,7 +446,7 @@ impl Transactions {
                 ..
             } => {
                 let (ttid, oid, serial) = (*ttid, *oid, *serial);
-                if !first && !self.txns.get(&ttid).is_some_and(|t| !t.voted) {
+                if !first && self.txns.get(&ttid).is_none_or(|t| t.voted) {
                     refuse(out, origin, format!("transaction {ttid} is gone"));
                     return Ok(());
                 }
@@ -909,7 +911,7 @@ impl Transactions {
                 next_serial: l.next_serial,
                 compression: l.compression,
                 checksum: l.checksum,
-                data: (l.checksum != ZERO_HASH).then(|| Data(l.data)),
+                data: (l.checksum != ZERO_HASH).then_some(Data(l.data)),
                 data_serial: l.data_serial,
             },
             Ok(Load::NotFound) => Packet::error(
