@@ -577,8 +577,12 @@ impl Follower for Storage {
 }
 
 impl Storage {
-    /// Internal consistency for the simulator: our table matches the database's.
+    /// Internal consistency for the simulator: our table matches the database's; the
+    /// transaction manager's locks and queues agree.
     pub fn check_invariants(&self) -> Result<(), String> {
+        self.tm
+            .check_invariants()
+            .map_err(|e| format!("{}: {e}", self.me()))?;
         let config = self.db.config().map_err(|e| e.to_string())?;
         let ptid = self.pt.as_ref().and_then(|p| p.ptid());
         if ptid != config.ptid {

@@ -328,6 +328,23 @@ impl Transactions {
         Some(t)
     }
 
+    /// Register `ttid` for `origin`'s client (a store we ignore: the vote must still
+    /// succeed). False (answered) if impossible.
+    pub fn register(&mut self, out: &mut Vec<Out>, origin: Origin, ttid: Tid) -> bool {
+        self.open(out, origin, ttid).is_some()
+    }
+
+    /// Refuse a new object beyond what a transaction's metadata may list.
+    fn too_many_objects(&self, out: &mut Vec<Out>, o: Origin, ttid: Tid, oid: Oid) -> bool {
+        let full = self.txns.get(&ttid).is_some_and(|t| {
+            t.objects.len() >= crate::db::MAX_TXN_OIDS && !t.objects.contains_key(&oid)
+        });
+        if full {
+            refuse(out, o, format!("too many objects in {ttid}"));
+        }
+        full
+    }
+
     // ---- stores, checks, relocks ----
 
     /// AskStoreObject (a `Write` other than `Check`) or AskCheckCurrentSerial (`Check`) on
@@ -372,9 +389,10 @@ impl Transactions {
             return Ok(());
         }
         let packet = write.answer(Some(Tid::ZERO));
-        let Some(txn) = self.open(out, origin, ttid) else {
+        if self.open(out, origin, ttid).is_none() || self.too_many_objects(out, origin, ttid, oid) {
             return Ok(());
-        };
+        }
+        let txn = self.txns.get_mut(&ttid).expect("opened above");
         if let Some(value) = write.value() {
             match db.store(ttid, oid, value) {
                 Ok(()) => {}
@@ -450,7 +468,9 @@ impl Transactions {
                     refuse(out, origin, format!("transaction {ttid} is gone"));
                     return Ok(());
                 }
-                if self.open(out, origin, ttid).is_none() {
+                if self.open(out, origin, ttid).is_none()
+                    || self.too_many_objects(out, origin, ttid, oid)
+                {
                     return Ok(());
                 }
                 let check = match write {
