@@ -976,7 +976,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod serving_tests {
+pub(super) mod serving_tests {
     use super::*;
     use crate::actors::testing::{closed, sent, Harness};
     use crate::actors::{ConnId, Effect, Event};
@@ -995,8 +995,8 @@ mod serving_tests {
     }
     const CLIENT: ConnId = ConnId(1000);
 
-    struct Setup {
-        h: Harness<Storage>,
+    pub(super) struct Setup {
+        pub(super) h: Harness<Storage>,
         master: ConnId,
         next_id: u32,
         stamp: u64,
@@ -1015,7 +1015,11 @@ mod serving_tests {
     impl Setup {
         /// An operational S1() whose partition `p` has our cell in `cells[p]` (None: not
         /// ours), with C1() announced as running and identified on `CLIENT`.
-        fn new(name: &str, mutant: Option<&'static str>, cells: &[Option<CellState>]) -> Setup {
+        pub(super) fn new(
+            name: &str,
+            mutant: Option<&'static str>,
+            cells: &[Option<CellState>],
+        ) -> Setup {
             let identity = Identity {
                 cluster: "c".into(),
                 nid: None,
@@ -1092,7 +1096,7 @@ mod serving_tests {
             })
         }
 
-        fn master_says(&mut self, packet: Packet) -> Vec<Packet> {
+        pub(super) fn master_says(&mut self, packet: Packet) -> Vec<Packet> {
             self.next_id += 1;
             let out = self.master_says_id(self.next_id, packet);
             sent(&out, self.master)
@@ -1110,7 +1114,7 @@ mod serving_tests {
         }
 
         /// A client request; what the client got back.
-        fn ask(&mut self, packet: Packet) -> Vec<Packet> {
+        pub(super) fn ask(&mut self, packet: Packet) -> Vec<Packet> {
             self.next_id += 1;
             let out = self.h.handle(Event::Received {
                 conn: CLIENT,
@@ -1483,6 +1487,124 @@ mod serving_tests {
                 s.db().load(Oid(1), None, None).unwrap(),
                 Load::DoesNotExist
             ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod hostile_client_tests {
+    use super::serving_tests::Setup;
+    use super::*;
+    use crate::actors::{ConnId, Event};
+    use crate::proto::{CellState, Data, Oid, Tid};
+    use proptest::prelude::*;
+
+    /// What a client or the primary may send about a few transactions and objects:
+    /// well-formed or not, in any order.
+    fn action() -> impl Strategy<Value = (bool, Packet)> {
+        let ttid = (1u64..6).prop_map(Tid);
+        let oid = (0u64..4).prop_map(Oid);
+        let serial = prop_oneof![Just(Tid::ZERO), (1u64..8).prop_map(|t| Tid(t * 10))];
+        let bytes = prop_oneof![Just(b"a".to_vec()), Just(b"bb".to_vec())];
+        let client = prop_oneof![
+            (
+                oid.clone(),
+                serial.clone(),
+                ttid.clone(),
+                bytes,
+                any::<bool>()
+            )
+                .prop_map(|(oid, serial, ttid, b, good)| {
+                    use sha1::Digest;
+                    let mut checksum: [u8; 20] = sha1::Sha1::digest(&b).into();
+                    if !good {
+                        checksum[3] ^= 1;
+                    }
+                    Packet::AskStoreObject {
+                        oid,
+                        serial,
+                        compression: 0,
+                        checksum,
+                        data: Some(Data(b)),
+                        data_serial: None,
+                        ttid,
+                    }
+                }),
+            (ttid.clone(), oid.clone(), serial.clone()).prop_map(|(ttid, oid, serial)| {
+                Packet::AskCheckCurrentSerial { ttid, oid, serial }
+            }),
+            (ttid.clone(), oid.clone())
+                .prop_map(|(ttid, oid)| Packet::AskRelockObject { ttid, oid }),
+            (ttid.clone(), proptest::collection::vec(oid.clone(), 0..3)).prop_map(
+                |(ttid, oids)| {
+                    Packet::AskStoreTransaction {
+                        ttid,
+                        user: Data::default(),
+                        description: Data::default(),
+                        extension: Data::default(),
+                        oids,
+                    }
+                }
+            ),
+            ttid.clone()
+                .prop_map(|ttid| Packet::AskVoteTransaction { ttid }),
+            ttid.clone()
+                .prop_map(|ttid| Packet::AbortTransaction { ttid, nids: vec![] }),
+            (
+                oid.clone(),
+                proptest::option::of(serial.clone()),
+                proptest::option::of(serial.clone())
+            )
+                .prop_map(|(oid, at, before)| Packet::AskObject { oid, at, before }),
+            ttid.clone().prop_map(|ttid| Packet::AskFinalTID { ttid }),
+        ];
+        let master = prop_oneof![
+            (ttid.clone(), 1u64..100).prop_map(|(ttid, t)| Packet::AskLockInformation {
+                ttid,
+                tid: Tid(100 + t)
+            }),
+            ttid.clone()
+                .prop_map(|ttid| Packet::NotifyUnlockInformation { ttid }),
+            ttid.prop_map(|ttid| Packet::AbortTransaction { ttid, nids: vec![] }),
+        ];
+        prop_oneof![
+            4 => client.prop_map(|p| (false, p)),
+            1 => master.prop_map(|p| (true, p)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: None,
+            cases: 64,
+            ..Default::default()
+        })]
+
+        /// A client (and a primary) sending any sequence of transaction requests: the
+        /// storage never panics or stops, its locks and queues stay consistent, and a
+        /// disconnect leaves only voted transactions behind.
+        #[test]
+        fn the_storage_survives_any_client_sequence(
+            actions in proptest::collection::vec(action(), 1..40),
+        ) {
+            static CASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("storage-hostile-client-{n}");
+            let mut s = Setup::new(&name, None, &[Some(CellState::UpToDate), Some(CellState::OutOfDate), None]);
+            for (from_master, packet) in actions {
+                if from_master {
+                    s.master_says(packet);
+                } else {
+                    s.ask(packet);
+                }
+                prop_assert!(!s.h.actor.failed);
+                s.h.actor.check_invariants().map_err(TestCaseError::fail)?;
+            }
+            s.h.handle(Event::Closed { conn: ConnId(1000), reason: CloseReason::PeerClosed });
+            s.h.actor.check_invariants().map_err(TestCaseError::fail)?;
+            prop_assert_eq!(s.h.actor.tm.waiting(), 0);
+            prop_assert_eq!(s.h.actor.tm.unvoted(), 0);
+            prop_assert!(s.h.actor.tm.clients().len() <= 1);
         }
     }
 }

@@ -242,6 +242,11 @@ impl Transactions {
         self.txns.values().map(|t| t.client).collect()
     }
 
+    /// Transactions that did not vote.
+    pub fn unvoted(&self) -> usize {
+        self.txns.values().filter(|t| !t.voted).count()
+    }
+
     pub fn is_voted(&self, ttid: Tid) -> bool {
         self.txns.get(&ttid).is_some_and(|t| t.voted)
     }
