@@ -47,6 +47,8 @@ pub const MAX_PENDING_CALLS: usize = 100_000;
 pub const OID_BATCH: u32 = 100;
 /// Largest object (uncompressed) a load accepts: a zlib bomb goes no further.
 pub const MAX_OBJECT: usize = 64 << 20;
+/// Most transactions in progress at once (begun and not finished or aborted).
+pub const MAX_TXNS: usize = 10_000;
 /// Most OIDs one NewOids call may ask.
 pub const MAX_NEW_OIDS: u32 = 1 << 20;
 /// The checksum of a deletion.
@@ -382,6 +384,10 @@ impl Client {
                     .ask(cx, m, Packet::AskLastTransaction, Asked::Sync(id));
             }
             Op::TpcBegin { tid } => {
+                if self.txns.len() >= MAX_TXNS {
+                    let e = ClientError::Unavailable("too many transactions in progress".into());
+                    return self.reply(cx, id, Err(e));
+                }
                 if !self.ready() {
                     return self.park(cx, call);
                 }
