@@ -45,6 +45,8 @@ pub const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 pub const MAX_PENDING_CALLS: usize = 100_000;
 /// OIDs asked of the primary at a time.
 pub const OID_BATCH: u32 = 100;
+/// The most OIDs the primary hands out per request: larger calls ask several times.
+pub const MASTER_MAX_OIDS: u32 = 1000;
 /// Largest object (uncompressed) a load accepts: a zlib bomb goes no further.
 pub const MAX_OBJECT: usize = 64 << 20;
 /// Most transactions in progress at once (begun and not finished or aborted).
@@ -683,7 +685,9 @@ impl Client {
             return;
         }
         let m = self.master.conn().expect("ready");
-        let want = OID_BATCH.max(count - self.oid_pool.len() as u32);
+        let want = OID_BATCH
+            .max(count - self.oid_pool.len() as u32)
+            .min(MASTER_MAX_OIDS);
         self.oids_asked = true;
         self.links.ask(
             cx,

@@ -1163,3 +1163,32 @@ fn a_load_across_a_lost_primary_is_not_cached_as_current() {
         .get(oid, None, None)
         .is_none());
 }
+
+#[test]
+fn a_large_oid_call_asks_the_primary_several_times() {
+    let mut w = World::new(config(false), None);
+    let (c, out) = w.call(Op::NewOids { count: 1500 });
+    let (mid, p) = msgs(&out, w.m).pop().unwrap();
+    assert_eq!(p, Packet::AskNewOIDs { count: 1000 });
+    let out = w.answer(
+        w.m,
+        mid,
+        Packet::AnswerNewOIDs {
+            oids: (1..=1000).map(Oid).collect(),
+        },
+    );
+    assert!(replies(&out).is_empty());
+    let (mid, p) = msgs(&out, w.m).pop().unwrap();
+    assert_eq!(p, Packet::AskNewOIDs { count: 500 });
+    let out = w.answer(
+        w.m,
+        mid,
+        Packet::AnswerNewOIDs {
+            oids: (1001..=1500).map(Oid).collect(),
+        },
+    );
+    assert_eq!(
+        World::reply_of(&out, c),
+        Ok(Outcome::Oids((1..=1500).map(Oid).collect()))
+    );
+}
