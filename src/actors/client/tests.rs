@@ -1192,3 +1192,29 @@ fn a_large_oid_call_asks_the_primary_several_times() {
         Ok(Outcome::Oids((1..=1500).map(Oid).collect()))
     );
 }
+
+#[test]
+fn stores_wait_while_too_many_bytes_are_in_flight() {
+    let mut cfg = config(false);
+    cfg.compress = false;
+    let mut w = World::new(cfg, None);
+    let (txn, _) = w.begin();
+    let big = vec![1u8; (MAX_INFLIGHT_BYTES / 2 + 1) as usize];
+    // Partition 1: one cell (S2).
+    let first = store(&mut w, txn, Oid(1), Tid::ZERO, Some(&big));
+    let (c, out) = w.call(Op::Store {
+        txn,
+        oid: Oid(3),
+        serial: Tid::ZERO,
+        data: Some(big.clone()),
+    });
+    assert!(replies(&out).is_empty(), "held: over the cap");
+    let (nid, id, _) = first[0].clone();
+    let out = w.answer(
+        w.storages[&nid],
+        id,
+        Packet::AnswerStoreObject { conflict: None },
+    );
+    assert_eq!(World::reply_of(&out, c), Ok(Outcome::Done));
+    w.h.actor.check_invariants().unwrap();
+}
