@@ -474,14 +474,15 @@ impl Client {
         };
         match ev {
             LinkEvent::Identified { your_nid } => {
-                if self.nid.is_some() && your_nid != self.nid {
+                let renamed = self.nid.is_some() && your_nid != self.nid;
+                self.nid = your_nid;
+                if renamed {
                     // Storages know us by the old id, which the primary will say is gone.
                     let conns: Vec<ConnId> = self.storages.values().copied().collect();
                     for c in conns {
                         self.close_storage(cx, c, CloseReason::Protocol("new node id".into()));
                     }
                 }
-                self.nid = your_nid;
                 self.snapshot = false;
                 self.links
                     .ask(cx, conn, Packet::AskLastTransaction, Asked::Snapshot);
