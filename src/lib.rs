@@ -19,6 +19,7 @@
 //! `bin` and the simulator's sweep driver are allowed exceptions.
 
 pub mod actors;
+pub mod client;
 pub mod config;
 pub mod ctl;
 pub mod db;
