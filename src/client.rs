@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::actors::client::cache::{self, SharedCache};
 use crate::actors::{self, Command};
 use crate::runtime::app::{AppNode, Outlet};
 
@@ -91,6 +92,8 @@ pub struct Client {
     /// Sends calls to the role without taking `node`'s lock.
     sender: Sender,
     notices: Option<std::thread::JoinHandle<()>>,
+    /// The role's cache, read here without a round trip (loads it covers).
+    cache: Option<SharedCache>,
 }
 
 /// An open transaction (from `tpc_begin`); several may be open at once. Dropped without
@@ -339,10 +342,15 @@ fn unexpected(what: &str, o: Outcome) -> ClientError {
 impl Client {
     /// Connect to a cluster: start the client role and wait until the cluster serves (the
     /// primary answers `sync`), or `options.connect_timeout` passes.
-    #[cfg(any())] // until the client role lands (h-client)
     pub fn connect(options: Options) -> Result<Client, ClientError> {
         let config = options.config();
-        let client = Client::start(move || actors::client::Client::new(config))?;
+        let (tx, rx) = mpsc::channel();
+        let mut client = Client::start(move || {
+            let role = actors::client::Client::new(config);
+            let _ = tx.send(role.cache());
+            role
+        })?;
+        client.cache = rx.recv().ok();
         client.wait_serving(options.connect_timeout)?;
         Ok(client)
     }
@@ -382,6 +390,7 @@ impl Client {
             node: Mutex::new(Some(node)),
             sender,
             notices: Some(notices),
+            cache: None,
         })
     }
 
@@ -435,6 +444,11 @@ impl Client {
         at: Option<Tid>,
         before: Option<Tid>,
     ) -> Result<Loaded, ClientError> {
+        if let Some(shared) = &self.cache {
+            if let Some(hit) = cache::lock(shared).get(oid, at, before) {
+                return Ok(hit);
+            }
+        }
         match self.sender.call(Op::Load { oid, at, before })? {
             Outcome::Loaded(l) => Ok(l),
             o => Err(unexpected("load", o)),
