@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::api::Loaded;
 use crate::proto::{Oid, Tid};
 
+/// A hit without copying the data: (data, serial, next_serial).
+pub type Hit = (Option<Arc<[u8]>>, Tid, Option<Tid>);
+
 /// The cache as the actor and the library's threads share it.
 pub type SharedCache = Arc<Mutex<Cache>>;
 
@@ -105,12 +108,7 @@ impl Cache {
     }
 
     /// As `get`, handing out the shared data: (data, serial, next_serial).
-    pub fn get_shared(
-        &mut self,
-        oid: Oid,
-        at: Option<Tid>,
-        before: Option<Tid>,
-    ) -> Option<(Option<Arc<[u8]>>, Tid, Option<Tid>)> {
+    pub fn get_shared(&mut self, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> Option<Hit> {
         let i = self.find(oid, at, before)?;
         self.touch(i);
         let s = &self.slots[i as usize];
