@@ -12,6 +12,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -133,6 +134,8 @@ struct Shared {
     /// Signalled when a notice is queued, delivered, or the client closes.
     notices_changed: Condvar,
     callback: Mutex<Option<InvalidationCallback>>,
+    /// Set by `close` (and when the role stops): read without a lock by cached loads.
+    closed: AtomicBool,
 }
 
 struct State {
@@ -171,11 +174,13 @@ impl Shared {
             }),
             notices_changed: Condvar::new(),
             callback: Mutex::new(None),
+            closed: AtomicBool::new(false),
         }
     }
 
     /// No more replies: waiting calls fail with `Closed` (their slots are dropped).
     fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         {
             let mut s = lock(&self.state);
             s.closed = true;
@@ -445,6 +450,9 @@ impl Client {
         before: Option<Tid>,
     ) -> Result<Loaded, ClientError> {
         if let Some(shared) = &self.cache {
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(ClientError::Closed);
+            }
             if let Some(hit) = cache::lock(shared).get(oid, at, before) {
                 return Ok(hit);
             }

@@ -318,6 +318,7 @@ fn kill9_loses_nothing_acknowledged(cluster: &Cluster) {
     for _ in 0..5 {
         acked.write(&c, cluster);
     }
+    // nodes[1] is the storage on dbs[0].
     cluster.nodes[1].kill9();
     cluster.wait_pt("the killed storage's cells out of date", |pt| {
         pt.contains('O')
@@ -330,7 +331,7 @@ fn kill9_loses_nothing_acknowledged(cluster: &Cluster) {
     acked.check(&c, "the writer, one storage down", cluster);
     acked.check(&cluster.client(), "a new client, one storage down", cluster);
     // Restarted on the same database, it rejoins; reads and commits still work.
-    let again = cluster.storage(1, "-again");
+    let again = cluster.storage(0, "-again");
     wait_for(Duration::from_secs(60), || {
         let nodes = cluster.neoctl(&["print", "node", "storage"]);
         (nodes.lines().filter(|l| l.contains("RUNNING")).count() == 2).then_some(())
