@@ -634,14 +634,19 @@ mod tests {
     use super::*;
     use crate::actors::{Actor, Ctx, Event};
 
+    /// (serial, data)
+    type Revision = (Tid, Option<Vec<u8>>);
+    /// (oid, serial based on, data)
+    type Stored = (Oid, Tid, Option<Vec<u8>>);
+
     /// A stand-in for the client role and its cluster, all in one: it commits in memory,
     /// tells each commit as an invalidation (before answering the finish), and exits
     /// without answering on `NewOids { count: 0 }`.
     struct Fake {
-        objects: BTreeMap<Oid, Vec<(Tid, Option<Vec<u8>>)>>,
+        objects: BTreeMap<Oid, Vec<Revision>>,
         last: u64,
         next_txn: TxnRef,
-        txns: BTreeMap<TxnRef, Vec<(Oid, Tid, Option<Vec<u8>>)>>,
+        txns: BTreeMap<TxnRef, Vec<Stored>>,
         aborted: Arc<Mutex<Vec<TxnRef>>>,
         next_oid: u64,
         /// Syncs answered Unavailable before the "cluster" serves.
