@@ -419,7 +419,13 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
     // readers that loaded everything once (warm).
     let objects = args.objects.max(100);
     let writer = &clients[0];
-    let oids = Arc::new(writer.new_oids(objects as u32).map_err(|e| e.to_string())?);
+    let mut oids = Vec::new();
+    while (oids.len() as u64) < objects {
+        // The primary hands out at most 1,000 at a time.
+        let n = (objects - oids.len() as u64).min(1000) as u32;
+        oids.extend(writer.new_oids(n).map_err(|e| e.to_string())?);
+    }
+    let oids = Arc::new(oids);
     for (i, chunk) in oids.chunks(100).enumerate() {
         let mut serials = vec![Tid::ZERO; chunk.len()];
         commit(writer, chunk, &mut serials, (i as u64) << 32)?;
