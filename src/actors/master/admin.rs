@@ -68,11 +68,13 @@ impl Master {
                 truncate_tid: p.truncate_tid,
             }),
             Packet::AskLastIDs => Ok(Packet::AnswerLastIDs {
-                last_tid: p.last_tid,
-                last_oid: p.last_oid,
+                last_tid: p.tm.last_tid(),
+                last_oid: p.tm.last_oid(),
                 first_tid: None,
             }),
-            Packet::AskLastTransaction => Ok(Packet::AnswerLastTransaction { tid: p.last_tid }),
+            Packet::AskLastTransaction => Ok(Packet::AnswerLastTransaction {
+                tid: p.tm.last_tid(),
+            }),
             Packet::AskClusterState => Ok(Packet::AnswerClusterState { state: Some(state) }),
             other => Err(format!("{} is not an administrative request", other.name())),
         }

@@ -35,6 +35,8 @@ pub enum Asked {
     LockedTransactions,
     FinalTid(Tid),
     LastIds,
+    /// AskLockInformation for this TTID.
+    Lock(Tid),
 }
 
 /// A storage's AnswerRecovery: (ptid, truncate_tid, backup_tid).
@@ -88,8 +90,8 @@ pub struct Primary {
     /// database (a table exists somewhere), and start as soon as the table is operational
     /// again if no other master can have become primary meanwhile (see `relaxed_start`).
     pub auto_restart: bool,
-    pub last_tid: Option<Tid>,
-    pub last_oid: Option<Oid>,
+    /// Clients and their transactions; the last TID and OID.
+    pub tm: super::transactions::Transactions,
     pub truncate_tid: Option<Tid>,
     pub backup_tid: Option<Tid>,
     recovery: Recovery,
@@ -109,8 +111,7 @@ impl Primary {
             pt: PartitionTable::new(partitions, replicas),
             startup_allowed: false,
             auto_restart: false,
-            last_tid: None,
-            last_oid: None,
+            tm: Default::default(),
             truncate_tid: None,
             backup_tid: None,
             recovery: Recovery::default(),
@@ -257,8 +258,12 @@ impl Master {
         if p.cluster_state == state {
             return;
         }
+        let was = p.cluster_state;
         p.cluster_state = state;
         info!("{me}: cluster state {state}");
+        if was == ClusterState::Running {
+            self.leave_running(cx);
+        }
         let conns: Vec<ConnId> = self
             .links
             .iter()
@@ -798,14 +803,14 @@ impl Master {
     /// Verification is over: RUNNING.
     fn provide_service(&mut self, cx: &mut Ctx) {
         let Some(p) = self.primary_mut() else { return };
-        p.last_tid = p.verification.last_tid;
-        p.last_oid = p.verification.last_oid;
+        p.tm.running(p.verification.last_tid, p.verification.last_oid);
         p.truncate_tid = None;
         p.startup_allowed = false;
         p.auto_restart = false;
         info!(
             "verification done: last tid {:?}, last oid {:?}",
-            p.last_tid, p.last_oid
+            p.tm.last_tid(),
+            p.tm.last_oid()
         );
         self.set_cluster_state(cx, ClusterState::Running);
         let running: Vec<Nid> = self
@@ -888,9 +893,13 @@ impl Master {
                 },
             ) => self.on_last_ids(cx, last_tid, last_oid),
             (None, Packet::NotifyReady) => {
-                if let Some(p) = self.primary_mut() {
-                    p.starting.remove(&nid);
+                let started = self.primary_mut().is_some_and(|p| p.starting.remove(&nid));
+                if started {
+                    self.storage_ready(cx, nid);
                 }
+            }
+            (Some(Asked::Lock(ttid)), Packet::AnswerInformationLocked { ttid: t }) if t == ttid => {
+                self.on_locked(cx, nid, ttid)
             }
             (None, other) if other.kind() == crate::proto::Kind::Answer => {
                 debug!("ignoring a late {} from {nid}", other.name());
@@ -948,6 +957,8 @@ impl Master {
                     info!("{nid} lost: partition table {:?}", p.pt.ptid());
                     self.broadcast_pt_changes(cx, changes);
                 }
+                // Commits it was to lock go on with the others (its cells are outdated now).
+                self.storage_lost_by_tm(cx, nid);
                 if !operational && state != ClusterState::Stopping {
                     warn!("the partition table is not operational any more: back to recovery");
                     self.enter_recovery(cx);

@@ -1,6 +1,7 @@
 //! The master role: identification of nodes, node ids, node and cluster notifications;
 //! the election of a primary and the secondary role (`election`); the primary's cluster
-//! lifecycle (`cluster`); operators' requests relayed by the admin (`admin`).
+//! lifecycle (`cluster`); operators' requests relayed by the admin (`admin`); clients and
+//! the commit coordination (`transactions`).
 //!
 //! A master keeps nothing on disk. Its life is a loop: claim the primary role (RECOVERING,
 //! with an election timestamp); yield to an older claimant or follow a primary that accepts
@@ -9,6 +10,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod election;
+pub mod transactions;
 
 use tracing::{debug, info, warn};
 
@@ -238,6 +240,7 @@ impl Master {
                         id_timestamp,
                         established: extra.established,
                         ptid: extra.ptid,
+                        read_only: extra.read_only,
                     };
                     self.identify(cx, node_type, req);
                 }
@@ -261,6 +264,7 @@ impl Master {
                     }
                 }
                 Some(NodeType::Admin) => self.on_admin_request(cx, conn, msg),
+                Some(NodeType::Client) => self.on_client_message(cx, conn, nid, msg),
                 _ => debug!("{}: ignoring {} from {nid}", self.me(), msg.packet.name()),
             },
         }
@@ -296,10 +300,7 @@ impl Master {
             NodeType::Master => {}
             NodeType::Storage => return self.identify_storage(cx, req),
             NodeType::Admin => return self.identify_admin(cx, req),
-            NodeType::Client => {
-                let why = "this version does not serve clients yet";
-                return self.refuse(cx, req.conn, req.id, ErrorCode::NotReady, why);
-            }
+            NodeType::Client => return self.identify_client(cx, req),
         }
         let Some(address) = req.address.clone() else {
             let why = "a master must give its listening address".into();
@@ -681,6 +682,7 @@ impl Master {
                     self.me()
                 ));
             }
+            p.tm.check()?;
             let own = self.nid.and_then(|nid| self.nodes.get(nid));
             if !own.is_some_and(|n| {
                 n.state == NodeState::Running && n.address.as_ref() == Some(&self.cfg.bind)
@@ -717,6 +719,7 @@ impl Master {
                 info!("{}: storage {nid} lost ({reason:?})", self.me());
                 self.storage_lost(cx, nid);
             }
+            Some(NodeType::Client) => self.client_lost(cx, conn, nid),
             Some(NodeType::Admin) => {
                 if let Some(mut info) = self.nodes.remove(nid) {
                     info.state = NodeState::Unknown;
@@ -796,6 +799,8 @@ struct Identification {
     id_timestamp: Option<WallTime>,
     established: bool,
     ptid: Option<crate::proto::Ptid>,
+    /// A client that will not write.
+    read_only: bool,
 }
 
 impl Master {

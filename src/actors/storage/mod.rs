@@ -2,7 +2,9 @@
 //! verification (its partition table, last ids, voted and locked transactions); applies
 //! truncations and validations; persists every partition-table change it is sent; starts
 //! and stops operation when told. Told DOWN it stops; told UNKNOWN (dropped) it erases its
-//! database and stops.
+//! database and stops. While operational it serves clients the primary announced
+//! (`client.rs`: stores, checks, votes, loads), with the locks of `transactions`, and takes
+//! the primary's lock / unlock / abort of transactions.
 //!
 //! The database is a `Box<dyn Backend>` handed over at construction; it outlives the actor
 //! (a crash loses memory and uncommitted work, not what was committed). Database errors come
@@ -15,6 +17,12 @@
 
 use tracing::{debug, error, info, warn};
 
+mod client;
+pub mod transactions;
+
+use std::time::Duration;
+
+use self::transactions::{Mutants, Transactions};
 use super::core::{Follower, Node};
 use super::link::Links;
 use super::master_link::{LinkEvent, MasterLink};
@@ -38,8 +46,10 @@ pub struct StorageConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Peer {
     Master,
-    /// Another node connected to us (clients and storages: not served yet).
+    /// Another node connected to us, not identified yet.
     Incoming,
+    /// A client the primary announced, identified.
+    Client(Nid),
 }
 
 /// What a storage asks: only its identification, of the primary master.
@@ -58,7 +68,15 @@ pub struct Storage {
     tick: Ticker,
     /// Set once a fatal error stopped us.
     failed: bool,
+    /// The transactions being committed through us, their locks and waiting requests.
+    tm: Transactions,
+    /// Clients that asked to identify before the primary told us about them: (message id,
+    /// their nid, since when); answered when the primary's node list names them.
+    unannounced: std::collections::BTreeMap<ConnId, (u32, Nid, Duration)>,
 }
+
+/// How long a client's identification waits for the primary to announce it.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(10);
 
 /// The rows of a table from the database's cells. A partition number or table id no
 /// cluster can have means the database cannot be trusted (and must not size an allocation).
@@ -103,6 +121,8 @@ impl Storage {
             operational: false,
             tick: Ticker::default(),
             failed: false,
+            tm: Transactions::default(),
+            unannounced: Default::default(),
         }
     }
 
@@ -337,7 +357,13 @@ impl Storage {
                 self.answer(cx, conn, id, answer);
             }
             Packet::AskLockedTransactions => {
-                let transactions = self.db.locked_transactions()?.into_iter().collect();
+                let mut locked = self.db.locked_transactions()?;
+                if cx.mutant("verification-readcurrent") {
+                    // The bug: a transaction of which we hold only checks and/or the
+                    // metadata looks like nothing to verify.
+                    locked.retain(|ttid, _| !self.tm.objectless(*ttid));
+                }
+                let transactions = locked.into_iter().collect();
                 self.answer(
                     cx,
                     conn,
@@ -402,9 +428,32 @@ impl Storage {
                 self.db
                     .change_partition_table(ptid, num_replicas, &cells, false)?;
             }
+            Packet::AskLockInformation { ttid, tid } => {
+                let answer = match self.tm.lock(self.db.as_mut(), ttid, tid)? {
+                    Ok(()) => Packet::AnswerInformationLocked { ttid },
+                    Err((code, why)) => {
+                        warn!("{}: cannot lock {ttid}: {why}", self.me());
+                        Packet::error(code, why)
+                    }
+                };
+                self.answer(cx, conn, id, answer);
+            }
+            Packet::NotifyUnlockInformation { ttid } => {
+                let mut out = Vec::new();
+                let r = self.tm.unlock(self.db.as_mut(), &mut out, ttid);
+                self.flush(cx, out);
+                r?;
+            }
+            Packet::AbortTransaction { ttid, .. } => {
+                let mut out = Vec::new();
+                let r = self.tm.abort(self.db.as_mut(), &mut out, ttid, None);
+                self.flush(cx, out);
+                r?;
+            }
             Packet::StartOperation { .. } => {
                 // Voted transactions verification did not commit are dropped now.
                 self.db.drop_unfinished()?;
+                self.tm.reset();
                 self.operational = true;
                 info!("{}: operational", self.me());
                 self.links.notify(cx, conn, Packet::NotifyReady);
@@ -413,7 +462,7 @@ impl Storage {
                 if self.operational {
                     info!("{}: operation stopped", self.me());
                 }
-                self.operational = false;
+                self.stop_serving(cx);
             }
             other if other.kind() == crate::proto::Kind::Request => {
                 let why = format!("{} is not a request a storage serves", other.name());
@@ -422,37 +471,6 @@ impl Storage {
             other => debug!("{}: ignoring {} from the master", self.me(), other.name()),
         }
         Ok(())
-    }
-
-    fn on_incoming(&mut self, cx: &mut Ctx, conn: ConnId, msg: Message) {
-        let (code, why) = match &msg.packet {
-            Packet::RequestIdentification { cluster_name, .. }
-                if *cluster_name != self.cfg.cluster =>
-            {
-                (
-                    ErrorCode::ProtocolError,
-                    format!(
-                        "invalid cluster name {cluster_name:?} (this is cluster {:?})",
-                        self.cfg.cluster
-                    ),
-                )
-            }
-            Packet::RequestIdentification { node_type, .. } if !self.operational => (
-                ErrorCode::NotReady,
-                format!("this storage is not operational ({node_type} refused)"),
-            ),
-            Packet::RequestIdentification { node_type, .. } => (
-                ErrorCode::NotReady,
-                format!("{node_type} connections are not served by this version"),
-            ),
-            other => (
-                ErrorCode::ProtocolError,
-                format!("expected RequestIdentification, got {}", other.name()),
-            ),
-        };
-        debug!("{}: refusing a connection: {why}", self.me());
-        self.answer(cx, conn, msg.id, Packet::error(code, why));
-        self.links.close(cx, conn);
     }
 }
 
@@ -492,9 +510,21 @@ impl Node for Storage {
         asked: Option<Identification>,
         msg: Message,
     ) {
+        // Delayed requests may run on any message: the mutants apply to them all.
+        self.tm.mutants = Mutants {
+            conflict_check_skipped: cx.mutant("conflict-check-skipped"),
+            readcurrent_unchecked: cx.mutant("readcurrent-unchecked"),
+        };
         match self.links.get(conn) {
-            Some(Peer::Master) => self.on_master_message(cx, conn, msg, asked.is_some()),
+            Some(Peer::Master) => {
+                self.on_master_message(cx, conn, msg, asked.is_some());
+                self.after_master_message(cx);
+            }
             Some(Peer::Incoming) => self.on_incoming(cx, conn, msg),
+            Some(Peer::Client(nid)) => {
+                let nid = *nid;
+                self.on_client_message(cx, conn, nid, msg)
+            }
             None => {}
         }
     }
@@ -507,14 +537,23 @@ impl Node for Storage {
     }
 
     fn on_closed(&mut self, cx: &mut Ctx, conn: ConnId, peer: Peer, reason: CloseReason) {
-        if peer == Peer::Master && self.master_closed(cx, conn, &reason) {
-            // Without a primary we serve nobody until it tells us to start again.
-            self.operational = false;
+        match peer {
+            Peer::Master => {
+                if self.master_closed(cx, conn, &reason) {
+                    // Without a primary we serve nobody until it tells us to start again.
+                    self.stop_serving(cx);
+                }
+            }
+            Peer::Incoming => {
+                self.unannounced.remove(&conn);
+            }
+            Peer::Client(_) => self.client_closed(cx, conn),
         }
     }
 
     fn on_tick(&mut self, cx: &mut Ctx) {
         self.follow_master(cx);
+        self.expire_unannounced(cx);
     }
 
     fn on_shutdown(&mut self, cx: &mut Ctx) {
