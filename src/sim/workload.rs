@@ -501,6 +501,7 @@ impl Workload {
                 snapshot: None,
                 reads: Vec::new(),
                 appends: Vec::new(),
+                resolved: Vec::new(),
                 status: Status::Unknown,
                 begun: w.now(),
                 ended: None,
@@ -677,8 +678,10 @@ impl Workload {
                 };
                 list.push(v);
                 // The append is now based on the committed revision, not on what was
-                // read at the snapshot: that read no longer tells what it was based on.
-                t.rec.reads.retain(|r| r.oid != c.oid);
+                // read at the snapshot.
+                if !t.rec.resolved.contains(&c.oid) {
+                    t.rec.resolved.push(c.oid);
+                }
                 let txn = t.txn.expect("begun");
                 self.send(
                     w,

@@ -31,41 +31,9 @@ use crate::sim::workload::{decode, NoticeRecord, Strike, Targeted, Workload, Wor
 use crate::sim::world::{Failure, World};
 use crate::sim::check;
 
-/// The client role's actor. WIP: until the client role (branch h-client) is merged, a
-/// placeholder that refuses every call, so the scenario fails its liveness check.
+/// The client role's actor.
 fn client_actor() -> MakeClient {
-    Rc::new(|_cfg| Box::new(pending::NoClient) as Box<dyn Actor>)
-}
-
-/// WIP placeholders, removed when h-client and h-check are merged.
-mod pending {
-    use crate::actors::client::{ClientError, Reply};
-    use crate::actors::{Actor, Command, Ctx, Event};
-    use crate::proto::Tid;
-    use crate::sim::isolation::{FinalHistory, TxnRecord};
-    use std::collections::BTreeSet;
-
-    pub struct NoClient;
-    impl Actor for NoClient {
-        fn start(&mut self, _: &mut Ctx) {}
-        fn handle(&mut self, cx: &mut Ctx, ev: Event) {
-            if let Event::Local(Command::Call(c)) = ev {
-                cx.reply(Reply {
-                    id: c.id,
-                    result: Err(ClientError::Unavailable("no client role yet".into())),
-                });
-            }
-        }
-    }
-
-    pub struct Verdict {
-        pub anomalies: Vec<String>,
-    }
-    pub fn check(_: &[TxnRecord], _: &FinalHistory, _: &BTreeSet<Tid>) -> Verdict {
-        Verdict {
-            anomalies: vec!["no checker yet".into()],
-        }
-    }
+    Rc::new(|cfg| Box::new(crate::actors::client::Client::new(cfg)) as Box<dyn Actor>)
 }
 
 /// The plan of a commits seed: 1-3 masters, 2-4 storages, replicas 0-2.
@@ -321,7 +289,7 @@ fn final_checks(w: &World, wl: &Workload) -> Result<(), Failure> {
         return Ok(());
     }
     let (finals, tids) = read_finals(w, wl.keys()).map_err(|e| fail(format!("final read: {e}")))?;
-    let verdict = pending::check(&wl.records, &finals, &tids);
+    let verdict = isolation::check(&wl.records, &finals, &tids);
     if let Some(first) = verdict.anomalies.first() {
         return Err(fail(format!(
             "isolation: {} anomalies; first: {first}",
