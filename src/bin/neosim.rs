@@ -173,6 +173,9 @@ fn run_one(opts: &RunOptions) -> ExitCode {
         report.sim_time.as_secs_f64(),
         report.steps
     );
+    if !report.summary.is_empty() {
+        say!("summary: {}", report.summary);
+    }
     let code = match &report.failure {
         None => {
             say!("outcome: ok");

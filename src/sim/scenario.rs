@@ -172,6 +172,8 @@ impl RunOptions {
 #[derive(Clone, Debug)]
 pub struct RunReport {
     pub shape: String,
+    /// What the run did, in a line (scenarios with a workload: its outcome).
+    pub summary: String,
     pub swarm: String,
     pub failure: Option<Failure>,
     pub trace_hash: u64,

@@ -445,7 +445,13 @@ impl Workload {
             self.allocating = Some((ci, id));
             self.calls += 1;
             let count = self.cfg.keys as u32;
-            w.call(node, Call { id, op: Op::NewOids { count } });
+            w.call(
+                node,
+                Call {
+                    id,
+                    op: Op::NewOids { count },
+                },
+            );
             return true;
         }
         let mut started = false;
@@ -653,10 +659,7 @@ impl Workload {
                     let resolvable = conflicts
                         .iter()
                         .all(|c| t.append_to.contains(&c.oid) && c.data.is_some());
-                    if !resolvable
-                        || t.votes > 5
-                        || !rng::chance(&mut self.rng, self.cfg.resolve)
-                    {
+                    if !resolvable || t.votes > 5 || !rng::chance(&mut self.rng, self.cfg.resolve) {
                         return self.abort(w, ci, si, t);
                     }
                     t.conflicts = conflicts;
@@ -718,7 +721,14 @@ impl Workload {
         }
     }
 
-    fn read_next(&mut self, w: &mut World, ci: usize, si: usize, t: &mut Running, i: usize) -> Next {
+    fn read_next(
+        &mut self,
+        w: &mut World,
+        ci: usize,
+        si: usize,
+        t: &mut Running,
+        i: usize,
+    ) -> Next {
         if i < t.plan.len() {
             let Some(snapshot) = t.rec.snapshot else {
                 // Nothing committed yet: every object is empty.
@@ -746,13 +756,26 @@ impl Workload {
         Next::Continue
     }
 
-    fn check_next(&mut self, w: &mut World, ci: usize, si: usize, t: &mut Running, i: usize) -> Next {
+    fn check_next(
+        &mut self,
+        w: &mut World,
+        ci: usize,
+        si: usize,
+        t: &mut Running,
+        i: usize,
+    ) -> Next {
         let txn = t.txn.expect("begun");
         // Only objects that exist can be checked.
         let mut i = i;
         while i < t.checked.len() {
             let oid = t.checked[i];
-            if let Some(serial) = t.rec.reads.iter().find(|r| r.oid == oid).and_then(|r| r.serial) {
+            if let Some(serial) = t
+                .rec
+                .reads
+                .iter()
+                .find(|r| r.oid == oid)
+                .and_then(|r| r.serial)
+            {
                 self.send(
                     w,
                     ci,
@@ -771,11 +794,23 @@ impl Workload {
         self.store_next(w, ci, si, t, 0)
     }
 
-    fn store_next(&mut self, w: &mut World, ci: usize, si: usize, t: &mut Running, i: usize) -> Next {
+    fn store_next(
+        &mut self,
+        w: &mut World,
+        ci: usize,
+        si: usize,
+        t: &mut Running,
+        i: usize,
+    ) -> Next {
         let txn = t.txn.expect("begun");
         if i < t.append_to.len() {
             let oid = t.append_to[i];
-            let read = t.rec.reads.iter().find(|r| r.oid == oid).expect("appended objects are read");
+            let read = t
+                .rec
+                .reads
+                .iter()
+                .find(|r| r.oid == oid)
+                .expect("appended objects are read");
             let v = self.next_val;
             self.next_val += 1;
             let mut list = read.list.clone();
@@ -824,7 +859,14 @@ impl Workload {
         Next::Continue
     }
 
-    fn resolve_next(&mut self, w: &mut World, ci: usize, si: usize, t: &mut Running, i: usize) -> Next {
+    fn resolve_next(
+        &mut self,
+        w: &mut World,
+        ci: usize,
+        si: usize,
+        t: &mut Running,
+        i: usize,
+    ) -> Next {
         if i < t.conflicts.len() {
             let c = &t.conflicts[i];
             let op = Op::Load {
