@@ -647,6 +647,9 @@ impl World {
                 }
                 // Client replies and notices go to the workload (the commits scenario).
                 Effect::Reply(r) => {
+                    let label = &self.nodes[node].label;
+                    self.trace
+                        .step(self.now, (node, 7u8), || format!("{label} replied {r:?}"));
                     let incarnation = self.nodes[node].incarnation;
                     self.client_out.push(ClientOutput {
                         node,
@@ -655,6 +658,9 @@ impl World {
                     });
                 }
                 Effect::Notice(n) => {
+                    let label = &self.nodes[node].label;
+                    self.trace
+                        .step(self.now, (node, 8u8), || format!("{label} notice {n:?}"));
                     let incarnation = self.nodes[node].incarnation;
                     self.client_out.push(ClientOutput {
                         node,
