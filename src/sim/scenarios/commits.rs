@@ -353,6 +353,10 @@ fn commits(records: &[TxnRecord], finals: &FinalHistory) -> BTreeMap<Tid, (usize
     out
 }
 
+/// A client process's invalidations between two reconnections: (process, the TID it
+/// started from if told, the invalidations as (tid, oids, when)).
+type Span<'a> = (u32, Option<Tid>, Vec<(Tid, &'a [Oid], Duration)>);
+
 /// For each client process and each span between reconnections (`InvalidateAll`): the
 /// invalidations' TIDs strictly increase, each names exactly the objects the transaction
 /// with that TID appended to (a readCurrent-only object is no change), and no
@@ -366,7 +370,7 @@ pub fn check_invalidations(
     let commits = commits(records, finals);
     for (ci, list) in notices.iter().enumerate() {
         // Spans: (process, lower bound exclusive, invalidations).
-        let mut spans: Vec<(u32, Option<Tid>, Vec<(Tid, &[Oid], Duration)>)> = Vec::new();
+        let mut spans: Vec<Span> = Vec::new();
         for n in list {
             let new_span = spans.last().is_none_or(|(inc, _, _)| *inc != n.incarnation);
             match &n.notice {
