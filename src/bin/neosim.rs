@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Scenario to run (election, recovery, verification, failover, operator).
+    /// Scenario to run (election, recovery, verification, failover, operator, commits).
     #[arg(long, value_parser = parse_scenario)]
     scenario: Scenario,
     /// Re-introduce a known bug, to check that the scenario catches it.

@@ -66,7 +66,7 @@ impl WorkloadConfig {
             read_current: *rng::pick(rng, &[0.0, 0.3, 0.7]),
             resolve: *rng::pick(rng, &[0.0, 0.5, 0.9]),
             abort: *rng::pick(rng, &[0.0, 0.05, 0.15]),
-            think: rng::duration(rng, Duration::from_millis(1), Duration::from_millis(200)),
+            think: rng::duration(rng, Duration::from_millis(10), Duration::from_millis(800)),
         }
     }
 }
