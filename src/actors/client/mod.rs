@@ -45,8 +45,12 @@ pub const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 pub const MAX_PENDING_CALLS: usize = 100_000;
 /// OIDs asked of the primary at a time.
 pub const OID_BATCH: u32 = 100;
+/// The most OIDs the primary hands out per request: larger calls ask several times.
+pub const MASTER_MAX_OIDS: u32 = 1000;
 /// Largest object (uncompressed) a load accepts: a zlib bomb goes no further.
 pub const MAX_OBJECT: usize = 64 << 20;
+/// Most transactions in progress at once (begun and not finished or aborted).
+pub const MAX_TXNS: usize = 10_000;
 /// Most OIDs one NewOids call may ask.
 pub const MAX_NEW_OIDS: u32 = 1 << 20;
 /// The checksum of a deletion.
@@ -118,6 +122,9 @@ struct Inflight {
     wrong: Option<Tid>,
     /// The first invalidation of the oid received since the load was sent.
     invalidated: Option<Tid>,
+    /// Invalidations may have been missed since it was sent (the primary was lost): its
+    /// answer may not be cached as current.
+    blind: bool,
 }
 
 /// One storage's answer to a store or check.
@@ -382,6 +389,10 @@ impl Client {
                     .ask(cx, m, Packet::AskLastTransaction, Asked::Sync(id));
             }
             Op::TpcBegin { tid } => {
+                if self.txns.len() >= MAX_TXNS {
+                    let e = ClientError::Unavailable("too many transactions in progress".into());
+                    return self.reply(cx, id, Err(e));
+                }
                 if !self.ready() {
                     return self.park(cx, call);
                 }
@@ -463,6 +474,13 @@ impl Client {
         };
         match ev {
             LinkEvent::Identified { your_nid } => {
+                if self.nid.is_some() && your_nid != self.nid {
+                    // Storages know us by the old id, which the primary will say is gone.
+                    let conns: Vec<ConnId> = self.storages.values().copied().collect();
+                    for c in conns {
+                        self.close_storage(cx, c, CloseReason::Protocol("new node id".into()));
+                    }
+                }
                 self.nid = your_nid;
                 self.snapshot = false;
                 self.links
@@ -521,6 +539,12 @@ impl Client {
                 self.serve_oids(cx);
             }
             (Asked::Begin(call), Packet::AnswerBeginTransaction { ttid }) => {
+                if !self.calls.contains(&call) {
+                    // Its caller was answered already (the client is closing): nobody will
+                    // finish or abort it.
+                    let abort = Packet::AbortTransaction { ttid, nids: vec![] };
+                    return self.links.notify(cx, conn, abort);
+                }
                 let txn = self.next_txn;
                 self.next_txn += 1;
                 self.txns.insert(
@@ -536,9 +560,6 @@ impl Client {
                         lost: BTreeSet::new(),
                     },
                 );
-                if !self.calls.contains(&call) {
-                    return;
-                }
                 self.reply(cx, call, Ok(Outcome::Began { txn, ttid }));
             }
             (Asked::Begin(call), Packet::Error { code, message }) => {
@@ -634,6 +655,9 @@ impl Client {
 
     fn master_lost(&mut self, cx: &mut Ctx) {
         self.snapshot = false;
+        for l in self.loads.values_mut() {
+            l.blind = true;
+        }
         self.pt = None;
         self.oid_pool.clear();
         self.oids_asked = false;
@@ -668,7 +692,9 @@ impl Client {
             return;
         }
         let m = self.master.conn().expect("ready");
-        let want = OID_BATCH.max(count - self.oid_pool.len() as u32);
+        let want = OID_BATCH
+            .max(count - self.oid_pool.len() as u32)
+            .min(MASTER_MAX_OIDS);
         self.oids_asked = true;
         self.links.ask(
             cx,
@@ -879,6 +905,7 @@ impl Client {
                 tried: BTreeSet::new(),
                 wrong: None,
                 invalidated: None,
+                blind: false,
             },
         );
         self.load_send(cx, key);
@@ -1009,10 +1036,15 @@ impl Client {
                         }
                     }
                 };
-                let invalidated = self.loads.get(&key).and_then(|l| l.invalidated);
+                let (invalidated, blind) = self
+                    .loads
+                    .get(&key)
+                    .map_or((None, true), |l| (l.invalidated, l.blind));
                 let next_serial = next_serial.or(invalidated.filter(|t| *t > serial));
                 let shared: Option<Arc<[u8]>> = data.as_deref().map(Arc::from);
-                self.with_cache(|c| c.store(oid, serial, next_serial, shared));
+                if next_serial.is_some() || !blind {
+                    self.with_cache(|c| c.store(oid, serial, next_serial, shared));
+                }
                 let loaded = Loaded {
                     data,
                     serial,
@@ -1149,14 +1181,15 @@ impl Client {
         }
         let bytes = if sent > 0 { size * sent } else { 0 };
         self.inflight += bytes;
+        let unreachable: Vec<Nid> = answers
+            .iter()
+            .filter(|(n, a)| **a == Ans::Failed && self.storage_usable(**n))
+            .map(|(n, _)| *n)
+            .collect();
         let t = self.txns.get_mut(&txn).expect("checked above");
         t.pending += sent as usize;
-        for (nid, a) in &answers {
-            t.used.insert(*nid);
-            if *a == Ans::Failed {
-                t.lost.insert(*nid);
-            }
-        }
+        t.used.extend(answers.keys().copied());
+        t.lost.extend(unreachable);
         t.objects.insert(
             oid,
             Obj {
@@ -1336,7 +1369,7 @@ impl Client {
             };
             if self.send_storage(cx, nid, p, Some(Asked::Vote(txn, nid))) {
                 waiting.insert(nid);
-            } else {
+            } else if self.storage_usable(nid) {
                 lost.push(nid);
             }
         }
@@ -1345,13 +1378,12 @@ impl Client {
             let p = Packet::AskVoteTransaction { ttid };
             if self.send_storage(cx, nid, p, Some(Asked::Vote(txn, nid))) {
                 waiting.insert(nid);
-            } else {
+            } else if self.storage_usable(nid) {
                 lost.push(nid);
             }
         }
         let t = self.txns.get_mut(&txn).expect("above");
         t.used.extend(waiting.iter().copied());
-        t.used.extend(lost.iter().copied());
         t.lost.extend(lost);
         if !meta_sent {
             return self.calls_fail_txn(cx, txn, call, "no storage for the metadata".into());

@@ -1089,3 +1089,132 @@ proptest::proptest! {
         proptest::prop_assert_eq!(h.actor.client.pending_calls(), 0);
     }
 }
+
+/// A storage lost during the stores: the vote goes on without it and asks the primary
+/// (FailedVote): ACK goes on, INCOMPLETE_TRANSACTION fails.
+#[test]
+fn a_storage_lost_during_the_stores_is_reported_to_the_primary() {
+    for (answer, ok) in [
+        (Packet::ack("ok"), true),
+        (Packet::error(ErrorCode::IncompleteTransaction, "no"), false),
+    ] {
+        let mut w = World::new(config(false), None);
+        let (txn, ttid) = w.begin();
+        let sends = store(&mut w, txn, Oid(2), Tid(50), Some(b"x"));
+        w.h.handle(Event::Closed {
+            conn: w.storages[&S1],
+            reason: CloseReason::Reset,
+        });
+        let (vc, _) = w.call(vote_op(txn));
+        let (_, id, _) = sends.iter().find(|(n, _, _)| *n == S2).unwrap().clone();
+        let out = w.answer(
+            w.storages[&S2],
+            id,
+            Packet::AnswerStoreObject { conflict: None },
+        );
+        let votes = msgs(&out, w.storages[&S2]);
+        assert!(
+            matches!(&votes[..], [(_, Packet::AskStoreTransaction { .. })]),
+            "{votes:?}"
+        );
+        let out = w.answer(w.storages[&S2], votes[0].0, Packet::AnswerStoreTransaction);
+        assert!(replies(&out).is_empty());
+        let (mid, p) = msgs(&out, w.m).pop().unwrap();
+        assert_eq!(
+            p,
+            Packet::FailedVote {
+                ttid,
+                nids: vec![S1]
+            }
+        );
+        let out = w.answer(w.m, mid, answer);
+        let r = World::reply_of(&out, vc);
+        if ok {
+            assert_eq!(r, Ok(Outcome::Done));
+        } else {
+            assert!(matches!(r, Err(ClientError::TransactionFailed(_))), "{r:?}");
+        }
+        w.h.actor.check_invariants().unwrap();
+    }
+}
+
+/// A load sent before the primary was lost may have missed invalidations: its answer is
+/// not cached as current; and a lost storage connection retries the load elsewhere.
+#[test]
+fn a_load_across_a_lost_primary_is_not_cached_as_current() {
+    let mut w = World::new(config(false), None);
+    let oid = Oid(2);
+    let (c, out) = w.call(Op::Load {
+        oid,
+        at: None,
+        before: None,
+    });
+    let (n1, _, _) = w.storage_sends(&out)[0].clone();
+    let out = w.h.handle(Event::Closed {
+        conn: w.storages[&n1],
+        reason: CloseReason::Reset,
+    });
+    let (n2, id, _) = w.storage_sends(&out)[0].clone();
+    assert_ne!(n1, n2, "retried on the other replica");
+    reconnect(&mut w, Some(Tid(100)));
+    let out = w.answer(w.storages[&n2], id, object(oid, Tid(50), None, b"v"));
+    assert_eq!(loaded(World::reply_of(&out, c)).serial, Tid(50));
+    assert!(cache::lock(&w.h.actor.cache())
+        .get(oid, None, None)
+        .is_none());
+}
+
+#[test]
+fn a_large_oid_call_asks_the_primary_several_times() {
+    let mut w = World::new(config(false), None);
+    let (c, out) = w.call(Op::NewOids { count: 1500 });
+    let (mid, p) = msgs(&out, w.m).pop().unwrap();
+    assert_eq!(p, Packet::AskNewOIDs { count: 1000 });
+    let out = w.answer(
+        w.m,
+        mid,
+        Packet::AnswerNewOIDs {
+            oids: (1..=1000).map(Oid).collect(),
+        },
+    );
+    assert!(replies(&out).is_empty());
+    let (mid, p) = msgs(&out, w.m).pop().unwrap();
+    assert_eq!(p, Packet::AskNewOIDs { count: 500 });
+    let out = w.answer(
+        w.m,
+        mid,
+        Packet::AnswerNewOIDs {
+            oids: (1001..=1500).map(Oid).collect(),
+        },
+    );
+    assert_eq!(
+        World::reply_of(&out, c),
+        Ok(Outcome::Oids((1..=1500).map(Oid).collect()))
+    );
+}
+
+#[test]
+fn stores_wait_while_too_many_bytes_are_in_flight() {
+    let mut cfg = config(false);
+    cfg.compress = false;
+    let mut w = World::new(cfg, None);
+    let (txn, _) = w.begin();
+    let big = vec![1u8; (MAX_INFLIGHT_BYTES / 2 + 1) as usize];
+    // Partition 1: one cell (S2).
+    let first = store(&mut w, txn, Oid(1), Tid::ZERO, Some(&big));
+    let (c, out) = w.call(Op::Store {
+        txn,
+        oid: Oid(3),
+        serial: Tid::ZERO,
+        data: Some(big.clone()),
+    });
+    assert!(replies(&out).is_empty(), "held: over the cap");
+    let (nid, id, _) = first[0].clone();
+    let out = w.answer(
+        w.storages[&nid],
+        id,
+        Packet::AnswerStoreObject { conflict: None },
+    );
+    assert_eq!(World::reply_of(&out, c), Ok(Outcome::Done));
+    w.h.actor.check_invariants().unwrap();
+}

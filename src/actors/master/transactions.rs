@@ -519,7 +519,8 @@ impl Master {
             return self.client_error(cx, conn, id, why);
         }
         let Some(tm) = self.tm_mut() else { return };
-        let first = tm.last_oid.map_or(0, |o| o.0 + 1);
+        // OID 0 is the root, which ZODB creates without asking for an OID.
+        let first = tm.last_oid.map_or(1, |o| o.0 + 1);
         // OIDs are stored as signed 64-bit integers.
         let last = first.checked_add(u64::from(count) - 1);
         let Some(last) = last.filter(|l| *l <= i64::MAX as u64) else {
@@ -1526,5 +1527,254 @@ mod tests {
         assert_eq!(error_code(&got), Some(ErrorCode::ProtocolError));
         h.actor.check_invariants().unwrap();
         let _ = WallTime(0);
+    }
+
+    /// What a random session does.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Begin(usize),
+        Finish(usize, usize, Vec<u64>),
+        Abort(usize, usize),
+        FailedVote(usize, usize, bool),
+        /// Answer one of the pending lock requests.
+        Lock(usize),
+        FinalTid(usize, usize),
+        Disconnect(usize),
+        /// Move the clock (seconds, negative: back).
+        Clock(i64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..3usize).prop_map(Op::Begin),
+            4 => (0..3usize, any::<usize>(), proptest::collection::vec(0..20u64, 0..4))
+                .prop_map(|(c, t, o)| Op::Finish(c, t, o)),
+            1 => (0..3usize, any::<usize>()).prop_map(|(c, t)| Op::Abort(c, t)),
+            1 => (0..3usize, any::<usize>(), any::<bool>())
+                .prop_map(|(c, t, b)| Op::FailedVote(c, t, b)),
+            8 => any::<usize>().prop_map(Op::Lock),
+            1 => (0..3usize, any::<usize>()).prop_map(|(c, t)| Op::FinalTid(c, t)),
+            1 => (0..3usize).prop_map(Op::Disconnect),
+            2 => (-4000i64..5).prop_map(Op::Clock),
+        ]
+    }
+
+    /// What the clients and storages saw.
+    #[derive(Default)]
+    struct Seen {
+        ttids: Vec<Tid>,
+        /// Final TIDs answered, in order, with their TTIDs.
+        finished: Vec<(Tid, Tid)>,
+        /// Per connection: the TIDs of the invalidations it got, in order.
+        invalidated: BTreeMap<ConnId, Vec<Tid>>,
+        /// Per connection: the final TIDs of its own commits.
+        own: BTreeMap<ConnId, BTreeSet<Tid>>,
+        /// ttid -> final TID, from the lock requests.
+        tids: BTreeMap<Tid, Tid>,
+        unlocked: BTreeMap<ConnId, Vec<Tid>>,
+        pending_locks: Vec<(ConnId, u32, Tid, Tid)>,
+        /// Per client connection: its transactions (ttid), begun and not known over.
+        open: BTreeMap<ConnId, Vec<Tid>>,
+    }
+
+    impl Seen {
+        fn take(&mut self, out: &[Effect]) -> Result<(), String> {
+            for e in out {
+                let Effect::Send { conn, msg } = e else {
+                    continue;
+                };
+                match &msg.packet {
+                    Packet::AnswerBeginTransaction { ttid } => {
+                        if self.ttids.last().is_some_and(|l| l >= ttid) {
+                            return Err(format!("ttid {ttid:?} after {:?}", self.ttids));
+                        }
+                        self.ttids.push(*ttid);
+                        self.open.entry(*conn).or_default().push(*ttid);
+                    }
+                    Packet::AskLockInformation { ttid, tid } => {
+                        self.tids.insert(*ttid, *tid);
+                        self.pending_locks.push((*conn, msg.id, *ttid, *tid));
+                    }
+                    Packet::AnswerTransactionFinished { ttid, tid } => {
+                        if self.finished.last().is_some_and(|(_, l)| l >= tid) {
+                            return Err(format!("tid {tid:?} after {:?}", self.finished));
+                        }
+                        if tid.0 % u64::from(NP) != ttid.0 % u64::from(NP) || tid < ttid {
+                            return Err(format!("tid {tid:?} for ttid {ttid:?}"));
+                        }
+                        self.finished.push((*ttid, *tid));
+                        self.own.entry(*conn).or_default().insert(*tid);
+                    }
+                    Packet::InvalidateObjects { tid, .. } => {
+                        let v = self.invalidated.entry(*conn).or_default();
+                        if v.last().is_some_and(|l| l >= tid) {
+                            return Err(format!("invalidation {tid:?} after {v:?} on {conn:?}"));
+                        }
+                        v.push(*tid);
+                    }
+                    Packet::NotifyUnlockInformation { ttid } => {
+                        let tid = self.tids[ttid];
+                        let v = self.unlocked.entry(*conn).or_default();
+                        if v.last().is_some_and(|l| *l >= tid) {
+                            return Err(format!("unlock {tid:?} after {v:?} on {conn:?}"));
+                        }
+                        v.push(tid);
+                    }
+                    _ => {}
+                }
+            }
+            for (conn, tids) in &self.invalidated {
+                if let Some(t) = self
+                    .own
+                    .get(conn)
+                    .and_then(|o| tids.iter().find(|t| o.contains(t)))
+                {
+                    return Err(format!("{conn:?} told of its own commit {t:?}"));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn pick<T: Copy>(v: &[T], i: usize) -> Option<T> {
+        (!v.is_empty()).then(|| v[i % v.len()])
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            cases: 64,
+            ..Default::default()
+        })]
+
+        /// Random sessions of three clients, with clock jumps and disconnections: TTIDs and
+        /// final TIDs strictly increase, each final TID is in its TTID's partition,
+        /// invalidations reach each client in TID order and never for its own commits,
+        /// storages unlock in TID order, and the master's invariants hold.
+        #[test]
+        fn random_sessions_keep_tids_ordered(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut h = cluster(None);
+            let mut conns = [C1, C2, ConnId(202)];
+            h.incoming(conns[2], client(false));
+            let mut next_conn = 300;
+            let mut seen = Seen::default();
+            let mut id = 10;
+            for op in ops {
+                id += 1;
+                let out = match op {
+                    Op::Begin(c) => recv(&mut h, conns[c], id, Packet::AskBeginTransaction { tid: None }),
+                    Op::Finish(c, t, oids) => {
+                        let open = seen.open.get(&conns[c]).cloned().unwrap_or_default();
+                        let Some(ttid) = pick(&open, t) else { continue };
+                        seen.open.get_mut(&conns[c]).unwrap().retain(|x| *x != ttid);
+                        recv(&mut h, conns[c], id, finish_packet(ttid, &oids))
+                    }
+                    Op::Abort(c, t) => {
+                        let open = seen.open.get(&conns[c]).cloned().unwrap_or_default();
+                        let Some(ttid) = pick(&open, t) else { continue };
+                        seen.open.get_mut(&conns[c]).unwrap().retain(|x| *x != ttid);
+                        let nids = h.actor.storages().into_iter().map(|s| s.1).collect();
+                        recv(&mut h, conns[c], id, Packet::AbortTransaction { ttid, nids })
+                    }
+                    Op::FailedVote(c, t, first) => {
+                        let open = seen.open.get(&conns[c]).cloned().unwrap_or_default();
+                        let Some(ttid) = pick(&open, t) else { continue };
+                        let storages = h.actor.storages();
+                        let Some(s) = storages.get(usize::from(!first)) else { continue };
+                        recv(&mut h, conns[c], id, Packet::FailedVote { ttid, nids: vec![s.1] })
+                    }
+                    Op::Lock(i) => {
+                        let Some(l) = pick(&seen.pending_locks, i) else { continue };
+                        seen.pending_locks.retain(|x| *x != l);
+                        lock(&mut h, l)
+                    }
+                    Op::FinalTid(c, t) => {
+                        let Some(ttid) = pick(&seen.ttids, t) else { continue };
+                        recv(&mut h, conns[c], id, Packet::AskFinalTID { ttid })
+                    }
+                    Op::Disconnect(c) => {
+                        let old = conns[c];
+                        seen.open.remove(&old);
+                        let mut out = h.handle(Event::Closed { conn: old, reason: CloseReason::Reset });
+                        conns[c] = ConnId(next_conn);
+                        next_conn += 1;
+                        out.extend(h.incoming(conns[c], client(false)));
+                        out
+                    }
+                    Op::Clock(secs) => {
+                        let d = Duration::from_secs(secs.unsigned_abs());
+                        h.now = if secs < 0 { h.now.saturating_sub(d) } else { h.now.saturating_add(d) };
+                        continue;
+                    }
+                };
+                seen.take(&out).map_err(proptest::test_runner::TestCaseError::fail)?;
+                h.actor.check_invariants().map_err(proptest::test_runner::TestCaseError::fail)?;
+            }
+        }
+    }
+
+    /// Client packets with TTIDs near those the master hands out, and storages' lock
+    /// answers, so that hostile input reaches the transaction code past the first checks.
+    fn hostile() -> impl proptest::strategy::Strategy<Value = Packet> {
+        use proptest::prelude::*;
+        let base = Tid::from_wall(WallTime::from_secs(1_767_225_600)).0;
+        let tid = prop_oneof![
+            4 => (0..12u64).prop_map(move |d| Tid(base + d)),
+            1 => any::<u64>().prop_map(Tid),
+        ];
+        let nids = proptest::collection::vec(crate::actors::fuzz::nid(), 0..3);
+        let oids = proptest::collection::vec(any::<u64>().prop_map(Oid), 0..4);
+        let parts = proptest::collection::vec(prop_oneof![0..NP + 1, any::<u32>()], 0..3);
+        prop_oneof![
+            3 => proptest::option::of(tid.clone()).prop_map(|tid| Packet::AskBeginTransaction { tid }),
+            2 => any::<u32>().prop_map(|count| Packet::AskNewOIDs { count }),
+            3 => (tid.clone(), oids, parts.clone(), parts).prop_map(|(ttid, oids, deleted, checked)| {
+                Packet::AskFinishTransaction { ttid, oids, deleted, checked }
+            }),
+            2 => (tid.clone(), nids.clone()).prop_map(|(ttid, nids)| Packet::FailedVote { ttid, nids }),
+            2 => (tid.clone(), nids).prop_map(|(ttid, nids)| Packet::AbortTransaction { ttid, nids }),
+            2 => tid.clone().prop_map(|ttid| Packet::AskFinalTID { ttid }),
+            3 => tid.prop_map(|ttid| Packet::AnswerInformationLocked { ttid }),
+            1 => Just(Packet::NotifyReady),
+            2 => crate::actors::fuzz::packet("prod"),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            cases: 64,
+            ..Default::default()
+        })]
+
+        /// Clients and storages of a running cluster sending anything, with arbitrary
+        /// message ids, closing at random: no panic, invariants hold.
+        #[test]
+        fn the_primary_survives_hostile_clients(
+            steps in proptest::collection::vec(
+                (0..5usize, 0..8u32, hostile(), proptest::bool::weighted(0.05), -100i64..3),
+                1..100,
+            ),
+        ) {
+            let mut h = cluster(None);
+            let conns = [C1, C2, S1, S2, ConnId(202)];
+            for (who, id, packet, close, secs) in steps {
+                let conn = conns[who];
+                if conn == ConnId(202) && !h.actor.clients().is_empty() {
+                    // A newcomer: identify first (refused unless RUNNING).
+                    h.handle(Event::Closed { conn, reason: CloseReason::Reset });
+                    h.incoming(conn, client(false));
+                }
+                let d = Duration::from_secs(secs.unsigned_abs());
+                h.now = if secs < 0 { h.now.saturating_sub(d) } else { h.now.saturating_add(d) };
+                if close {
+                    h.handle(Event::Closed { conn, reason: CloseReason::PeerClosed });
+                } else {
+                    recv(&mut h, conn, id, packet);
+                }
+                h.actor.check_invariants().map_err(proptest::test_runner::TestCaseError::fail)?;
+            }
+        }
     }
 }

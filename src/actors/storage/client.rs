@@ -132,6 +132,18 @@ impl Storage {
         if !self.operational {
             return;
         }
+        let departed: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter_map(|(c, p)| match p {
+                Peer::Client(n) if self.announced(*n) != Some(true) => Some(c),
+                _ => None,
+            })
+            .collect();
+        for conn in departed {
+            self.links.close(cx, conn);
+            self.client_closed(cx, conn);
+        }
         let gone: Vec<Nid> = self
             .tm
             .clients()
@@ -285,7 +297,10 @@ impl Storage {
             } => {
                 let write = match store_write(compression, checksum, data, data_serial) {
                     Ok(w) => w,
-                    Err(why) => return Ok(error(out, (ErrorCode::ProtocolError, why))),
+                    Err(why) => {
+                        error(out, (ErrorCode::ProtocolError, why));
+                        return Ok(());
+                    }
                 };
                 let mode = self.cell_mode(oid.0);
                 self.store(mode, o, ttid, oid, serial, write, out)?;
@@ -381,18 +396,24 @@ impl Storage {
             Ok(CellMode::Lockless) => self
                 .tm
                 .store_lockless(db, out, o, ttid, oid, serial, write)?,
-            Ok(CellMode::Ignore) => out.push(Out::Answer {
-                conn: o.conn,
-                id: o.id,
-                packet: match write {
-                    Write::Check => Packet::AnswerCheckCurrentSerial {
-                        conflict: Some(Tid::ZERO),
-                    },
-                    _ => Packet::AnswerStoreObject {
-                        conflict: Some(Tid::ZERO),
-                    },
-                },
-            }),
+            Ok(CellMode::Ignore) => {
+                // Not ours (the client's table is older): nothing to keep, but its vote
+                // here must not fail.
+                if self.tm.register(out, o, ttid) {
+                    out.push(Out::Answer {
+                        conn: o.conn,
+                        id: o.id,
+                        packet: match write {
+                            Write::Check => Packet::AnswerCheckCurrentSerial {
+                                conflict: Some(Tid::ZERO),
+                            },
+                            _ => Packet::AnswerStoreObject {
+                                conflict: Some(Tid::ZERO),
+                            },
+                        },
+                    })
+                }
+            }
         }
         Ok(())
     }

@@ -577,8 +577,12 @@ impl Follower for Storage {
 }
 
 impl Storage {
-    /// Internal consistency for the simulator: our table matches the database's.
+    /// Internal consistency for the simulator: our table matches the database's; the
+    /// transaction manager's locks and queues agree.
     pub fn check_invariants(&self) -> Result<(), String> {
+        self.tm
+            .check_invariants()
+            .map_err(|e| format!("{}: {e}", self.me()))?;
         let config = self.db.config().map_err(|e| e.to_string())?;
         let ptid = self.pt.as_ref().and_then(|p| p.ptid());
         if ptid != config.ptid {
@@ -613,6 +617,10 @@ mod tests {
     use crate::proto::{NodeInfo, Ptid, WallTime};
 
     fn storage(name: &str) -> Harness<Storage> {
+        Harness::new(storage_actor(name))
+    }
+
+    fn storage_actor(name: &str) -> Storage {
         let identity = Identity {
             cluster: "c".into(),
             nid: None,
@@ -623,7 +631,7 @@ mod tests {
             bind: Address::new("10.0.1.1", 20000),
             masters: vec![Address::new("10.0.0.1", 10000)],
         };
-        Harness::new(Storage::new(cfg, Box::new(db)))
+        Storage::new(cfg, Box::new(db))
     }
 
     /// Start, connect to the master, get identified as S1 with a one-cell table.
@@ -963,6 +971,640 @@ mod tests {
                 }
                 s.check_invariants()
             })?;
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod serving_tests {
+    use super::*;
+    use crate::actors::testing::{closed, sent, Harness};
+    use crate::actors::{ConnId, Effect, Event};
+    use crate::db::sqlite::SqliteBackend;
+    use crate::db::{Identity, Load};
+    use crate::proto::{CellState, Data, NodeInfo, Oid, Ptid, Tid, WallTime};
+    use sha1::{Digest, Sha1};
+
+    #[allow(non_snake_case)]
+    fn S1() -> Nid {
+        Nid::new(NodeType::Storage, 1)
+    }
+    #[allow(non_snake_case)]
+    fn C1() -> Nid {
+        Nid::new(NodeType::Client, 1)
+    }
+    const CLIENT: ConnId = ConnId(1000);
+
+    pub(super) struct Setup {
+        pub(super) h: Harness<Storage>,
+        master: ConnId,
+        next_id: u32,
+        stamp: u64,
+    }
+
+    fn client_info(nid: Nid, state: NodeState) -> NodeInfo {
+        NodeInfo {
+            node_type: NodeType::Client,
+            address: None,
+            nid: Some(nid),
+            state,
+            id_timestamp: None,
+        }
+    }
+
+    impl Setup {
+        /// An operational S1() whose partition `p` has our cell in `cells[p]` (None: not
+        /// ours), with C1() announced as running and identified on `CLIENT`.
+        pub(super) fn new(
+            name: &str,
+            mutant: Option<&'static str>,
+            cells: &[Option<CellState>],
+        ) -> Setup {
+            let identity = Identity {
+                cluster: "c".into(),
+                nid: None,
+            };
+            let db = SqliteBackend::memory(name, &identity).unwrap();
+            let cfg = StorageConfig {
+                cluster: "c".into(),
+                bind: Address::new("10.0.1.1", 20000),
+                masters: vec![Address::new("10.0.0.1", 10000)],
+            };
+            let actor = Storage::new(cfg, Box::new(db));
+            let h = match mutant {
+                Some(m) => Harness::with_mutant(actor, m),
+                None => Harness::new(actor),
+            };
+            let mut s = Setup {
+                h,
+                master: ConnId(0),
+                next_id: 100,
+                stamp: 1,
+            };
+            let out = s.h.start();
+            s.master = crate::actors::testing::first_connect(&out).unwrap();
+            s.h.handle(Event::Connected { conn: s.master });
+            s.master_says_id(
+                0,
+                Packet::AcceptIdentification {
+                    node_type: NodeType::Master,
+                    nid: Some(Nid::new(NodeType::Master, 1)),
+                    your_nid: Some(S1()),
+                },
+            );
+            let me = NodeInfo {
+                node_type: NodeType::Storage,
+                address: Some(Address::new("10.0.1.1", 20000)),
+                nid: Some(S1()),
+                state: NodeState::Running,
+                id_timestamp: None,
+            };
+            s.announce(vec![me]);
+            let s2 = Nid::new(NodeType::Storage, 2);
+            let rows = cells
+                .iter()
+                .map(|c| match c {
+                    Some(state) => vec![(S1(), *state)],
+                    None => vec![(s2, CellState::UpToDate)],
+                })
+                .collect();
+            s.master_says(Packet::SendPartitionTable {
+                ptid: Some(Ptid(1)),
+                num_replicas: 0,
+                rows,
+            });
+            s.master_says(Packet::StartOperation { backup: false });
+            assert!(s.h.actor.is_operational());
+            s.announce(vec![client_info(C1(), NodeState::Running)]);
+            let out =
+                s.h.incoming(CLIENT, identify(NodeType::Client, Some(C1()), "c"));
+            assert_eq!(
+                sent(&out, CLIENT),
+                vec![Packet::AcceptIdentification {
+                    node_type: NodeType::Storage,
+                    nid: Some(S1()),
+                    your_nid: Some(C1())
+                }]
+            );
+            s
+        }
+
+        fn master_says_id(&mut self, id: u32, packet: Packet) -> Vec<Effect> {
+            self.h.handle(Event::Received {
+                conn: self.master,
+                msg: Message { id, packet },
+            })
+        }
+
+        pub(super) fn master_says(&mut self, packet: Packet) -> Vec<Packet> {
+            self.next_id += 1;
+            let out = self.master_says_id(self.next_id, packet);
+            sent(&out, self.master)
+        }
+
+        fn announce(&mut self, nodes: Vec<NodeInfo>) -> Vec<Effect> {
+            self.stamp += 1;
+            self.master_says_id(
+                0,
+                Packet::NotifyNodeInformation {
+                    timestamp: WallTime(self.stamp),
+                    nodes,
+                },
+            )
+        }
+
+        /// A client request; what the client got back.
+        pub(super) fn ask(&mut self, packet: Packet) -> Vec<Packet> {
+            self.next_id += 1;
+            let out = self.h.handle(Event::Received {
+                conn: CLIENT,
+                msg: Message {
+                    id: self.next_id,
+                    packet,
+                },
+            });
+            sent(&out, CLIENT)
+        }
+
+        fn db(&self) -> &dyn crate::db::Backend {
+            self.h.actor.backend()
+        }
+    }
+
+    fn identify(node_type: NodeType, nid: Option<Nid>, cluster: &str) -> Packet {
+        Packet::RequestIdentification {
+            node_type,
+            nid,
+            address: None,
+            cluster_name: cluster.into(),
+            id_timestamp: None,
+            extra: Default::default(),
+        }
+    }
+
+    fn store(ttid: u64, oid: u64, serial: u64, bytes: &[u8]) -> Packet {
+        Packet::AskStoreObject {
+            oid: Oid(oid),
+            serial: Tid(serial),
+            compression: 0,
+            checksum: Sha1::digest(bytes).into(),
+            data: Some(Data(bytes.to_vec())),
+            data_serial: None,
+            ttid: Tid(ttid),
+        }
+    }
+
+    fn meta(ttid: u64, oids: &[u64]) -> Packet {
+        Packet::AskStoreTransaction {
+            ttid: Tid(ttid),
+            user: Data(b"u".to_vec()),
+            description: Data::default(),
+            extension: Data::default(),
+            oids: oids.iter().map(|o| Oid(*o)).collect(),
+        }
+    }
+
+    fn stored(conflict: Option<u64>) -> Vec<Packet> {
+        vec![Packet::AnswerStoreObject {
+            conflict: conflict.map(Tid),
+        }]
+    }
+
+    /// The code of the one error among `p` (pings aside).
+    fn error_code(p: &[Packet]) -> Option<ErrorCode> {
+        match p.iter().filter(|p| **p != Packet::Ping).collect::<Vec<_>>()[..] {
+            [Packet::Error { code, .. }] => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Commit a transaction storing `oid` through the storage, as the client and the
+    /// primary would.
+    fn commit(s: &mut Setup, ttid: u64, oid: u64, serial: u64, tid: u64) {
+        assert_eq!(s.ask(store(ttid, oid, serial, b"v")), stored(None));
+        assert_eq!(
+            s.ask(meta(ttid, &[oid])),
+            vec![Packet::AnswerStoreTransaction]
+        );
+        let locked = s.master_says(Packet::AskLockInformation {
+            ttid: Tid(ttid),
+            tid: Tid(tid),
+        });
+        assert_eq!(
+            locked,
+            vec![Packet::AnswerInformationLocked { ttid: Tid(ttid) }]
+        );
+        s.master_says(Packet::NotifyUnlockInformation { ttid: Tid(ttid) });
+    }
+
+    #[test]
+    fn identification_of_clients() {
+        let mut s = Setup::new("serve-ident", None, &[Some(CellState::UpToDate)]);
+        // Not announced yet: waits for the primary's word, then accepted.
+        let c2 = Nid::new(NodeType::Client, 2);
+        let out =
+            s.h.incoming(ConnId(2000), identify(NodeType::Client, Some(c2), "c"));
+        assert!(out.is_empty(), "{out:?}");
+        let out = s.announce(vec![client_info(c2, NodeState::Running)]);
+        assert!(matches!(
+            &sent(&out, ConnId(2000))[..],
+            [Packet::AcceptIdentification { your_nid: Some(n), .. }] if *n == c2
+        ));
+        // Never announced: refused after a while.
+        let c3 = Nid::new(NodeType::Client, 3);
+        let out =
+            s.h.incoming(ConnId(3000), identify(NodeType::Client, Some(c3), "c"));
+        assert!(out.is_empty(), "{out:?}");
+        s.h.elapsed += std::time::Duration::from_secs(11);
+        let out = s.h.tick();
+        assert_eq!(
+            error_code(&sent(&out, ConnId(3000))),
+            Some(ErrorCode::NotReady)
+        );
+        assert!(closed(&out, ConnId(3000)));
+        // Other storages, anonymous clients, another cluster: refused and closed.
+        for (i, packet) in [
+            identify(NodeType::Storage, Some(Nid::new(NodeType::Storage, 2)), "c"),
+            identify(NodeType::Client, None, "c"),
+            identify(NodeType::Client, Some(c2), "other"),
+            Packet::AskObject {
+                oid: Oid(1),
+                at: None,
+                before: None,
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let conn = ConnId(4000 + i as u64);
+            let out = s.h.incoming(conn, packet);
+            assert!(error_code(&sent(&out, conn)).is_some(), "{out:?}");
+            assert!(closed(&out, conn));
+        }
+        // A client the primary reports down is refused.
+        s.announce(vec![client_info(c2, NodeState::Down)]);
+        let out =
+            s.h.incoming(ConnId(5000), identify(NodeType::Client, Some(c2), "c"));
+        assert_eq!(
+            error_code(&sent(&out, ConnId(5000))),
+            Some(ErrorCode::NotReady)
+        );
+    }
+
+    #[test]
+    fn a_commit_and_reads_through_the_storage() {
+        let mut s = Setup::new("serve-commit", None, &[Some(CellState::UpToDate)]);
+        commit(&mut s, 100, 1, 0, 110);
+        // Bad stores: wrong checksum, unknown compression, data with a zero checksum.
+        let mut bad = store(200, 1, 110, b"v");
+        if let Packet::AskStoreObject { checksum, .. } = &mut bad {
+            checksum[0] ^= 1;
+        }
+        assert_eq!(error_code(&s.ask(bad)), Some(ErrorCode::ProtocolError));
+        let mut bad = store(200, 1, 110, b"v");
+        if let Packet::AskStoreObject { compression, .. } = &mut bad {
+            *compression = 2;
+        }
+        assert_eq!(error_code(&s.ask(bad)), Some(ErrorCode::ProtocolError));
+        // A stale store conflicts with the current serial.
+        assert_eq!(s.ask(store(200, 1, 0, b"w")), stored(Some(110)));
+        assert_eq!(s.ask(store(200, 1, 110, b"w")), stored(None));
+        assert_eq!(
+            s.ask(Packet::AskVoteTransaction { ttid: Tid(200) }),
+            vec![Packet::AnswerVoteTransaction]
+        );
+        assert_eq!(
+            s.master_says(Packet::AskLockInformation {
+                ttid: Tid(200),
+                tid: Tid(210)
+            }),
+            vec![Packet::AnswerInformationLocked { ttid: Tid(200) }]
+        );
+        // The latest revision waits for the unlock; an older snapshot does not.
+        let latest = Packet::AskObject {
+            oid: Oid(1),
+            at: None,
+            before: None,
+        };
+        assert!(s.ask(latest).is_empty());
+        let old = s.ask(Packet::AskObject {
+            oid: Oid(1),
+            at: None,
+            before: Some(Tid(210)),
+        });
+        assert!(
+            // (Its next serial is not known yet: 210 is not final here until the unlock.)
+            matches!(
+                &old[..],
+                [Packet::AnswerObject {
+                    serial: Tid(110),
+                    ..
+                }]
+            ),
+            "{old:?}"
+        );
+        let out = s.master_says_id(9, Packet::NotifyUnlockInformation { ttid: Tid(200) });
+        let answered = sent(&out, CLIENT);
+        assert!(
+            matches!(&answered[..], [Packet::AnswerObject { serial: Tid(210), data: Some(d), .. }] if d.0 == b"w"),
+            "{answered:?}"
+        );
+        // The final TID is known where the metadata is (100's, not 200's).
+        for (ttid, tid) in [(100, Some(Tid(110))), (200, None)] {
+            assert_eq!(
+                s.ask(Packet::AskFinalTID { ttid: Tid(ttid) }),
+                vec![Packet::AnswerFinalTID { tid }]
+            );
+        }
+        // A locked transaction is not aborted by its client.
+        assert_eq!(s.ask(store(300, 2, 0, b"x")), stored(None));
+        s.ask(meta(300, &[2]));
+        s.master_says(Packet::AskLockInformation {
+            ttid: Tid(300),
+            tid: Tid(310),
+        });
+        s.ask(Packet::AbortTransaction {
+            ttid: Tid(300),
+            nids: vec![],
+        });
+        assert_eq!(
+            s.db().locked_transactions().unwrap().get(&Tid(300)),
+            Some(&Some(Tid(310)))
+        );
+        s.h.actor.tm.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn cells_decide_locking_lockless_or_ignored() {
+        use CellState::*;
+        // Partitions: 0 ours readable, 1 ours out of date, 2 not ours.
+        let mut s = Setup::new(
+            "serve-cells",
+            None,
+            &[Some(UpToDate), Some(OutOfDate), None],
+        );
+        commit(&mut s, 99, 0, 0, 100);
+        assert_eq!(s.ask(store(200, 1, 5, b"a")), stored(Some(0)));
+        assert_eq!(s.h.actor.tm.write_locker(Oid(1)), None);
+        assert_eq!(s.ask(store(200, 2, 5, b"a")), stored(Some(0)));
+        assert_eq!(
+            s.ask(Packet::AskCheckCurrentSerial {
+                ttid: Tid(200),
+                oid: Oid(4),
+                serial: Tid(5)
+            }),
+            vec![Packet::AnswerCheckCurrentSerial {
+                conflict: Some(Tid::ZERO)
+            }]
+        );
+        for oid in [1, 2] {
+            let got = s.ask(Packet::AskObject {
+                oid: Oid(oid),
+                at: None,
+                before: None,
+            });
+            assert_eq!(error_code(&got), Some(ErrorCode::NonReadableCell));
+        }
+        // The metadata of a transaction whose partition is not ours does not belong here.
+        assert_eq!(
+            error_code(&s.ask(meta(302, &[]))),
+            Some(ErrorCode::ProtocolError)
+        );
+    }
+
+    #[test]
+    fn a_departed_client_loses_its_transactions() {
+        let mut s = Setup::new("serve-departed", None, &[Some(CellState::UpToDate)]);
+        assert_eq!(s.ask(store(10, 1, 0, b"a")), stored(None));
+        assert_eq!(s.ask(store(20, 2, 0, b"b")), stored(None));
+        s.ask(Packet::AskVoteTransaction { ttid: Tid(20) });
+        let out = s.h.handle(Event::Closed {
+            conn: CLIENT,
+            reason: CloseReason::PeerClosed,
+        });
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(s.h.actor.tm.len(), 1);
+        assert!(s.h.actor.tm.is_voted(Tid(20)));
+        assert!(s.db().locked_transactions().unwrap().contains_key(&Tid(20)));
+        s.announce(vec![client_info(C1(), NodeState::Down)]);
+        assert_eq!(s.h.actor.tm.len(), 0);
+        assert!(s.db().locked_transactions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn losing_operation_forgets_unvoted_transactions_and_clients() {
+        let mut s = Setup::new("serve-stop", None, &[Some(CellState::UpToDate)]);
+        assert_eq!(s.ask(store(10, 1, 0, b"a")), stored(None));
+        assert_eq!(s.ask(store(20, 2, 0, b"b")), stored(None));
+        s.ask(Packet::AskVoteTransaction { ttid: Tid(20) });
+        let master = s.master;
+        let out = s.h.handle(Event::Received {
+            conn: master,
+            msg: Message {
+                id: 1,
+                packet: Packet::StopOperation,
+            },
+        });
+        assert!(closed(&out, CLIENT));
+        assert_eq!(s.h.actor.tm.len(), 1);
+        assert!(s.db().locked_transactions().unwrap().contains_key(&Tid(20)));
+    }
+
+    #[test]
+    fn mutant_conflict_checks_are_caught() {
+        for (mutant, conflict) in [
+            (None, Some(Tid(100))),
+            (Some("conflict-check-skipped"), None),
+            (Some("readcurrent-unchecked"), Some(Tid(100))),
+        ] {
+            let name = format!("serve-mutant-conflict-{}", mutant.unwrap_or("none"));
+            let mut s = Setup::new(&name, mutant, &[Some(CellState::UpToDate)]);
+            commit(&mut s, 99, 1, 0, 100);
+            let got = s.ask(store(200, 1, 0, b"b"));
+            assert_eq!(
+                got,
+                vec![Packet::AnswerStoreObject { conflict }],
+                "{mutant:?}"
+            );
+            let got = s.ask(Packet::AskCheckCurrentSerial {
+                ttid: Tid(300),
+                oid: Oid(1),
+                serial: Tid(50),
+            });
+            let conflict = if mutant == Some("readcurrent-unchecked") {
+                None
+            } else {
+                Some(Tid(100))
+            };
+            // (Under conflict-check-skipped, 200 holds the lock: the check waits.)
+            if mutant != Some("conflict-check-skipped") {
+                assert_eq!(got, vec![Packet::AnswerCheckCurrentSerial { conflict }]);
+            }
+        }
+    }
+
+    #[test]
+    fn mutant_unlock_before_vote_durable_is_caught() {
+        for mutant in [None, Some("unlock-before-vote-durable")] {
+            let name = format!("serve-mutant-vote-{}", mutant.unwrap_or("none"));
+            let mut s = Setup::new(&name, mutant, &[Some(CellState::UpToDate)]);
+            assert_eq!(s.ask(store(10, 1, 0, b"a")), stored(None));
+            assert_eq!(s.ask(meta(10, &[1])), vec![Packet::AnswerStoreTransaction]);
+            let on_disk = s.db().locked_transactions().unwrap().contains_key(&Tid(10));
+            assert_eq!(on_disk, mutant.is_none());
+        }
+    }
+
+    #[test]
+    fn mutant_verification_readcurrent_is_caught() {
+        for mutant in [None, Some("verification-readcurrent")] {
+            let name = format!("serve-mutant-verif-{}", mutant.unwrap_or("none"));
+            let mut s = Setup::new(&name, mutant, &[Some(CellState::UpToDate)]);
+            // Only a readCurrent check and the metadata here.
+            let got = s.ask(Packet::AskCheckCurrentSerial {
+                ttid: Tid(10),
+                oid: Oid(1),
+                serial: Tid::ZERO,
+            });
+            assert_eq!(
+                got,
+                vec![Packet::AnswerCheckCurrentSerial { conflict: None }]
+            );
+            s.ask(meta(10, &[1]));
+            s.master_says(Packet::AskLockInformation {
+                ttid: Tid(10),
+                tid: Tid(12),
+            });
+            let got = s.master_says(Packet::AskLockedTransactions);
+            let listed = match &got[..] {
+                [Packet::AnswerLockedTransactions { transactions }] => {
+                    transactions.contains(&(Tid(10), Some(Tid(12))))
+                }
+                _ => panic!("{got:?}"),
+            };
+            assert_eq!(listed, mutant.is_none());
+            assert!(matches!(
+                s.db().load(Oid(1), None, None).unwrap(),
+                Load::DoesNotExist
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod hostile_client_tests {
+    use super::serving_tests::Setup;
+    use super::*;
+    use crate::actors::{ConnId, Event};
+    use crate::proto::{CellState, Data, Oid, Tid};
+    use proptest::prelude::*;
+
+    /// What a client or the primary may send about a few transactions and objects:
+    /// well-formed or not, in any order.
+    fn action() -> impl Strategy<Value = (bool, Packet)> {
+        let ttid = (1u64..6).prop_map(Tid);
+        let oid = (0u64..4).prop_map(Oid);
+        let serial = prop_oneof![Just(Tid::ZERO), (1u64..8).prop_map(|t| Tid(t * 10))];
+        let bytes = prop_oneof![Just(b"a".to_vec()), Just(b"bb".to_vec())];
+        let client = prop_oneof![
+            (
+                oid.clone(),
+                serial.clone(),
+                ttid.clone(),
+                bytes,
+                any::<bool>()
+            )
+                .prop_map(|(oid, serial, ttid, b, good)| {
+                    use sha1::Digest;
+                    let mut checksum: [u8; 20] = sha1::Sha1::digest(&b).into();
+                    if !good {
+                        checksum[3] ^= 1;
+                    }
+                    Packet::AskStoreObject {
+                        oid,
+                        serial,
+                        compression: 0,
+                        checksum,
+                        data: Some(Data(b)),
+                        data_serial: None,
+                        ttid,
+                    }
+                }),
+            (ttid.clone(), oid.clone(), serial.clone()).prop_map(|(ttid, oid, serial)| {
+                Packet::AskCheckCurrentSerial { ttid, oid, serial }
+            }),
+            (ttid.clone(), oid.clone())
+                .prop_map(|(ttid, oid)| Packet::AskRelockObject { ttid, oid }),
+            (ttid.clone(), proptest::collection::vec(oid.clone(), 0..3)).prop_map(
+                |(ttid, oids)| {
+                    Packet::AskStoreTransaction {
+                        ttid,
+                        user: Data::default(),
+                        description: Data::default(),
+                        extension: Data::default(),
+                        oids,
+                    }
+                }
+            ),
+            ttid.clone()
+                .prop_map(|ttid| Packet::AskVoteTransaction { ttid }),
+            ttid.clone()
+                .prop_map(|ttid| Packet::AbortTransaction { ttid, nids: vec![] }),
+            (
+                oid.clone(),
+                proptest::option::of(serial.clone()),
+                proptest::option::of(serial.clone())
+            )
+                .prop_map(|(oid, at, before)| Packet::AskObject { oid, at, before }),
+            ttid.clone().prop_map(|ttid| Packet::AskFinalTID { ttid }),
+        ];
+        let master = prop_oneof![
+            (ttid.clone(), 1u64..100).prop_map(|(ttid, t)| Packet::AskLockInformation {
+                ttid,
+                tid: Tid(100 + t)
+            }),
+            ttid.clone()
+                .prop_map(|ttid| Packet::NotifyUnlockInformation { ttid }),
+            ttid.prop_map(|ttid| Packet::AbortTransaction { ttid, nids: vec![] }),
+        ];
+        prop_oneof![
+            4 => client.prop_map(|p| (false, p)),
+            1 => master.prop_map(|p| (true, p)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: None,
+            cases: 64,
+            ..Default::default()
+        })]
+
+        /// A client (and a primary) sending any sequence of transaction requests: the
+        /// storage never panics or stops, its locks and queues stay consistent, and a
+        /// disconnect leaves only voted transactions behind.
+        #[test]
+        fn the_storage_survives_any_client_sequence(
+            actions in proptest::collection::vec(action(), 1..40),
+        ) {
+            static CASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("storage-hostile-client-{n}");
+            let mut s = Setup::new(&name, None, &[Some(CellState::UpToDate), Some(CellState::OutOfDate), None]);
+            for (from_master, packet) in actions {
+                if from_master {
+                    s.master_says(packet);
+                } else {
+                    s.ask(packet);
+                }
+                prop_assert!(!s.h.actor.failed);
+                s.h.actor.check_invariants().map_err(TestCaseError::fail)?;
+            }
+            s.h.handle(Event::Closed { conn: ConnId(1000), reason: CloseReason::PeerClosed });
+            s.h.actor.check_invariants().map_err(TestCaseError::fail)?;
+            prop_assert_eq!(s.h.actor.tm.waiting(), 0);
+            prop_assert_eq!(s.h.actor.tm.unvoted(), 0);
+            prop_assert!(s.h.actor.tm.clients().len() <= 1);
         }
     }
 }

@@ -242,6 +242,11 @@ impl Transactions {
         self.txns.values().map(|t| t.client).collect()
     }
 
+    /// Transactions that did not vote.
+    pub fn unvoted(&self) -> usize {
+        self.txns.values().filter(|t| !t.voted).count()
+    }
+
     pub fn is_voted(&self, ttid: Tid) -> bool {
         self.txns.get(&ttid).is_some_and(|t| t.voted)
     }
@@ -328,10 +333,28 @@ impl Transactions {
         Some(t)
     }
 
+    /// Register `ttid` for `origin`'s client (a store we ignore: the vote must still
+    /// succeed). False (answered) if impossible.
+    pub fn register(&mut self, out: &mut Vec<Out>, origin: Origin, ttid: Tid) -> bool {
+        self.open(out, origin, ttid).is_some()
+    }
+
+    /// Refuse a new object beyond what a transaction's metadata may list.
+    fn too_many_objects(&self, out: &mut Vec<Out>, o: Origin, ttid: Tid, oid: Oid) -> bool {
+        let full = self.txns.get(&ttid).is_some_and(|t| {
+            t.objects.len() >= crate::db::MAX_TXN_OIDS && !t.objects.contains_key(&oid)
+        });
+        if full {
+            refuse(out, o, format!("too many objects in {ttid}"));
+        }
+        full
+    }
+
     // ---- stores, checks, relocks ----
 
     /// AskStoreObject (a `Write` other than `Check`) or AskCheckCurrentSerial (`Check`) on
     /// a cell we hold readable: lock, check the serial, store.
+    #[allow(clippy::too_many_arguments)]
     pub fn store(
         &mut self,
         db: &mut dyn Backend,
@@ -354,6 +377,7 @@ impl Transactions {
 
     /// A store on a cell being replicated: accepted without a lock or a conflict check
     /// (a readable cell does the check); a check there is a no-op. Answers `Tid::ZERO`.
+    #[allow(clippy::too_many_arguments)]
     pub fn store_lockless(
         &mut self,
         db: &mut dyn Backend,
@@ -370,9 +394,10 @@ impl Transactions {
             return Ok(());
         }
         let packet = write.answer(Some(Tid::ZERO));
-        let Some(txn) = self.open(out, origin, ttid) else {
+        if self.open(out, origin, ttid).is_none() || self.too_many_objects(out, origin, ttid, oid) {
             return Ok(());
-        };
+        }
+        let txn = self.txns.get_mut(&ttid).expect("opened above");
         if let Some(value) = write.value() {
             match db.store(ttid, oid, value) {
                 Ok(()) => {}
@@ -444,11 +469,13 @@ impl Transactions {
                 ..
             } => {
                 let (ttid, oid, serial) = (*ttid, *oid, *serial);
-                if !first && !self.txns.get(&ttid).is_some_and(|t| !t.voted) {
+                if !first && self.txns.get(&ttid).is_none_or(|t| t.voted) {
                     refuse(out, origin, format!("transaction {ttid} is gone"));
                     return Ok(());
                 }
-                if self.open(out, origin, ttid).is_none() {
+                if self.open(out, origin, ttid).is_none()
+                    || self.too_many_objects(out, origin, ttid, oid)
+                {
                     return Ok(());
                 }
                 let check = match write {
@@ -909,7 +936,7 @@ impl Transactions {
                 next_serial: l.next_serial,
                 compression: l.compression,
                 checksum: l.checksum,
-                data: (l.checksum != ZERO_HASH).then(|| Data(l.data)),
+                data: (l.checksum != ZERO_HASH).then_some(Data(l.data)),
                 data_serial: l.data_serial,
             },
             Ok(Load::NotFound) => Packet::error(

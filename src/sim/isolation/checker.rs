@@ -391,103 +391,77 @@ impl<'a> Checker<'a> {
     }
 
     fn check_reads(&mut self) {
+        // Out of self while reads are judged, which reports through self.
+        let objs = std::mem::take(&mut self.objs);
         for (i, t) in self.txns.iter().enumerate() {
             let mut oks = Vec::with_capacity(t.reads.len());
             for r in &t.reads {
                 self.v.reads += 1;
                 self.v.checked_reads += usize::from(r.checked);
-                oks.push(self.check_read(i, r));
+                oks.push(self.check_read(i, r, &objs));
             }
             self.read_ok.push(oks);
         }
+        self.objs = objs;
     }
 
-    /// One read: only committed values (G1a, G1b), exactly a revision of the final history,
-    /// the one its snapshot selects. True if it is a revision (its edges can be derived).
-    fn check_read(&mut self, i: usize, r: &Read) -> bool {
+    /// One read: exactly a revision of the final history (so only committed values: the
+    /// revisions' values are checked once, in check_revisions), the one its snapshot
+    /// selects. True if it is a revision (its edges can be derived).
+    fn check_read(&mut self, i: usize, r: &Read, objs: &BTreeMap<Oid, Obj>) -> bool {
         let t = &self.txns[i];
-        let mut aborted = Vec::new();
-        let mut uncommitted = Vec::new();
-        for &val in &r.list {
-            match self.writer.get(&val) {
-                None => uncommitted.push(format!("{val} (appended by no transaction)")),
-                Some(&(w, _)) if self.txns[w].status == Status::Failed => {
-                    aborted.push(format!("{val} of {}", self.name(w)))
-                }
-                Some(&(w, _)) if self.tid_of[w].is_none() => {
-                    uncommitted.push(format!("{val} of {}", self.name(w)))
-                }
-                Some(_) => {}
-            }
-        }
-        if !aborted.is_empty() {
-            self.v.report(format!(
-                "G1a (aborted read): {} read {:?} at {} holding {}",
-                self.name(i),
-                r.oid,
-                opt(r.serial),
-                aborted.join(", ")
-            ));
-        }
-        if !uncommitted.is_empty() {
-            self.v.report(format!(
-                "G1b (read of data never committed): {} read {:?} at {} holding {}",
-                self.name(i),
-                r.oid,
-                opt(r.serial),
-                uncommitted.join(", ")
-            ));
-        }
-        if !aborted.is_empty() || !uncommitted.is_empty() {
-            return false;
-        }
-        let Some(obj) = self.objs.get(&r.oid) else {
+        let Some(obj) = objs.get(&r.oid) else {
             if r.serial.is_none() && r.list.is_empty() {
                 return true;
             }
-            self.v.report(format!(
-                "{} read {:?} at {} as {}, but the final history has no such object",
-                self.name(i),
-                r.oid,
-                opt(r.serial),
-                show(&r.list)
-            ));
-            return false;
-        };
-        let got = match r.serial {
-            None if r.list.is_empty() => None,
-            None => {
+            if !self.check_read_values(i, r) {
                 self.v.report(format!(
-                    "{} read {:?} as {} without a serial",
+                    "{} read {:?} at {} as {}, but the final history has no such object",
                     self.name(i),
                     r.oid,
+                    opt(r.serial),
                     show(&r.list)
                 ));
-                return false;
             }
-            Some(s) => match obj.rev(s) {
-                None => {
-                    self.v.report(format!(
+            return false;
+        };
+        let found = match r.serial {
+            None => r.list.is_empty().then_some(None),
+            Some(s) => obj
+                .rev(s)
+                .filter(|&k| obj.revs[k].1 == r.list.as_slice())
+                .map(Some),
+        };
+        let got = match found {
+            Some(got) if obj.consistent => got,
+            _ if self.check_read_values(i, r) => return false,
+            Some(got) => got,
+            None => {
+                let line = match r.serial.map(|s| (s, obj.rev(s))) {
+                    None => format!(
+                        "{} read {:?} as {} without a serial",
+                        self.name(i),
+                        r.oid,
+                        show(&r.list)
+                    ),
+                    Some((s, None)) => format!(
                         "{} read {:?} at {s} as {}, a revision the final history does not hold",
                         self.name(i),
                         r.oid,
                         show(&r.list)
-                    ));
-                    return false;
-                }
-                Some(k) if obj.revs[k].1 != r.list.as_slice() => {
-                    self.v.report(format!(
+                    ),
+                    Some((s, Some(k))) => format!(
                         "G1b (inconsistent read): {} read {:?} at {s} as {}, but that revision \
                          holds {}",
                         self.name(i),
                         r.oid,
                         show(&r.list),
                         show(obj.revs[k].1)
-                    ));
-                    return false;
-                }
-                Some(k) => Some(k),
-            },
+                    ),
+                };
+                self.v.report(line);
+                return false;
+            }
         };
         let want = obj.at(t.snapshot);
         if want != got {
@@ -524,6 +498,44 @@ impl<'a> Checker<'a> {
             self.v.report(line);
         }
         true
+    }
+
+    /// Values a read should not hold: of failed transactions (G1a), never committed
+    /// (G1b). True if it reported any.
+    fn check_read_values(&mut self, i: usize, r: &Read) -> bool {
+        let mut aborted = Vec::new();
+        let mut uncommitted = Vec::new();
+        for &val in &r.list {
+            match self.writer.get(&val) {
+                None => uncommitted.push(format!("{val} (appended by no transaction)")),
+                Some(&(w, _)) if self.txns[w].status == Status::Failed => {
+                    aborted.push(format!("{val} of {}", self.name(w)))
+                }
+                Some(&(w, _)) if self.tid_of[w].is_none() => {
+                    uncommitted.push(format!("{val} of {}", self.name(w)))
+                }
+                Some(_) => {}
+            }
+        }
+        if !aborted.is_empty() {
+            self.v.report(format!(
+                "G1a (aborted read): {} read {:?} at {} holding {}",
+                self.name(i),
+                r.oid,
+                opt(r.serial),
+                aborted.join(", ")
+            ));
+        }
+        if !uncommitted.is_empty() {
+            self.v.report(format!(
+                "G1b (read of data never committed): {} read {:?} at {} holding {}",
+                self.name(i),
+                r.oid,
+                opt(r.serial),
+                uncommitted.join(", ")
+            ));
+        }
+        !aborted.is_empty() || !uncommitted.is_empty()
     }
 
     /// First committer wins: each committed append is based on the revision its
@@ -699,14 +711,20 @@ impl<'a> Checker<'a> {
     }
 
     fn judge_graph(&mut self, g: &Graph) {
+        // Whether every ww and wr edge goes forward in TID order, and whether its source
+        // is even in the target's snapshot (not so for a ww edge into a resolved append).
         let mut forward = true;
+        let mut in_snapshot = true;
         for (a, e) in g.edges() {
             match e.kind {
                 Kind::Ww => self.v.ww += 1,
                 Kind::Wr => self.v.wr += 1,
                 Kind::Rw => self.v.rw += 1,
             }
-            if e.kind != Kind::Rw && self.tid(a) >= self.tid(e.to) {
+            if e.kind == Kind::Rw {
+                continue;
+            }
+            if self.tid(a) >= self.tid(e.to) {
                 forward = false;
                 let line = format!(
                     "{} edge against TID order: {}",
@@ -714,6 +732,9 @@ impl<'a> Checker<'a> {
                     self.show_cycle(&[(a, e)])
                 );
                 self.v.report(line);
+            }
+            if !e.into_resolved && self.txns[e.to].snapshot.is_none_or(|s| self.tid(a) > s) {
+                in_snapshot = false;
             }
         }
         let ww = |e: &Edge| e.kind == Kind::Ww;
@@ -733,9 +754,12 @@ impl<'a> Checker<'a> {
                 self.v.report(line);
             }
         }
-        // G-single: an rw edge a -> b closed by ww/wr edges from b back to a. Those follow
-        // TIDs in a sane history, so only rw edges going back in TID order can close one,
-        // and the search stays among transactions committed between the two.
+        // G-single: an rw edge a -> b closed by ww/wr edges from b back to a (ww edges into
+        // resolved appends left out). Those edges follow TIDs in a sane history, and each
+        // source is in its target's snapshot: then every transaction on the way back to a
+        // committed at or before a's snapshot, which b (whose version a did not see) did
+        // only if a's read was stale. So a sane history costs no search at all, and a
+        // broken one a search among few transactions (or within a budget).
         let mut budget = SEARCH_BUDGET;
         let rws: Vec<Step> = g.edges().filter(|(_, e)| e.kind == Kind::Rw).collect();
         for (a, e) in rws {
@@ -743,11 +767,16 @@ impl<'a> Checker<'a> {
                 break;
             }
             let ta = self.tid(a);
-            if forward && self.tid(e.to) > ta {
+            let bound = match (forward, in_snapshot) {
+                (true, true) => self.txns[a].snapshot,
+                (true, false) => Some(ta),
+                (false, _) => Some(Tid::INVALID),
+            };
+            let Some(bound) = bound.filter(|&b| self.tid(e.to) <= b) else {
                 continue;
-            }
+            };
             let keep = |e: &Edge| e.kind != Kind::Rw && !e.into_resolved;
-            let allow = |x: usize| !forward || self.tid(x) <= ta;
+            let allow = |x: usize| self.tid(x) <= bound;
             if let Some(path) = g.path(e.to, a, keep, allow, &mut budget) {
                 let mut cycle = vec![(a, e)];
                 cycle.extend(path);
