@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Scenario to run (election, recovery, verification, failover, operator).
+    /// Scenario to run (election, recovery, verification, failover, operator, commits).
     #[arg(long, value_parser = parse_scenario)]
     scenario: Scenario,
     /// Re-introduce a known bug, to check that the scenario catches it.
@@ -173,6 +173,9 @@ fn run_one(opts: &RunOptions) -> ExitCode {
         report.sim_time.as_secs_f64(),
         report.steps
     );
+    if !report.summary.is_empty() {
+        say!("summary: {}", report.summary);
+    }
     let code = match &report.failure {
         None => {
             say!("outcome: ok");

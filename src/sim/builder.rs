@@ -17,8 +17,10 @@ use super::scenario::{Plan, RunOptions, LIVENESS_BOUND};
 use super::scenarios::recovery::Setup;
 use super::world::{Failure, NodeActor, Proc, World};
 use crate::actors::admin::{Admin, AdminConfig};
+use crate::actors::client::ClientConfig;
 use crate::actors::master::{Master, MasterConfig};
 use crate::actors::storage::{Storage, StorageConfig};
+use crate::actors::Actor;
 use crate::ctl::CtlCommand;
 use crate::db::sqlite::SqliteBackend;
 use crate::db::Identity;
@@ -208,6 +210,10 @@ pub fn node_type(label: &str) -> Option<NodeType> {
         Some(b'm') => Some(NodeType::Master),
         Some(b's') => Some(NodeType::Storage),
         Some(b'a') => Some(NodeType::Admin),
+        // `c1`, `c2`...; the operator's `ctl` is no node.
+        Some(b'c') if label[1..].bytes().all(|b| b.is_ascii_digit()) && label.len() > 1 => {
+            Some(NodeType::Client)
+        }
         _ => None,
     }
 }
@@ -383,4 +389,44 @@ impl Extras {
         }
         Ok(())
     }
+}
+
+/// Client `i`'s address (clients only connect out; the address names the process).
+pub fn client_address(i: usize) -> Address {
+    Address::new(format!("10.0.4.{}", i + 1), 1)
+}
+
+/// Builds a client actor from its configuration (the scenario passes the client role's
+/// constructor).
+pub type MakeClient = Rc<dyn Fn(ClientConfig) -> Box<dyn Actor>>;
+
+/// Add `count` client nodes following `masters`, each starting within the first 5 s, with
+/// the swarm's clocks. Crashable and restartable like any node: a restart is a new process.
+pub fn add_clients(
+    w: &mut World,
+    rng: &mut ChaCha8Rng,
+    swarm: &Swarm,
+    masters: &[Address],
+    count: usize,
+    make: MakeClient,
+) -> Vec<NodeIdx> {
+    (0..count)
+        .map(|i| {
+            let mut cfg = ClientConfig::new(CLUSTER, masters.to_vec());
+            // A small cache, so that evictions happen too.
+            cfg.cache_size = 1 << 12;
+            cfg.compress = rng::chance(rng, 0.5);
+            let clock = node_clock(rng, swarm);
+            let start = rng::duration(rng, Duration::ZERO, Duration::from_secs(5));
+            let make = make.clone();
+            w.add_node(
+                format!("c{}", i + 1),
+                client_address(i),
+                Box::new(move || NodeActor::Client(make(cfg.clone()))),
+                clock,
+                start,
+                swarm.buggify,
+            )
+        })
+        .collect()
 }

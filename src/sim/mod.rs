@@ -12,6 +12,7 @@
 //! - `builder`: the shared cluster builder; `scenarios`: one file per scenario;
 //! - `script`: scripted runs tests make and `neosim` replays;
 //! - `operator`: neoctl's commands through the admin node; `hostile`: the hostile peer;
+//! - `workload`: the commits scenario's simulated clients (list-append) and their history;
 //! - `sweep`: many seeds (a panic is a seed's failure), benchmarks.
 
 pub mod builder;
@@ -30,6 +31,7 @@ pub mod scenarios;
 pub mod script;
 pub mod sweep;
 pub mod trace;
+pub mod workload;
 pub mod world;
 
 pub use scenario::{run, RunOptions, RunReport, Scenario, MUTANTS};

@@ -27,6 +27,14 @@ pub const MUTANTS: &[(&str, Scenario, &str)] = &[
     ("ptid-wrap", Scenario::Recovery, "take a peer's partition table id unchecked and increment it with a wrap"),
     ("wiped-disk-serves", Scenario::Recovery, "give a storage restarted with an empty disk the id of a missing storage of the table"),
     ("answer-by-type", Scenario::Verification, "pair an answer with the newest request expecting its packet type, ignoring its id"),
+    ("tid-not-monotonic", Scenario::Commits, "take the final TID from the wall clock without the max of the TIDs given before"),
+    ("conflict-check-skipped", Scenario::Commits, "a storage takes a store without comparing its serial with the last committed one"),
+    ("unlock-before-vote-durable", Scenario::Commits, "a storage answers the vote before the transaction's data is on disk"),
+    ("invalidate-before-unlock", Scenario::Commits, "the primary sends invalidations before the storages unlocked the transaction"),
+    ("verification-readcurrent", Scenario::Commits, "verification drops transactions whose objects were only readCurrent (NEO 1.6)"),
+    ("readcurrent-invalidates", Scenario::Commits, "invalidations name readCurrent-only objects (NEO 1.5.1)"),
+    ("abort-after-lock", Scenario::Commits, "a client that disconnects after the lock gets its transaction aborted"),
+    ("readcurrent-unchecked", Scenario::Commits, "readCurrent is accepted without checking the serial"),
     (
         "election-no-yield",
         Scenario::Election,
@@ -67,6 +75,9 @@ pub enum Scenario {
     /// Recovery with the admin node and an operator running neoctl's commands (add, tweak,
     /// drop, kill, set replicas, set cluster STOPPING, start) at random moments.
     Operator,
+    /// Clients committing list-append transactions under faults aimed at the commit path;
+    /// the recorded history is checked (isolation, durability, invalidations).
+    Commits,
 }
 
 impl Scenario {
@@ -76,6 +87,7 @@ impl Scenario {
         Scenario::Verification,
         Scenario::Failover,
         Scenario::Operator,
+        Scenario::Commits,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +97,7 @@ impl Scenario {
             Scenario::Verification => "verification",
             Scenario::Failover => "failover",
             Scenario::Operator => "operator",
+            Scenario::Commits => "commits",
         }
     }
 }
@@ -159,6 +172,8 @@ impl RunOptions {
 #[derive(Clone, Debug)]
 pub struct RunReport {
     pub shape: String,
+    /// What the run did, in a line (scenarios with a workload: its outcome).
+    pub summary: String,
     pub swarm: String,
     pub failure: Option<Failure>,
     pub trace_hash: u64,
@@ -221,6 +236,9 @@ pub fn plan(opts: &RunOptions) -> Plan {
             hostile,
         };
     }
+    if opts.scenario == Scenario::Commits {
+        return scenarios::commits::plan(opts, swarm, hostile);
+    }
     if opts.scenario == Scenario::Failover {
         let masters = opts
             .masters
@@ -266,6 +284,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
         Scenario::Verification => scenarios::verification::run(opts, &plan),
         Scenario::Failover => scenarios::failover::run(opts, &plan),
         Scenario::Operator => scenarios::operator::run(opts, &plan),
+        Scenario::Commits => scenarios::commits::run(opts, &plan),
     }
 }
 

@@ -71,6 +71,7 @@ pub fn run_caught(opts: &RunOptions) -> RunReport {
                 .unwrap_or_else(|| "(no message)".into());
             let p = plan(opts);
             RunReport {
+                summary: String::new(),
                 shape: p.shape(),
                 swarm: p.swarm.to_string(),
                 failure: Some(Failure {

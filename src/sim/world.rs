@@ -22,10 +22,12 @@ use super::faults::Injector;
 use super::net::{Latency, Net, NodeIdx, SimConnId, State, Wire};
 use super::trace::Trace;
 use crate::actors::admin::Admin;
+use crate::actors::client::{Call, Notice, Reply};
 use crate::actors::master::Master;
 use crate::actors::storage::Storage;
 use crate::actors::{
-    Actor, Buggify, CloseReason, ConnId, Ctx, Effect, Event, NodeEnv, TimerId, CONNECT_TIMEOUT,
+    Actor, Buggify, CloseReason, Command, ConnId, Ctx, Effect, Event, NodeEnv, TimerId,
+    CONNECT_TIMEOUT,
 };
 use crate::proto::{Address, Nid, WallTime};
 use crate::rng::{self, ChaCha8Rng};
@@ -36,6 +38,9 @@ pub enum NodeActor {
     Master(Box<Master>),
     Storage(Box<Storage>),
     Admin(Box<Admin>),
+    /// A client node: the workload's calls go in as `Command::Call`, its replies and
+    /// notices come out in the world's client outbox (`World::take_client_output`).
+    Client(Box<dyn Actor>),
     /// A simulated process that is not a node of the cluster (the operator running neoctl,
     /// the hostile peer): nothing looks inside it.
     Process(Box<dyn Actor>),
@@ -47,6 +52,7 @@ impl NodeActor {
             NodeActor::Master(m) => m.as_mut(),
             NodeActor::Storage(s) => s.as_mut(),
             NodeActor::Admin(a) => a.as_mut(),
+            NodeActor::Client(c) => c.as_mut(),
             NodeActor::Process(p) => p.as_mut(),
         }
     }
@@ -111,6 +117,21 @@ impl SimNode {
     pub fn is_up(&self) -> bool {
         self.proc == Proc::Up
     }
+}
+
+/// What a client node emitted for its application (the workload): which node, which
+/// process of it (incarnation), and the reply or notice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOutput {
+    pub node: NodeIdx,
+    pub incarnation: u32,
+    pub what: ClientOut,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientOut {
+    Reply(Reply),
+    Notice(Notice),
 }
 
 /// Why a run failed, and when.
@@ -200,6 +221,8 @@ pub struct World {
     pending_swaps: BTreeMap<NodeIdx, NodeIdx>,
     /// Nodes whose process exited on a failure and waits to be restarted.
     failed: BTreeSet<NodeIdx>,
+    /// Client replies and notices not yet taken by the workload, in emission order.
+    client_out: Vec<ClientOutput>,
 }
 
 impl World {
@@ -234,7 +257,27 @@ impl World {
             disk_events: Vec::new(),
             pending_swaps: BTreeMap::new(),
             failed: BTreeSet::new(),
+            client_out: Vec::new(),
         }
+    }
+
+    /// Whether a client emitted something the workload has not taken yet.
+    pub fn has_client_output(&self) -> bool {
+        !self.client_out.is_empty()
+    }
+
+    /// What the clients emitted since the last call, in order.
+    pub fn take_client_output(&mut self) -> Vec<ClientOutput> {
+        std::mem::take(&mut self.client_out)
+    }
+
+    /// An application call to a running client node (traced like any event); false if the
+    /// node is down (the call never happened).
+    pub fn call(&mut self, node: NodeIdx, call: Call) -> bool {
+        if !self.nodes[node].is_up() {
+            return false;
+        }
+        self.dispatch(node, Event::Local(Command::Call(call)), None)
     }
 
     /// What happened to the storages' disks (wipes, swaps), in order.
@@ -603,7 +646,28 @@ impl World {
                     }
                 }
                 // Client replies and notices go to the workload (the commits scenario).
-                Effect::Reply(_) | Effect::Notice(_) => {}
+                Effect::Reply(r) => {
+                    let label = &self.nodes[node].label;
+                    self.trace
+                        .step(self.now, (node, 7u8), || format!("{label} replied {r:?}"));
+                    let incarnation = self.nodes[node].incarnation;
+                    self.client_out.push(ClientOutput {
+                        node,
+                        incarnation,
+                        what: ClientOut::Reply(r),
+                    });
+                }
+                Effect::Notice(n) => {
+                    let label = &self.nodes[node].label;
+                    self.trace
+                        .step(self.now, (node, 8u8), || format!("{label} notice {n:?}"));
+                    let incarnation = self.nodes[node].incarnation;
+                    self.client_out.push(ClientOutput {
+                        node,
+                        incarnation,
+                        what: ClientOut::Notice(n),
+                    });
+                }
                 Effect::Exit { reason, success } => {
                     let label = self.nodes[node].label.clone();
                     self.trace.step(self.now, (node, "exit", &reason), || {
@@ -945,6 +1009,28 @@ impl World {
         c.dirs[1].queue.clear();
         self.push(id, 0, Wire::Rst);
         self.push(id, 1, Wire::Rst);
+    }
+
+    /// Reset every open connection of a node (a client's network blip: its process runs on).
+    pub fn reset_connections_of(&mut self, node: NodeIdx) {
+        let open: Vec<SimConnId> = self
+            .net
+            .open_conns()
+            .into_iter()
+            .filter(|id| self.net.conns[id].ends.iter().any(|e| e.node == node))
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let what = format!("reset every connection of {}", self.nodes[node].label);
+        self.note(what);
+        for id in open {
+            let c = self.net.conns.get_mut(&id).expect("open");
+            c.dirs[0].queue.clear();
+            c.dirs[1].queue.clear();
+            self.push(id, 0, Wire::Rst);
+            self.push(id, 1, Wire::Rst);
+        }
     }
 
     pub fn jump_clock(&mut self, node: NodeIdx, by_ns: i64) {

@@ -71,6 +71,7 @@ pub fn run_election_with(opts: &RunOptions, swarm: Swarm) -> RunReport {
         Ok(())
     });
     RunReport {
+        summary: String::new(),
         shape: plan.shape(),
         swarm: swarm.to_string(),
         failure: outcome.err(),

@@ -325,6 +325,7 @@ pub fn run_cluster(opts: &RunOptions, plan: &Plan, setup: &Setup) -> RunReport {
         extra.stop_at_the_end(&mut w)
     });
     RunReport {
+        summary: String::new(),
         shape: plan.shape(),
         swarm: plan.swarm.to_string(),
         failure: outcome.err(),
