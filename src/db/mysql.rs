@@ -32,9 +32,10 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, OptsBuilder};
 
 use super::sql::{
-    check_identity, corrupt, percent_decode, placeholders, Engine, Field, Param, Row, SqlBackend,
+    check_identity, corrupt, percent_decode, placeholders, Engine, Field, NewData, Param, Row,
+    SqlBackend,
 };
-use super::{Checksum, DbError, DbResult, Identity};
+use super::{DbError, DbResult, Identity};
 use crate::proto::Address;
 
 /// A storage node's database on a MySQL or MariaDB server.
@@ -404,29 +405,47 @@ impl Engine for Mysql {
         Ok(!rows.is_empty())
     }
 
-    fn insert_data(&self, checksum: &Checksum, compression: u8, data: &[u8]) -> DbResult<u64> {
-        let mut pieces = data.chunks(CHUNK);
-        self.exec(
-            "INSERT INTO data (hash, compression, size, value) VALUES (?, ?, ?, ?)",
-            &[
-                Param::Bytes(checksum),
-                Param::U64(compression as u64),
-                Param::U64(data.len() as u64),
-                Param::Bytes(pieces.next().unwrap_or_default()),
-            ],
-        )?;
-        let id = self.conn.borrow().last_insert_id();
-        for (seq, piece) in pieces.enumerate() {
-            self.exec(
-                "INSERT INTO bigdata (id, seq, value) VALUES (?, ?, ?)",
-                &[
-                    Param::U64(id),
-                    Param::U64(seq as u64 + 1),
-                    Param::Bytes(piece),
-                ],
+    fn insert_data(&self, rows: &[NewData]) -> DbResult<()> {
+        // Values of at most a piece go in multi-row statements of at most a piece of
+        // values; bigger ones in pieces, one statement each.
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let flush = |batch: &mut Vec<Param>| -> DbResult<()> {
+            self.insert_rows(
+                "INSERT INTO data (id, hash, compression, size, value) VALUES",
+                5,
+                batch,
             )?;
+            batch.clear();
+            Ok(())
+        };
+        for row in rows {
+            let mut pieces = row.data.chunks(CHUNK);
+            let first = pieces.next().unwrap_or_default();
+            if bytes + first.len() > CHUNK {
+                flush(&mut batch)?;
+                bytes = 0;
+            }
+            bytes += first.len();
+            batch.extend([
+                Param::U64(row.id),
+                Param::Bytes(row.checksum),
+                Param::U64(row.compression as u64),
+                Param::U64(row.data.len() as u64),
+                Param::Bytes(first),
+            ]);
+            for (seq, piece) in pieces.enumerate() {
+                self.exec(
+                    "INSERT INTO bigdata (id, seq, value) VALUES (?, ?, ?)",
+                    &[
+                        Param::U64(row.id),
+                        Param::U64(seq as u64 + 1),
+                        Param::Bytes(piece),
+                    ],
+                )?;
+            }
         }
-        Ok(id)
+        flush(&mut batch)
     }
 
     fn read_pieces(&self, id: u64, size: u64, mut data: Vec<u8>) -> DbResult<Vec<u8>> {
