@@ -123,6 +123,12 @@ pub trait Engine {
         Ok(first)
     }
     fn delete_data(&self, ids: &[u64]) -> DbResult<()>;
+    /// Run `steps` in order, then commit if `commit`. An engine may send them together
+    /// (one round trip to a server); if the connection is lost meanwhile, it fails unless
+    /// running them again is harmless.
+    fn run(&self, steps: &[Step], commit: bool) -> DbResult<()> {
+        run_each(self, steps, commit)
+    }
     /// Insert rows of `width` parameters each with `head` ("INSERT INTO t (a, b) VALUES").
     fn insert_rows(&self, head: &str, width: usize, params: &[Param]) -> DbResult<()> {
         let sql = format!("{head} {}", placeholders(width));
@@ -139,6 +145,40 @@ pub struct NewData<'a> {
     pub checksum: &'a Checksum,
     pub compression: u8,
     pub data: &'a [u8],
+}
+
+/// A writing statement of a batch [`Engine::run`] sends.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// A statement and its parameters.
+    Exec(&'static str, Vec<Param<'a>>),
+    /// Rows of `width` parameters each, inserted with `head` ("INSERT INTO t (a) VALUES").
+    Rows {
+        head: &'static str,
+        width: usize,
+        params: Vec<Param<'a>>,
+    },
+    /// New `data` rows.
+    Data(Vec<NewData<'a>>),
+}
+
+/// [`Engine::run`] one statement at a time.
+pub fn run_each<E: Engine + ?Sized>(engine: &E, steps: &[Step], commit: bool) -> DbResult<()> {
+    for step in steps {
+        match step {
+            Step::Exec(sql, params) => engine.exec(sql, params)?,
+            Step::Rows {
+                head,
+                width,
+                params,
+            } => engine.insert_rows(head, *width, params)?,
+            Step::Data(rows) => engine.insert_data(rows)?,
+        }
+    }
+    if commit {
+        engine.commit()?;
+    }
+    Ok(())
 }
 
 /// `(?, ?, ...)` with `width` marks.
@@ -347,6 +387,15 @@ pub const HELD_TXN_BYTES: usize = 1 << 20;
 /// ... and every transaction's once all pending values together weigh more than this: the
 /// memory held for unvoted stores stays bounded, however many transactions store at once.
 pub const HELD_BYTES: usize = 16 << 20;
+
+/// What writing a transaction's pending values takes (`plan_pending`).
+struct Plan<'a> {
+    rows: Vec<NewData<'a>>,
+    /// The data row of each pending object.
+    ids: BTreeMap<Oid, u64>,
+    /// `next_data_id` once `rows` are written.
+    next_data_id: u64,
+}
 
 /// What a pending value counts for against the bounds (its bytes and bookkeeping).
 fn held_weight(data: &ObjectData) -> usize {
@@ -612,13 +661,18 @@ impl<E: Engine> SqlBackend<E> {
         Ok(found)
     }
 
-    /// Write the data rows of the values `ttid` holds pending, reusing stored rows with the
-    /// same bytes, and refer to them from `tdata` rows unless `vote` writes the `tobj` rows
-    /// next. A `ChecksumCollision` leaves everything as it was: still pending, so that the
+    /// What writing the values `ttid` holds pending takes (reads only): the data rows to
+    /// insert, reusing stored rows with the same bytes, and each object's data row. A
+    /// `ChecksumCollision` leaves everything as it was: still pending, so that the
     /// transaction cannot vote until the value is replaced or dropped.
-    fn write_pending(&mut self, ttid: Tid, vote: bool) -> DbResult<()> {
+    fn plan_pending(&self, ttid: Tid) -> DbResult<Plan<'_>> {
+        let mut plan = Plan {
+            rows: Vec::new(),
+            ids: BTreeMap::new(),
+            next_data_id: self.next_data_id,
+        };
         let Some(txn) = self.held.get(&ttid) else {
-            return Ok(());
+            return Ok(plan);
         };
         let pending: Vec<(Oid, &ObjectData)> = txn
             .objects
@@ -629,24 +683,21 @@ impl<E: Engine> SqlBackend<E> {
             })
             .collect();
         if pending.is_empty() {
-            return Ok(());
+            return Ok(plan);
         }
         let values: Vec<&ObjectData> = pending.iter().map(|(_, data)| *data).collect();
         let mut ids = self.find_data(&values)?;
-        let mut next = self.next_data_id;
-        let mut rows = Vec::new();
-        let mut written = Vec::with_capacity(pending.len());
-        for (oid, data) in &pending {
+        for (oid, data) in pending {
             let key = (data.checksum, data.compression);
             let id = match ids.get(&key) {
                 Some(&id) => id,
                 None => {
-                    let id = next;
+                    let id = plan.next_data_id;
                     if id >= E::MAX_INT {
                         return Err(DbError::Backend("data row ids exhausted".into()));
                     }
-                    next = id + 1;
-                    rows.push(NewData {
+                    plan.next_data_id = id + 1;
+                    plan.rows.push(NewData {
                         id,
                         checksum: &data.checksum,
                         compression: data.compression,
@@ -656,23 +707,36 @@ impl<E: Engine> SqlBackend<E> {
                     id
                 }
             };
-            written.push((*oid, id));
+            plan.ids.insert(oid, id);
         }
-        self.engine.insert_data(&rows)?;
+        Ok(plan)
+    }
+
+    /// Write the data rows of the values `ttid` holds pending and refer to them from
+    /// `tdata` rows (see `plan_pending`).
+    fn write_pending(&mut self, ttid: Tid) -> DbResult<()> {
+        let plan = self.plan_pending(ttid)?;
+        if plan.ids.is_empty() {
+            return Ok(());
+        }
+        let tdata = plan
+            .ids
+            .iter()
+            .flat_map(|(oid, id)| [Param::U64(ttid.0), Param::U64(oid.0), Param::U64(*id)])
+            .collect();
+        let steps = [
+            Step::Data(plan.rows),
+            Step::Rows {
+                head: "REPLACE INTO tdata (ttid, oid, data_id) VALUES",
+                width: 3,
+                params: tdata,
+            },
+        ];
+        self.engine.run(&steps, false)?;
+        let (ids, next) = (plan.ids, plan.next_data_id);
         self.next_data_id = next;
-        if !vote {
-            let params: Vec<Param> = written
-                .iter()
-                .flat_map(|(oid, id)| [Param::U64(ttid.0), Param::U64(oid.0), Param::U64(*id)])
-                .collect();
-            self.engine.insert_rows(
-                "REPLACE INTO tdata (ttid, oid, data_id) VALUES",
-                3,
-                &params,
-            )?;
-        }
-        let txn = self.held.get_mut(&ttid).expect("checked above");
-        for (oid, id) in written {
+        let txn = self.held.get_mut(&ttid).expect("planned above");
+        for (oid, id) in ids {
             txn.objects.insert(
                 oid,
                 Held::Written {
@@ -683,7 +747,7 @@ impl<E: Engine> SqlBackend<E> {
         }
         self.pending -= txn.pending;
         txn.pending = 0;
-        txn.tdata |= !vote;
+        txn.tdata = true;
         Ok(())
     }
 
@@ -694,13 +758,13 @@ impl<E: Engine> SqlBackend<E> {
             .get(&ttid)
             .is_some_and(|t| t.pending > HELD_TXN_BYTES)
         {
-            self.write_pending(ttid, false)?;
+            self.write_pending(ttid)?;
         }
         if self.pending > HELD_BYTES {
-            self.write_pending(ttid, false)?;
+            self.write_pending(ttid)?;
             let others: Vec<Tid> = self.held.keys().copied().filter(|t| *t != ttid).collect();
             for other in others {
-                match self.write_pending(other, false) {
+                match self.write_pending(other) {
                     // Its own vote will report it.
                     Err(DbError::ChecksumCollision(_)) => {}
                     result => result?,
@@ -830,33 +894,38 @@ impl<E: Engine> SqlBackend<E> {
             .transpose()
     }
 
-    fn write_lock(&self, ttid: Tid, tid: Tid) -> DbResult<()> {
-        self.engine.exec(
+    fn lock_steps(ttid: Tid, tid: Tid) -> Step<'static> {
+        Step::Exec(
             "UPDATE ttrans SET tid = ? WHERE ttid = ?",
-            &[Param::U64(tid.0), Param::U64(ttid.0)],
+            vec![Param::U64(tid.0), Param::U64(ttid.0)],
         )
     }
 
-    fn write_unlock(&self, ttid: Tid, tid: Tid) -> DbResult<()> {
+    /// Moving a locked transaction to `trans` / `obj`: running it again changes nothing.
+    fn unlock_steps(&self, ttid: Tid, tid: Tid) -> DbResult<[Step<'static>; 4]> {
         let np = self.np()?;
-        self.engine.exec(
-            "INSERT INTO trans (`partition`, tid, packed, oids, user, description, ext, ttid) \
-             SELECT ?, ?, packed, oids, user, description, ext, ttid FROM ttrans WHERE ttid = ?",
-            &[
-                Param::U64(partition_of(tid.0, np) as u64),
-                Param::U64(tid.0),
-                Param::U64(ttid.0),
-            ],
-        )?;
-        self.engine.exec(
-            "INSERT INTO obj (`partition`, oid, tid, data_id, value_tid) \
-             SELECT oid % ?, oid, ?, data_id, value_tid FROM tobj WHERE tid = ?",
-            &[Param::U64(np as u64), Param::U64(tid.0), Param::U64(ttid.0)],
-        )?;
-        self.engine
-            .exec("DELETE FROM tobj WHERE tid = ?", &[Param::U64(ttid.0)])?;
-        self.engine
-            .exec("DELETE FROM ttrans WHERE ttid = ?", &[Param::U64(ttid.0)])
+        Ok([
+            Step::Exec(
+                "INSERT INTO trans (`partition`, tid, packed, oids, user, description, ext, \
+                 ttid) SELECT ?, ?, packed, oids, user, description, ext, ttid FROM ttrans \
+                 WHERE ttid = ?",
+                vec![
+                    Param::U64(partition_of(tid.0, np) as u64),
+                    Param::U64(tid.0),
+                    Param::U64(ttid.0),
+                ],
+            ),
+            Step::Exec(
+                "INSERT INTO obj (`partition`, oid, tid, data_id, value_tid) \
+                 SELECT oid % ?, oid, ?, data_id, value_tid FROM tobj WHERE tid = ?",
+                vec![Param::U64(np as u64), Param::U64(tid.0), Param::U64(ttid.0)],
+            ),
+            Step::Exec("DELETE FROM tobj WHERE tid = ?", vec![Param::U64(ttid.0)]),
+            Step::Exec(
+                "DELETE FROM ttrans WHERE ttid = ?",
+                vec![Param::U64(ttid.0)],
+            ),
+        ])
     }
 
     /// Delete revisions of a partition matching `filter` (a condition on `obj` with the
@@ -1178,56 +1247,62 @@ impl<E: Engine> Backend for SqlBackend<E> {
     fn vote(&mut self, ttid: Tid, meta: Option<&TxnMeta>) -> DbResult<()> {
         let oids = meta.map(|m| self.txn_row(m)).transpose()?;
         // Reads first: a collision found here leaves nothing written.
-        self.write_pending(ttid, true)?;
+        let plan = self.plan_pending(ttid)?;
+        let next_data_id = plan.next_data_id;
+        let mut steps = Vec::new();
         if let Some(txn) = self.held.get(&ttid) {
-            let mut params = Vec::with_capacity(txn.objects.len() * 4);
+            let mut tobj = Vec::with_capacity(txn.objects.len() * 4);
             for (oid, held) in &txn.objects {
-                let Held::Written { data_id, value_tid } = held else {
-                    return Err(DbError::Backend(format!("{oid} still pending at vote")));
+                let (data_id, value_tid) = match held {
+                    Held::Written { data_id, value_tid } => (*data_id, *value_tid),
+                    Held::Pending(_) => (plan.ids.get(oid).copied(), None),
                 };
-                params.extend([
+                tobj.extend([
                     Param::U64(ttid.0),
                     Param::U64(oid.0),
-                    opt(*data_id),
+                    opt(data_id),
                     opt(value_tid.map(|t| t.0)),
                 ]);
             }
-            self.engine.insert_rows(
-                "INSERT INTO tobj (tid, oid, data_id, value_tid) VALUES",
-                4,
-                &params,
-            )?;
+            steps.push(Step::Data(plan.rows));
+            steps.push(Step::Rows {
+                head: "INSERT INTO tobj (tid, oid, data_id, value_tid) VALUES",
+                width: 4,
+                params: tobj,
+            });
             if txn.tdata {
-                self.engine
-                    .exec("DELETE FROM tdata WHERE ttid = ?", &[Param::U64(ttid.0)])?;
+                steps.push(Step::Exec(
+                    "DELETE FROM tdata WHERE ttid = ?",
+                    vec![Param::U64(ttid.0)],
+                ));
             }
         }
         if let (Some(meta), Some(oids)) = (meta, &oids) {
-            self.engine.exec(
+            steps.push(Step::Exec(
                 "REPLACE INTO ttrans (ttid, tid, packed, oids, user, description, ext) \
                  VALUES (?, NULL, 0, ?, ?, ?, ?)",
-                &[
+                vec![
                     Param::U64(ttid.0),
                     Param::Bytes(oids),
                     Param::Bytes(&meta.user),
                     Param::Bytes(&meta.description),
                     Param::Bytes(&meta.extension),
                 ],
-            )?;
+            ));
         }
-        self.engine.commit()?;
+        self.engine.run(&steps, true)?;
+        drop(steps);
+        self.next_data_id = next_data_id;
         self.forget(ttid);
         Ok(())
     }
 
     fn lock(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
-        self.write_lock(ttid, tid)?;
-        self.engine.commit()
+        self.engine.run(&[Self::lock_steps(ttid, tid)], true)
     }
 
     fn unlock(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
-        self.write_unlock(ttid, tid)?;
-        self.engine.commit()
+        self.engine.run(&self.unlock_steps(ttid, tid)?, true)
     }
 
     fn abort(&mut self, ttid: Tid) -> DbResult<()> {
@@ -1272,9 +1347,9 @@ impl<E: Engine> Backend for SqlBackend<E> {
     }
 
     fn validate(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
-        self.write_lock(ttid, tid)?;
-        self.write_unlock(ttid, tid)?;
-        self.engine.commit()
+        let [a, b, c, d] = self.unlock_steps(ttid, tid)?;
+        self.engine
+            .run(&[Self::lock_steps(ttid, tid), a, b, c, d], true)
     }
 
     fn drop_unfinished(&mut self) -> DbResult<()> {
