@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use crate::actors::{Actor, ConnId, Ctx, Event, TimerId};
 use crate::proto::{
-    Address, CellState, ClusterState, ErrorCode, IdentificationExtra, Kind, Message, Nid, NodeInfo,
-    NodeState, NodeType, Oid, Packet, Ptid, Tid, WallTime,
+    Address, CellState, ClusterState, Data, ErrorCode, IdentificationExtra, Kind, Message, Nid,
+    NodeInfo, NodeState, NodeType, Oid, Packet, Ptid, Tid, WallTime,
 };
 use crate::rng::{self, ChaCha8Rng};
 
@@ -146,9 +146,10 @@ fn noise(rng: &mut ChaCha8Rng, len: usize) -> Vec<u8> {
 /// field values), or one of the hand-made packets with values at their limits.
 pub fn any_packet(rng: &mut ChaCha8Rng) -> Packet {
     if rng::chance(rng, 0.5) {
+        let kinds = packet_kinds();
         for _ in 0..50 {
             let mut bytes = noise(rng, 48);
-            bytes[0] = rng::below(rng, 48) as u8;
+            bytes[0] = rng::below(rng, kinds) as u8;
             if let Ok((p, _)) = postcard::take_from_bytes::<Packet>(&bytes) {
                 return p;
             }
@@ -157,10 +158,62 @@ pub fn any_packet(rng: &mut ChaCha8Rng) -> Packet {
     edge_packet(rng)
 }
 
+/// How many packet kinds there are: postcard numbers variants from 0, and a buffer of
+/// zeros decodes as any of them (empty lists, None, zero numbers), so the first index that
+/// does not decode is the count. Counted once, so that a new packet needs no edit here.
+fn packet_kinds() -> u64 {
+    static KINDS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KINDS.get_or_init(|| {
+        (0..=127u8)
+            .take_while(|i| {
+                let mut bytes = vec![0u8; 64];
+                bytes[0] = *i;
+                postcard::take_from_bytes::<Packet>(&bytes).is_ok()
+            })
+            .count() as u64
+    })
+}
+
 /// A packet of a kind that carries ids, with ids at their limits.
 fn edge_packet(rng: &mut ChaCha8Rng) -> Packet {
     let r = rng;
-    match rng::below(r, 17) {
+    match rng::below(r, 24) {
+        17 => Packet::AskStoreObject {
+            oid: Oid(edge_u64(r)),
+            serial: Tid(edge_u64(r)),
+            compression: edge_u32(r) as u8,
+            checksum: [0; 20],
+            data: maybe(r, |r| Data(noise(r, 16))),
+            data_serial: maybe(r, |r| Tid(edge_u64(r))),
+            ttid: Tid(edge_u64(r)),
+        },
+        18 => Packet::AskFinishTransaction {
+            ttid: Tid(edge_u64(r)),
+            oids: (0..rng::below(r, 4)).map(|_| Oid(edge_u64(r))).collect(),
+            deleted: (0..rng::below(r, 3)).map(|_| edge_u32(r)).collect(),
+            checked: (0..rng::below(r, 3)).map(|_| edge_u32(r)).collect(),
+        },
+        19 => Packet::AskLockInformation {
+            ttid: Tid(edge_u64(r)),
+            tid: Tid(edge_u64(r)),
+        },
+        20 => Packet::InvalidateObjects {
+            tid: Tid(edge_u64(r)),
+            oids: (0..rng::below(r, 4)).map(|_| Oid(edge_u64(r))).collect(),
+        },
+        21 => Packet::AnswerObject {
+            oid: Oid(edge_u64(r)),
+            serial: Tid(edge_u64(r)),
+            next_serial: maybe(r, |r| Tid(edge_u64(r))),
+            compression: edge_u32(r) as u8,
+            checksum: [0; 20],
+            data: maybe(r, |r| Data(noise(r, 16))),
+            data_serial: maybe(r, |r| Tid(edge_u64(r))),
+        },
+        22 => Packet::AskNewOIDs { count: edge_u32(r) },
+        23 => Packet::AnswerBeginTransaction {
+            ttid: Tid(edge_u64(r)),
+        },
         0 => Packet::AnswerRecovery {
             ptid: Some(Ptid(edge_u64(r))),
             backup_tid: maybe(r, |r| Tid(edge_u64(r))),
