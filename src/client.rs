@@ -9,6 +9,22 @@
 //! dedicated thread (`neo-invalidations`), one at a time, in commit order; the callback may
 //! call the client. [`Client::sync`] returns only once every invalidation up to the TID it
 //! returns went through the callback.
+//!
+//! ```no_run
+//! use neo::client::{Address, Client, Options, Tid, TransactionMeta};
+//!
+//! let master = Address::parse_with_default("127.0.0.1:10000", None).unwrap();
+//! let client = Client::connect(Options::new("neosimple", vec![master]))?;
+//! let oid = client.new_oid()?;
+//! let txn = client.tpc_begin(None)?;
+//! client.store(&txn, oid, Tid::ZERO, Some(b"hello".to_vec()))?;
+//! // A conflicting store is handed to the resolver: return merged data, or None to give up.
+//! client.tpc_vote(&txn, &TransactionMeta::default(), |_conflict| None)?;
+//! let tid = client.tpc_finish(txn)?;
+//! assert_eq!(client.load(oid)?.data.as_deref(), Some(&b"hello"[..]));
+//! assert_eq!(client.load(oid)?.serial, tid);
+//! # Ok::<(), neo::client::ClientError>(())
+//! ```
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::collections::{BTreeMap, VecDeque};
