@@ -209,6 +209,8 @@ pub struct World {
     rng: ChaCha8Rng,
     pub trace: Trace,
     invariants: Vec<Invariant>,
+    /// The node whose actor the last step ran, if it ran exactly one (see `stepped`).
+    stepped: Option<NodeIdx>,
     failure: Option<Failure>,
     injector: Option<Injector>,
     /// Nodes that must not be restarted (left down for the liveness phase).
@@ -249,6 +251,7 @@ impl World {
             rng,
             trace: Trace::new(print_trace),
             invariants: Vec::new(),
+            stepped: None,
             failure: None,
             injector: None,
             keep_down: BTreeSet::new(),
@@ -309,6 +312,13 @@ impl World {
     /// True time at virtual time zero.
     pub fn epoch(&self) -> WallTime {
         self.epoch
+    }
+
+    /// The node whose actor handled the last step's event, when that is all the step did
+    /// (None after a step that started, crashed or restarted nodes, or ran the swarm):
+    /// invariants about one node's own state need only look at that node.
+    pub fn stepped(&self) -> Option<NodeIdx> {
+        self.stepped
     }
 
     pub fn add_invariant(&mut self, inv: Invariant) {
@@ -413,6 +423,7 @@ impl World {
 
     /// Process the next event; returns whether it reached a node.
     fn step(&mut self) -> bool {
+        self.stepped = None;
         let Some(s) = self.queue.pop() else {
             return false;
         };
@@ -473,6 +484,7 @@ impl World {
         if !self.nodes[node].is_up() {
             return false;
         }
+        self.stepped = Some(node);
         let from_label = from.map(|f| self.nodes[f].label.clone());
         let n = &mut self.nodes[node];
         let label = &n.label;

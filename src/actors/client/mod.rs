@@ -1795,11 +1795,24 @@ impl LoadKey {
     }
 }
 
+/// `data` compressed with zlib, if that makes it smaller (None otherwise).
 fn zlib(data: &[u8]) -> Option<Vec<u8>> {
-    use std::io::Write;
-    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).ok()?;
-    e.finish().ok()
+    // Setting up a compressor's tables costs more than compressing a small object, so each
+    // thread keeps one and resets it (the output depends on the input alone).
+    thread_local! {
+        static DEFLATE: std::cell::RefCell<flate2::Compress> =
+            std::cell::RefCell::new(flate2::Compress::new(flate2::Compression::default(), true));
+    }
+    DEFLATE.with(|d| {
+        let mut d = d.borrow_mut();
+        d.reset();
+        // Room for one byte less than the input: output that does not fit is not worth it.
+        let mut out = Vec::with_capacity(data.len().saturating_sub(1));
+        match d.compress_vec(data, &mut out, flate2::FlushCompress::Finish) {
+            Ok(flate2::Status::StreamEnd) => Some(out),
+            _ => None,
+        }
+    })
 }
 
 /// Inflate at most `MAX_OBJECT` bytes; None for bad or oversized data.

@@ -1218,3 +1218,19 @@ fn stores_wait_while_too_many_bytes_are_in_flight() {
     assert_eq!(World::reply_of(&out, c), Ok(Outcome::Done));
     w.h.actor.check_invariants().unwrap();
 }
+
+/// The reused compressor: round trips, gives the same output twice (it is reset), and
+/// declines data it cannot make smaller.
+#[test]
+fn zlib_reuses_its_compressor_and_declines_what_does_not_shrink() {
+    let plain: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+    let z = zlib(&plain).expect("repetitive data shrinks");
+    assert!(z.len() < plain.len());
+    assert_eq!(zlib(&plain).as_deref(), Some(&z[..]));
+    assert_eq!(decompress(&z).as_deref(), Some(&plain[..]));
+    let noise: Vec<u8> = (0..64u64)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+        .collect();
+    assert_eq!(zlib(&noise), None);
+    assert_eq!(zlib(b""), None);
+}

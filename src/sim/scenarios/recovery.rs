@@ -72,7 +72,13 @@ pub fn cluster_world(
 }
 
 fn storages_consistent(w: &World) -> Result<(), String> {
+    // A storage's memory and disk change only when it handles an event (its disk is
+    // wiped or swapped only at a restart, a step that names no single node): after a step
+    // on one node, only that node needs reading back from its database.
     for (i, s) in w.storages() {
+        if w.stepped().is_some_and(|n| n != i) {
+            continue;
+        }
         s.check_invariants()
             .map_err(|e| format!("{}: {e}", w.label(i)))?;
     }
