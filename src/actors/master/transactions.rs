@@ -1452,6 +1452,49 @@ mod tests {
         );
     }
 
+    /// Commits seeds 19 and 25: the storage lost while locking held the only UP_TO_DATE
+    /// cells; the one that locked held OUT_OF_DATE ones. Committing with it alone acknowledged
+    /// a transaction the cell that stays readable never got: the table is not operational,
+    /// so the transaction is left to verification and nothing is answered.
+    #[test]
+    fn a_lock_from_out_of_date_cells_alone_is_not_a_commit() {
+        let mut h = cluster(None);
+        let s1 = h
+            .actor
+            .storages()
+            .into_iter()
+            .find(|(c, _, _)| *c == S1)
+            .map(|(_, n, _)| n)
+            .unwrap();
+        let Role::Primary(p) = &mut h.actor.role else {
+            panic!("not primary")
+        };
+        let next = p.pt.ptid().and_then(|t| t.next()).unwrap();
+        let changes: Vec<crate::pt::Change> = (0..NP)
+            .map(|o| (o, s1, crate::proto::CellState::OutOfDate))
+            .collect();
+        let replicas = p.pt.replicas();
+        p.pt.apply(next, replicas, &changes).unwrap();
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        assert_eq!(locks.len(), 2, "both storages hold cells: {locks:?}");
+        let from_s1 = *locks.iter().find(|l| l.0 == S1).unwrap();
+        lock(&mut h, from_s1);
+        let out = h.handle(Event::Closed {
+            conn: S2,
+            reason: CloseReason::Reset,
+        });
+        assert!(
+            !sent(&out, C1)
+                .iter()
+                .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })),
+            "{out:?}"
+        );
+        assert!(!sent(&out, S1).contains(&Packet::NotifyUnlockInformation { ttid: t1 }));
+        assert_eq!(h.actor.cluster_state(), Some(ClusterState::Recovering));
+        h.actor.check_invariants().unwrap();
+    }
+
     #[test]
     fn final_tid_answers_known_unknown_and_waits_for_a_commit_in_progress() {
         let mut h = cluster(None);
