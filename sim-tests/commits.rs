@@ -27,11 +27,16 @@ fn commits_mutants_are_caught_within_1000_seeds() {
 /// with an invalidation as current: a stale read), 794889387 (finishes stuck for good after
 /// a storage came back with another's disk; passes since the merge of 11:55), 19 and 25
 /// (acknowledged commits missing from the UP_TO_DATE cell read at the end, after a storage
-/// crashed during the finish).
+/// crashed during the finish), 392472644 (a client's connection to a storage reset after
+/// it answered a store: the storage dropped the transaction, then voted it empty),
+/// 444572912 (a storage reconnecting to the primary dropped what it had locked; then a
+/// late report of a client's previous session made a storage drop the new one's vote).
 #[test]
 fn commits_regression_seeds_pass() {
     common::regressions_pass(
         Scenario::Commits,
-        &[19, 25, 794889387, 794889407, 794889413],
+        &[
+            19, 25, 794889387, 794889407, 794889413, 392472644, 444572912,
+        ],
     );
 }

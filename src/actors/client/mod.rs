@@ -1879,6 +1879,14 @@ impl Node for Client {
                     self.storages.remove(&sp.nid);
                 }
                 self.failed_at.insert(sp.nid, cx.elapsed());
+                // A storage drops the transactions it did not vote when their client's
+                // connection goes: stores it answered before are gone with it, so it
+                // cannot take part in their vote (FailedVote decides).
+                for t in self.txns.values_mut() {
+                    if matches!(t.phase, Phase::Open) && t.used.contains(&sp.nid) {
+                        t.lost.insert(sp.nid);
+                    }
+                }
                 for (_, asked) in sp.queue {
                     if let Some(a) = asked {
                         self.request_failed(cx, conn, a, Failure::Closed);

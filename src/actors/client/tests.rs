@@ -1138,6 +1138,55 @@ fn a_storage_lost_during_the_stores_is_reported_to_the_primary() {
     }
 }
 
+/// Commits seed 392472644: a storage answered a store, then the connection to it was reset
+/// before the vote. The storage dropped the transaction with the connection, so the store is
+/// lost there: the vote reports it to the primary instead of voting an empty transaction.
+#[test]
+fn a_storage_lost_after_answering_a_store_is_reported_at_the_vote() {
+    let mut w = World::new(config(false), None);
+    let (txn, ttid) = w.begin();
+    let sends = store(&mut w, txn, Oid(2), Tid(50), Some(b"x"));
+    for (nid, id, _) in &sends {
+        w.answer(
+            w.storages[nid],
+            *id,
+            Packet::AnswerStoreObject { conflict: None },
+        );
+    }
+    assert!(sends.iter().any(|(n, _, _)| *n == S1), "{sends:?}");
+    let old_s1 = w.storages[&S1];
+    w.h.handle(Event::Closed {
+        conn: old_s1,
+        reason: CloseReason::Reset,
+    });
+    let (vc, out) = w.call(vote_op(txn));
+    assert!(msgs(&out, old_s1).is_empty());
+    let votes = msgs(&out, w.storages[&S2]);
+    assert_eq!(votes.len(), 1, "{votes:?}");
+    let answer = match votes[0].1 {
+        Packet::AskStoreTransaction { .. } => Packet::AnswerStoreTransaction,
+        _ => Packet::AnswerVoteTransaction,
+    };
+    let out = w.answer(w.storages[&S2], votes[0].0, answer);
+    assert!(replies(&out).is_empty(), "{out:?}");
+    let (mid, p) = msgs(&out, w.m).pop().unwrap();
+    assert_eq!(
+        p,
+        Packet::FailedVote {
+            ttid,
+            nids: vec![S1]
+        }
+    );
+    let out = w.answer(
+        w.m,
+        mid,
+        Packet::error(ErrorCode::IncompleteTransaction, "no"),
+    );
+    let r = World::reply_of(&out, vc);
+    assert!(matches!(r, Err(ClientError::TransactionFailed(_))), "{r:?}");
+    w.h.actor.check_invariants().unwrap();
+}
+
 /// A load sent before the primary was lost may have missed invalidations: its answer is
 /// not cached as current; and a lost storage connection retries the load elsewhere.
 #[test]

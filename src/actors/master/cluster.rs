@@ -957,8 +957,15 @@ impl Master {
                     info!("{nid} lost: partition table {:?}", p.pt.ptid());
                     self.broadcast_pt_changes(cx, changes);
                 }
-                // Commits it was to lock go on with the others (its cells are outdated now).
-                self.storage_lost_by_tm(cx, nid);
+                // Commits it was to lock go on with the others (its cells are outdated now),
+                // but only while the table stays operational: otherwise the locks we have
+                // may come from OUT_OF_DATE cells alone, while the cell that stays
+                // UP_TO_DATE (the last one is never outdated) never got the transaction.
+                // Recovery drops the transactions; verification commits what a readable
+                // cell locked and the client asks the outcome (AskFinalTID).
+                if operational {
+                    self.storage_lost_by_tm(cx, nid);
+                }
                 if !operational && state != ClusterState::Stopping {
                     warn!("the partition table is not operational any more: back to recovery");
                     self.enter_recovery(cx);

@@ -1452,6 +1452,96 @@ mod tests {
         );
     }
 
+    /// Commits seeds 19 and 25: the storage lost while locking held the only UP_TO_DATE
+    /// cells; the one that locked held OUT_OF_DATE ones. Committing with it alone acknowledged
+    /// a transaction the cell that stays readable never got: the table is not operational,
+    /// so the transaction is left to verification and nothing is answered.
+    #[test]
+    fn a_lock_from_out_of_date_cells_alone_is_not_a_commit() {
+        let mut h = cluster(None);
+        let s1 = h
+            .actor
+            .storages()
+            .into_iter()
+            .find(|(c, _, _)| *c == S1)
+            .map(|(_, n, _)| n)
+            .unwrap();
+        let Role::Primary(p) = &mut h.actor.role else {
+            panic!("not primary")
+        };
+        let next = p.pt.ptid().and_then(|t| t.next()).unwrap();
+        let changes: Vec<crate::pt::Change> = (0..NP)
+            .map(|o| (o, s1, crate::proto::CellState::OutOfDate))
+            .collect();
+        let replicas = p.pt.replicas();
+        p.pt.apply(next, replicas, &changes).unwrap();
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        assert_eq!(locks.len(), 2, "both storages hold cells: {locks:?}");
+        let from_s1 = *locks.iter().find(|l| l.0 == S1).unwrap();
+        lock(&mut h, from_s1);
+        let out = h.handle(Event::Closed {
+            conn: S2,
+            reason: CloseReason::Reset,
+        });
+        assert!(
+            !sent(&out, C1)
+                .iter()
+                .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })),
+            "{out:?}"
+        );
+        assert!(!sent(&out, S1).contains(&Packet::NotifyUnlockInformation { ttid: t1 }));
+        assert_eq!(h.actor.cluster_state(), Some(ClusterState::Recovering));
+        h.actor.check_invariants().unwrap();
+    }
+
+    /// Commits seed 444572912: a storage that lost us identifies again while we still hold
+    /// its old link. It stopped operating and will drop at StartOperation what it locked,
+    /// so its old link is lost first: its cells are outdated and the commit goes on with
+    /// the others instead of counting on its lock.
+    #[test]
+    fn a_storage_identifying_again_is_lost_first() {
+        let mut h = cluster(None);
+        let s1 = h
+            .actor
+            .storages()
+            .into_iter()
+            .find(|(c, _, _)| *c == S1)
+            .map(|(_, n, _)| n)
+            .unwrap();
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        assert_eq!(locks.len(), 2, "{locks:?}");
+        let from_s1 = *locks.iter().find(|l| l.0 == S1).unwrap();
+        let from_s2 = *locks.iter().find(|l| l.0 == S2).unwrap();
+        lock(&mut h, from_s1);
+        let again = Packet::RequestIdentification {
+            node_type: NodeType::Storage,
+            nid: Some(s1),
+            address: Some(Address::new("10.0.1.1", 30)),
+            cluster_name: "prod".into(),
+            id_timestamp: None,
+            extra: IdentificationExtra::default(),
+        };
+        let out = h.incoming(ConnId(102), again);
+        assert!(closed(&out, S1), "{out:?}");
+        assert!(sent(&out, S2).iter().any(|p| matches!(
+            p,
+            Packet::NotifyPartitionChanges { changes, .. }
+                if changes.iter().any(|c| c.1 == s1 && c.2 == crate::proto::CellState::OutOfDate)
+        )));
+        // S1's lock went with its old link: the commit is S2's to make.
+        assert!(sent(&out, ConnId(102))
+            .iter()
+            .all(|p| !matches!(p, Packet::NotifyUnlockInformation { .. })));
+        let out = lock(&mut h, from_s2);
+        assert!(sent(&out, C1)
+            .iter()
+            .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })));
+        assert!(!sent(&out, ConnId(102)).contains(&Packet::NotifyUnlockInformation { ttid: t1 }));
+        h.actor.check_invariants().unwrap();
+    }
+
     #[test]
     fn final_tid_answers_known_unknown_and_waits_for_a_commit_in_progress() {
         let mut h = cluster(None);

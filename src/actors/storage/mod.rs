@@ -1386,7 +1386,21 @@ pub(super) mod serving_tests {
         assert_eq!(s.h.actor.tm.len(), 1);
         assert!(s.h.actor.tm.is_voted(Tid(20)));
         assert!(s.db().locked_transactions().unwrap().contains_key(&Tid(20)));
+        // Reported gone: the voted one waits for the primary's word (the report may be
+        // about an earlier session of the same client id).
         s.announce(vec![client_info(C1(), NodeState::Down)]);
+        assert_eq!(s.h.actor.tm.len(), 1);
+        let master = s.master;
+        s.h.handle(Event::Received {
+            conn: master,
+            msg: Message {
+                id: 2,
+                packet: Packet::AbortTransaction {
+                    ttid: Tid(20),
+                    nids: vec![],
+                },
+            },
+        });
         assert_eq!(s.h.actor.tm.len(), 0);
         assert!(s.db().locked_transactions().unwrap().is_empty());
     }

@@ -976,7 +976,10 @@ impl Transactions {
         Ok(())
     }
 
-    /// The primary reports the client gone: abort all its transactions but locked ones.
+    /// The primary reports the client gone: abort its transactions that did not vote.
+    /// Voted ones wait for the primary, which aborts or commits them: client ids are
+    /// reused, and a report that a previous session is gone may arrive after the new one
+    /// voted here (commits seed 444572912).
     pub fn client_gone(
         &mut self,
         db: &mut dyn Backend,
@@ -987,7 +990,7 @@ impl Transactions {
         let gone: Vec<Tid> = self
             .txns
             .iter()
-            .filter(|(_, t)| t.client == client && t.locked.is_none())
+            .filter(|(_, t)| t.client == client && t.locked.is_none() && !t.voted)
             .map(|(ttid, _)| *ttid)
             .collect();
         for ttid in gone {
@@ -1675,8 +1678,12 @@ mod tests {
         assert_eq!(tm.write_locker(Oid(2)), Some(Tid(30)));
         assert_eq!(answers(&mut out), vec![(3, stored(None))]);
         assert_eq!(tm.len(), 2);
-        // The primary reports the client gone: the voted one goes too.
+        // The primary reports the client gone: the voted one waits for the primary (the
+        // report may be about an earlier session of the same client id).
         tm.client_gone(&mut db, &mut out, client(1)).unwrap();
+        assert_eq!(tm.len(), 2);
+        assert!(db.locked_transactions().unwrap().contains_key(&Tid(10)));
+        tm.abort(&mut db, &mut out, Tid(10), None).unwrap();
         assert_eq!(tm.len(), 1);
         assert!(!db.locked_transactions().unwrap().contains_key(&Tid(10)));
         tm.check_invariants().unwrap();
