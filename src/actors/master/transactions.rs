@@ -376,6 +376,23 @@ impl Master {
 
     /// Complete the transactions at the head of the queue that every storage answered.
     fn try_commit(&mut self, cx: &mut Ctx) {
+        // Clients whose commit's outcome is unknown: closed once the queue is done (closing
+        // comes back here through `client_lost`).
+        let mut unknown = Vec::new();
+        self.commit_queue_head(cx, &mut unknown);
+        for conn in unknown {
+            let nid = self
+                .tm()
+                .and_then(|tm| tm.clients.get(&conn))
+                .map(|c| c.nid);
+            if let Some(nid) = nid {
+                self.links.close(cx, conn);
+                self.client_lost(cx, conn, nid);
+            }
+        }
+    }
+
+    fn commit_queue_head(&mut self, cx: &mut Ctx, unknown: &mut Vec<ConnId>) {
         let mutant = cx.mutant("tid-not-monotonic");
         loop {
             let me = self.me();
@@ -396,20 +413,23 @@ impl Master {
             let txn = tm.drop_txn(ttid).expect("queued");
             let f = txn.finish.expect("queued");
             if !f.locked {
-                // Every storage asked to lock is lost, none said it locked.
-                warn!("{me}: no storage left to commit {ttid:?}");
-                if let Some(id) = f.answer {
-                    let why = "every storage involved in the transaction was lost";
-                    self.links.answer(
-                        cx,
-                        txn.client,
-                        id,
-                        Packet::error(ErrorCode::IncompleteTransaction, why),
-                    );
+                // Every storage asked to lock is lost, none said it locked: any of them may
+                // have written the lock before it went, and verification commits what a
+                // storage locked. The outcome is unknown here, not a failure: the client
+                // loses its link and asks AskFinalTID (6.11), which storages answer.
+                warn!("{me}: no storage left to commit {ttid:?}: outcome unknown");
+                if f.answer.is_some() {
+                    unknown.push(txn.client);
                 }
                 for (c, id) in f.final_waiters {
-                    self.links
-                        .answer(cx, c, id, Packet::AnswerFinalTID { tid: None });
+                    self.links.answer(
+                        cx,
+                        c,
+                        id,
+                        Packet::AnswerFinalTID {
+                            tid: Some(Tid::MAX),
+                        },
+                    );
                 }
                 continue;
             }
@@ -1450,6 +1470,43 @@ mod tests {
             to_locker.last(),
             Some(&Packet::NotifyUnlockInformation { ttid: t1 })
         );
+    }
+
+    /// Seed 794889413: the storages asked to lock were lost before answering; one had
+    /// written the lock, so the transaction came back committed after the primary had said
+    /// it failed. The outcome is unknown: the client is closed (it asks AskFinalTID, 6.11)
+    /// and those asking already are sent to the storages.
+    #[test]
+    fn every_storage_lost_while_locking_leaves_the_outcome_unknown() {
+        let mut h = cluster(None);
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        assert_eq!(locks.len(), 2);
+        assert!(ask(&mut h, C2, 1, Packet::AskFinalTID { ttid: t1 }).is_empty());
+        let mut out = Vec::new();
+        for s in [S1, S2] {
+            out.extend(h.handle(Event::Closed {
+                conn: s,
+                reason: CloseReason::Reset,
+            }));
+        }
+        assert!(
+            !messages(&out, C1).iter().any(|(id, _)| *id == 2),
+            "the finish must not be answered: {out:?}"
+        );
+        assert!(closed(&out, C1), "{out:?}");
+        assert!(
+            messages(&out, C2).contains(&(
+                1,
+                Packet::AnswerFinalTID {
+                    tid: Some(Tid::MAX)
+                }
+            )),
+            "{out:?}"
+        );
+        // Asked later, the primary sends the client to the storages too.
+        assert!(!sent(&out, C2).contains(&Packet::AnswerFinalTID { tid: None }));
+        h.actor.check_invariants().unwrap();
     }
 
     #[test]
