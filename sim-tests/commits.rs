@@ -28,13 +28,14 @@ fn commits_mutants_are_caught_within_1000_seeds() {
 /// a storage came back with another's disk; passes since the merge of 11:55), 19 and 25
 /// (acknowledged commits missing from the UP_TO_DATE cell read at the end, after a storage
 /// crashed during the finish), 341182677, 341182728, 341182748 (a load below the
-/// snapshot cached as current: stale reads).
+/// snapshot cached as current: stale reads), 341182646 (commits waiting for good for the
+/// lock of a storage back on a new connection).
 #[test]
 fn commits_regression_seeds_pass() {
     common::regressions_pass(
         Scenario::Commits,
         &[
-            19, 25, 341182677, 341182728, 341182748, 794889387, 794889407, 794889413,
+            19, 25, 341182646, 341182677, 341182728, 341182748, 794889387, 794889407, 794889413,
         ],
     );
 }

@@ -391,6 +391,22 @@ impl Master {
         let Some(nid) = self.storage_nid(cx, &req, &address) else {
             return;
         };
+        // The storage came back while its old connection looked alive (a crash we did not
+        // see yet): the old process is gone with its locks, so while running it is lost
+        // first (cells outdated, commits not waiting for it), as if that connection had
+        // closed. (Before running, recovery and verification ask it again instead.)
+        let old = self.conn_of(nid).filter(|c| *c != req.conn);
+        if let Some(old) = old.filter(|_| state == ClusterState::Running) {
+            info!(
+                "{}: {nid} reconnected: its old connection is lost",
+                self.me()
+            );
+            self.links.close(cx, old);
+            self.on_lost(cx, old, Peer::Node(nid), CloseReason::Reset);
+        }
+        let Some(state) = self.cluster_state() else {
+            return;
+        };
         let known = self
             .nodes
             .get(nid)

@@ -1509,6 +1509,47 @@ mod tests {
         h.actor.check_invariants().unwrap();
     }
 
+    /// Commits seed 341182646: a storage crashed and came back before its old connection
+    /// was seen closed; the commit waiting for its lock waited for good, and every commit
+    /// after it. The old connection is lost when the storage identifies again.
+    #[test]
+    fn a_storage_back_on_a_new_connection_is_lost_on_the_old_one() {
+        let mut h = cluster(None);
+        let nid = |h: &Harness<Master>, c| {
+            h.actor
+                .storages()
+                .into_iter()
+                .find(|s| s.0 == c)
+                .map(|s| s.1)
+        };
+        let s2 = nid(&h, S2).unwrap();
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        let from_s1 = *locks.iter().find(|l| l.0 == S1).unwrap();
+        lock(&mut h, from_s1);
+        let again = Packet::RequestIdentification {
+            node_type: NodeType::Storage,
+            nid: Some(s2),
+            address: Some(Address::new("10.0.1.1", 31)),
+            cluster_name: "prod".into(),
+            id_timestamp: None,
+            extra: IdentificationExtra::default(),
+        };
+        let out = h.incoming(ConnId(300), again);
+        assert!(closed(&out, S2), "{out:?}");
+        assert_eq!(nid(&h, ConnId(300)), Some(s2));
+        assert!(
+            sent(&out, C1)
+                .iter()
+                .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })),
+            "{out:?}"
+        );
+        assert!(sent(&out, S1)
+            .iter()
+            .any(|p| matches!(p, Packet::NotifyPartitionChanges { .. })));
+        h.actor.check_invariants().unwrap();
+    }
+
     #[test]
     fn final_tid_answers_known_unknown_and_waits_for_a_commit_in_progress() {
         let mut h = cluster(None);
