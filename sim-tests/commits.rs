@@ -30,13 +30,17 @@ fn commits_mutants_are_caught_within_1000_seeds() {
 /// crashed during the finish), 392472644 (a client's connection to a storage reset after
 /// it answered a store: the storage dropped the transaction, then voted it empty),
 /// 444572912 (a storage reconnecting to the primary dropped what it had locked; then a
-/// late report of a client's previous session made a storage drop the new one's vote).
+/// late report of a client's previous session made a storage drop the new one's vote),
+/// 341182677, 341182728, 341182748 (a load below the
+/// snapshot cached as current: stale reads), 341182646 (commits waiting for good for the
+/// lock of a storage back on a new connection).
 #[test]
 fn commits_regression_seeds_pass() {
     common::regressions_pass(
         Scenario::Commits,
         &[
-            19, 25, 794889387, 794889407, 794889413, 392472644, 444572912,
+            19, 25, 341182646, 341182677, 341182728, 341182748, 392472644, 444572912, 794889387,
+            794889407, 794889413,
         ],
     );
 }

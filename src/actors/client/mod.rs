@@ -125,6 +125,10 @@ struct Inflight {
     /// Invalidations may have been missed since it was sent (the primary was lost): its
     /// answer may not be cached as current.
     blind: bool,
+    /// It reads below our snapshot when sent (an older `before`, or `at`): invalidations
+    /// received before it may concern the object, so an answer without a next serial may
+    /// not be cached as current (the storage may not have unlocked their transactions).
+    past: bool,
 }
 
 /// One storage's answer to a store or check.
@@ -907,6 +911,7 @@ impl Client {
                 wrong: None,
                 invalidated: None,
                 blind: false,
+                past: before.or(at.map(cache::next_tid)) <= self.last_tid,
             },
         );
         self.load_send(cx, key);
@@ -1040,7 +1045,7 @@ impl Client {
                 let (invalidated, blind) = self
                     .loads
                     .get(&key)
-                    .map_or((None, true), |l| (l.invalidated, l.blind));
+                    .map_or((None, true), |l| (l.invalidated, l.blind || l.past));
                 let next_serial = next_serial.or(invalidated.filter(|t| *t > serial));
                 let shared: Option<Arc<[u8]>> = data.as_deref().map(Arc::from);
                 if next_serial.is_some() || !blind {

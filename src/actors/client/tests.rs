@@ -487,6 +487,35 @@ fn a_load_that_raced_an_invalidation_is_cached_as_closed() {
     assert_eq!(hit.next_serial, Some(Tid(120)));
 }
 
+/// Seed 341182728: a load below our snapshot (the workload's pinned `before`) sent after
+/// an invalidation of its object, answered by a storage that had not unlocked that commit
+/// yet (no next serial), was cached as current; the next latest load read the old revision.
+#[test]
+fn a_load_below_our_snapshot_is_not_cached_as_current() {
+    let mut w = World::new(config(false), None);
+    let oid = Oid(8);
+    w.notify(Packet::InvalidateObjects {
+        tid: Tid(120),
+        oids: vec![oid],
+    });
+    let (c, out) = w.call(Op::Load {
+        oid,
+        at: None,
+        before: Some(Tid(110)),
+    });
+    let (nid, id, _) = w.storage_sends(&out)[0].clone();
+    let out = w.answer(w.storages[&nid], id, object(oid, Tid(90), None, b"old"));
+    assert_eq!(loaded(World::reply_of(&out, c)).serial, Tid(90));
+    let (_, out) = w.call(Op::Load {
+        oid,
+        at: None,
+        before: None,
+    });
+    assert_eq!(w.storage_sends(&out).len(), 1, "not served from the cache");
+    let hit = cache::lock(&w.h.actor.cache()).get(oid, None, None);
+    assert!(hit.is_none(), "{hit:?}");
+}
+
 /// Store `data` on `oid` in `txn`; returns the stores sent (they must be answered).
 fn store(
     w: &mut World,

@@ -371,24 +371,6 @@ impl Master {
             return self.protocol_error(cx, req.conn, req.id, why);
         }
         self.replace_previous(cx, req.nid, &address);
-        // The same storage again while we still hold a link to it: it lost us (it stopped
-        // operating and will drop at StartOperation what it had locked), so the old link is
-        // lost first, as if it had closed: commits stop waiting for it, or the cluster goes
-        // back to recovery, whose verification commits what it locked.
-        if let Some(old) = req
-            .nid
-            .and_then(|n| self.conn_of(n))
-            .filter(|c| *c != req.conn)
-        {
-            if let Some(nid) = req.nid {
-                info!(
-                    "{}: {nid} identifies again: its old link is lost",
-                    self.me()
-                );
-                self.links.close(cx, old);
-                self.on_lost(cx, old, Peer::Node(nid), CloseReason::Reset);
-            }
-        }
         let Some(state) = self.cluster_state() else {
             return;
         };
@@ -407,6 +389,22 @@ impl Master {
             return self.try_start(cx);
         }
         let Some(nid) = self.storage_nid(cx, &req, &address) else {
+            return;
+        };
+        // The storage came back while its old connection looked alive (a crash we did not
+        // see yet): the old process is gone with its locks, so while running it is lost
+        // first (cells outdated, commits not waiting for it), as if that connection had
+        // closed. (Before running, recovery and verification ask it again instead.)
+        let old = self.conn_of(nid).filter(|c| *c != req.conn);
+        if let Some(old) = old.filter(|_| state == ClusterState::Running) {
+            info!(
+                "{}: {nid} reconnected: its old connection is lost",
+                self.me()
+            );
+            self.links.close(cx, old);
+            self.on_lost(cx, old, Peer::Node(nid), CloseReason::Reset);
+        }
+        let Some(state) = self.cluster_state() else {
             return;
         };
         let known = self

@@ -376,6 +376,23 @@ impl Master {
 
     /// Complete the transactions at the head of the queue that every storage answered.
     fn try_commit(&mut self, cx: &mut Ctx) {
+        // Clients whose commit's outcome is unknown: closed once the queue is done (closing
+        // comes back here through `client_lost`).
+        let mut unknown = Vec::new();
+        self.commit_queue_head(cx, &mut unknown);
+        for conn in unknown {
+            let nid = self
+                .tm()
+                .and_then(|tm| tm.clients.get(&conn))
+                .map(|c| c.nid);
+            if let Some(nid) = nid {
+                self.links.close(cx, conn);
+                self.client_lost(cx, conn, nid);
+            }
+        }
+    }
+
+    fn commit_queue_head(&mut self, cx: &mut Ctx, unknown: &mut Vec<ConnId>) {
         let mutant = cx.mutant("tid-not-monotonic");
         loop {
             let me = self.me();
@@ -396,20 +413,23 @@ impl Master {
             let txn = tm.drop_txn(ttid).expect("queued");
             let f = txn.finish.expect("queued");
             if !f.locked {
-                // Every storage asked to lock is lost, none said it locked.
-                warn!("{me}: no storage left to commit {ttid:?}");
-                if let Some(id) = f.answer {
-                    let why = "every storage involved in the transaction was lost";
-                    self.links.answer(
-                        cx,
-                        txn.client,
-                        id,
-                        Packet::error(ErrorCode::IncompleteTransaction, why),
-                    );
+                // Every storage asked to lock is lost, none said it locked: any of them may
+                // have written the lock before it went, and verification commits what a
+                // storage locked. The outcome is unknown here, not a failure: the client
+                // loses its link and asks AskFinalTID (6.11), which storages answer.
+                warn!("{me}: no storage left to commit {ttid:?}: outcome unknown");
+                if f.answer.is_some() {
+                    unknown.push(txn.client);
                 }
                 for (c, id) in f.final_waiters {
-                    self.links
-                        .answer(cx, c, id, Packet::AnswerFinalTID { tid: None });
+                    self.links.answer(
+                        cx,
+                        c,
+                        id,
+                        Packet::AnswerFinalTID {
+                            tid: Some(Tid::MAX),
+                        },
+                    );
                 }
                 continue;
             }
@@ -1519,6 +1539,65 @@ mod tests {
             node_type: NodeType::Storage,
             nid: Some(s1),
             address: Some(Address::new("10.0.1.1", 30)),
+    /// Seed 794889413: the storages asked to lock were lost before answering; one had
+    /// written the lock, so the transaction came back committed after the primary had said
+    /// it failed. The outcome is unknown: the client is closed (it asks AskFinalTID, 6.11)
+    /// and those asking already are sent to the storages.
+    #[test]
+    fn every_storage_lost_while_locking_leaves_the_outcome_unknown() {
+        let mut h = cluster(None);
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        assert_eq!(locks.len(), 2);
+        assert!(ask(&mut h, C2, 1, Packet::AskFinalTID { ttid: t1 }).is_empty());
+        let mut out = Vec::new();
+        for s in [S1, S2] {
+            out.extend(h.handle(Event::Closed {
+                conn: s,
+                reason: CloseReason::Reset,
+            }));
+        }
+        assert!(
+            !messages(&out, C1).iter().any(|(id, _)| *id == 2),
+            "the finish must not be answered: {out:?}"
+        );
+        assert!(closed(&out, C1), "{out:?}");
+        assert!(
+            messages(&out, C2).contains(&(
+                1,
+                Packet::AnswerFinalTID {
+                    tid: Some(Tid::MAX)
+                }
+            )),
+            "{out:?}"
+        );
+        // Asked later, the primary sends the client to the storages too.
+        assert!(!sent(&out, C2).contains(&Packet::AnswerFinalTID { tid: None }));
+        h.actor.check_invariants().unwrap();
+    }
+
+    /// Commits seed 341182646: a storage crashed and came back before its old connection
+    /// was seen closed; the commit waiting for its lock waited for good, and every commit
+    /// after it. The old connection is lost when the storage identifies again.
+    #[test]
+    fn a_storage_back_on_a_new_connection_is_lost_on_the_old_one() {
+        let mut h = cluster(None);
+        let nid = |h: &Harness<Master>, c| {
+            h.actor
+                .storages()
+                .into_iter()
+                .find(|s| s.0 == c)
+                .map(|s| s.1)
+        };
+        let s2 = nid(&h, S2).unwrap();
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        let from_s1 = *locks.iter().find(|l| l.0 == S1).unwrap();
+        lock(&mut h, from_s1);
+        let again = Packet::RequestIdentification {
+            node_type: NodeType::Storage,
+            nid: Some(s2),
+            address: Some(Address::new("10.0.1.1", 31)),
             cluster_name: "prod".into(),
             id_timestamp: None,
             extra: IdentificationExtra::default(),
@@ -1539,6 +1618,18 @@ mod tests {
             .iter()
             .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })));
         assert!(!sent(&out, ConnId(102)).contains(&Packet::NotifyUnlockInformation { ttid: t1 }));
+        let out = h.incoming(ConnId(300), again);
+        assert!(closed(&out, S2), "{out:?}");
+        assert_eq!(nid(&h, ConnId(300)), Some(s2));
+        assert!(
+            sent(&out, C1)
+                .iter()
+                .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })),
+            "{out:?}"
+        );
+        assert!(sent(&out, S1)
+            .iter()
+            .any(|p| matches!(p, Packet::NotifyPartitionChanges { .. })));
         h.actor.check_invariants().unwrap();
     }
 
