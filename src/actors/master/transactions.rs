@@ -1472,6 +1472,87 @@ mod tests {
         );
     }
 
+    /// Seed 794889413: the storages asked to lock were lost before answering; one had
+    /// written the lock, so the transaction came back committed after the primary had said
+    /// it failed. The outcome is unknown: the client is closed (it asks AskFinalTID, 6.11)
+    /// and those asking already are sent to the storages.
+    #[test]
+    fn every_storage_lost_while_locking_leaves_the_outcome_unknown() {
+        let mut h = cluster(None);
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        assert_eq!(locks.len(), 2);
+        assert!(ask(&mut h, C2, 1, Packet::AskFinalTID { ttid: t1 }).is_empty());
+        let mut out = Vec::new();
+        for s in [S1, S2] {
+            out.extend(h.handle(Event::Closed {
+                conn: s,
+                reason: CloseReason::Reset,
+            }));
+        }
+        assert!(
+            !messages(&out, C1).iter().any(|(id, _)| *id == 2),
+            "the finish must not be answered: {out:?}"
+        );
+        assert!(closed(&out, C1), "{out:?}");
+        // The table is not operational without them: back to recovery, which closes every
+        // client; one asking AskFinalTID is sent to the storages, or closed and asks again.
+        assert!(
+            closed(&out, C2)
+                || messages(&out, C2).contains(&(
+                    1,
+                    Packet::AnswerFinalTID {
+                        tid: Some(Tid::MAX)
+                    }
+                )),
+            "{out:?}"
+        );
+        // Asked later, the primary sends the client to the storages too.
+        assert!(!sent(&out, C2).contains(&Packet::AnswerFinalTID { tid: None }));
+        h.actor.check_invariants().unwrap();
+    }
+
+    /// Commits seed 341182646: a storage crashed and came back before its old connection
+    /// was seen closed; the commit waiting for its lock waited for good, and every commit
+    /// after it. The old connection is lost when the storage identifies again.
+    #[test]
+    fn a_storage_back_on_a_new_connection_is_lost_on_the_old_one() {
+        let mut h = cluster(None);
+        let nid = |h: &Harness<Master>, c| {
+            h.actor
+                .storages()
+                .into_iter()
+                .find(|s| s.0 == c)
+                .map(|s| s.1)
+        };
+        let s2 = nid(&h, S2).unwrap();
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        let from_s1 = *locks.iter().find(|l| l.0 == S1).unwrap();
+        lock(&mut h, from_s1);
+        let again = Packet::RequestIdentification {
+            node_type: NodeType::Storage,
+            nid: Some(s2),
+            address: Some(Address::new("10.0.1.1", 31)),
+            cluster_name: "prod".into(),
+            id_timestamp: None,
+            extra: IdentificationExtra::default(),
+        };
+        let out = h.incoming(ConnId(300), again);
+        assert!(closed(&out, S2), "{out:?}");
+        assert_eq!(nid(&h, ConnId(300)), Some(s2));
+        assert!(
+            sent(&out, C1)
+                .iter()
+                .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })),
+            "{out:?}"
+        );
+        assert!(sent(&out, S1)
+            .iter()
+            .any(|p| matches!(p, Packet::NotifyPartitionChanges { .. })));
+        h.actor.check_invariants().unwrap();
+    }
+
     /// Commits seeds 19 and 25: the storage lost while locking held the only UP_TO_DATE
     /// cells; the one that locked held OUT_OF_DATE ones. Committing with it alone acknowledged
     /// a transaction the cell that stays readable never got: the table is not operational,
@@ -1539,65 +1620,6 @@ mod tests {
             node_type: NodeType::Storage,
             nid: Some(s1),
             address: Some(Address::new("10.0.1.1", 30)),
-    /// Seed 794889413: the storages asked to lock were lost before answering; one had
-    /// written the lock, so the transaction came back committed after the primary had said
-    /// it failed. The outcome is unknown: the client is closed (it asks AskFinalTID, 6.11)
-    /// and those asking already are sent to the storages.
-    #[test]
-    fn every_storage_lost_while_locking_leaves_the_outcome_unknown() {
-        let mut h = cluster(None);
-        let t1 = begin(&mut h, C1, 1);
-        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
-        assert_eq!(locks.len(), 2);
-        assert!(ask(&mut h, C2, 1, Packet::AskFinalTID { ttid: t1 }).is_empty());
-        let mut out = Vec::new();
-        for s in [S1, S2] {
-            out.extend(h.handle(Event::Closed {
-                conn: s,
-                reason: CloseReason::Reset,
-            }));
-        }
-        assert!(
-            !messages(&out, C1).iter().any(|(id, _)| *id == 2),
-            "the finish must not be answered: {out:?}"
-        );
-        assert!(closed(&out, C1), "{out:?}");
-        assert!(
-            messages(&out, C2).contains(&(
-                1,
-                Packet::AnswerFinalTID {
-                    tid: Some(Tid::MAX)
-                }
-            )),
-            "{out:?}"
-        );
-        // Asked later, the primary sends the client to the storages too.
-        assert!(!sent(&out, C2).contains(&Packet::AnswerFinalTID { tid: None }));
-        h.actor.check_invariants().unwrap();
-    }
-
-    /// Commits seed 341182646: a storage crashed and came back before its old connection
-    /// was seen closed; the commit waiting for its lock waited for good, and every commit
-    /// after it. The old connection is lost when the storage identifies again.
-    #[test]
-    fn a_storage_back_on_a_new_connection_is_lost_on_the_old_one() {
-        let mut h = cluster(None);
-        let nid = |h: &Harness<Master>, c| {
-            h.actor
-                .storages()
-                .into_iter()
-                .find(|s| s.0 == c)
-                .map(|s| s.1)
-        };
-        let s2 = nid(&h, S2).unwrap();
-        let t1 = begin(&mut h, C1, 1);
-        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
-        let from_s1 = *locks.iter().find(|l| l.0 == S1).unwrap();
-        lock(&mut h, from_s1);
-        let again = Packet::RequestIdentification {
-            node_type: NodeType::Storage,
-            nid: Some(s2),
-            address: Some(Address::new("10.0.1.1", 31)),
             cluster_name: "prod".into(),
             id_timestamp: None,
             extra: IdentificationExtra::default(),
@@ -1618,18 +1640,6 @@ mod tests {
             .iter()
             .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })));
         assert!(!sent(&out, ConnId(102)).contains(&Packet::NotifyUnlockInformation { ttid: t1 }));
-        let out = h.incoming(ConnId(300), again);
-        assert!(closed(&out, S2), "{out:?}");
-        assert_eq!(nid(&h, ConnId(300)), Some(s2));
-        assert!(
-            sent(&out, C1)
-                .iter()
-                .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })),
-            "{out:?}"
-        );
-        assert!(sent(&out, S1)
-            .iter()
-            .any(|p| matches!(p, Packet::NotifyPartitionChanges { .. })));
         h.actor.check_invariants().unwrap();
     }
 
