@@ -354,12 +354,14 @@ fn a_lost_connection_with_pending_changes_fails_rather_than_lose_them() {
     let f = MysqlFixture::new();
     let mut b = f.open(&identity()).unwrap();
     with_pt(&mut b);
+    // A value too big to wait in memory for the vote: its store writes its data row and
+    // holds the object until vote, so a write is pending, uncommitted.
+    let held = vec![7; neo::db::sql::HELD_TXN_BYTES + 1];
     let data = ObjectData {
         compression: 0,
-        checksum: Sha1::digest(b"held").into(),
-        data: b"held".to_vec(),
+        checksum: Sha1::digest(&held).into(),
+        data: held,
     };
-    // A store writes its data row and holds the object until vote: pending, uncommitted.
     b.store(Tid(99), Oid(3), Value::Data(data)).unwrap();
     kill(&b);
     let e = b.vote(Tid(99), Some(&TxnMeta::default())).unwrap_err();

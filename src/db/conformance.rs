@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha1::{Digest, Sha1};
 
+use super::sql::{HELD_BYTES, HELD_TXN_BYTES};
 use super::{
     Backend, Cell, Checksum, DbError, Identity, Load, Loaded, ObjectData, ObjectRecord, TxnInfo,
     TxnMeta, UndoInfo, Value, MAX_TXN_OIDS, MAX_TXN_TEXT, SCHEMA_VERSION, ZERO_HASH,
@@ -60,6 +61,9 @@ macro_rules! conformance_tests {
             metadata_limits,
             ten_thousand_objects_in_one_transaction,
             big_values_round_trip,
+            many_stores_are_written_in_batches,
+            pending_values_of_all_transactions_are_bounded,
+            transactions_storing_the_same_bytes,
         );
     };
     (@each $fixture:expr; $($check:ident),+ $(,)?) => {
@@ -124,6 +128,13 @@ fn data(bytes: &[u8]) -> ObjectData {
 
 fn value(bytes: &[u8]) -> Value {
     Value::Data(data(bytes))
+}
+
+/// A value too big to wait for the vote in memory: its data row is written by `store`.
+fn big(seed: u8) -> Vec<u8> {
+    let mut bytes = vec![seed; HELD_TXN_BYTES + 1];
+    bytes[..8].copy_from_slice(b"big data");
+    bytes
 }
 
 fn meta(oids: &[u64]) -> TxnMeta {
@@ -485,34 +496,50 @@ pub fn held_stores_are_replaced_and_released<F: Fixture>(f: &F) {
     let mut b = f.open(&identity()).unwrap();
     with_pt(&mut b, 2);
     let t = ttid(100);
+    // Small values wait in memory for the vote, replaced and dropped there.
     b.store(t, Oid(1), value(b"x")).unwrap();
-    assert_eq!(f.rows(&b, "data"), 1);
-    // Re-storing the object (after conflict resolution) replaces and releases.
     b.store(t, Oid(1), value(b"y")).unwrap();
-    assert_eq!(f.rows(&b, "data"), 1);
     b.store(t, Oid(2), value(b"y")).unwrap();
-    assert_eq!(f.rows(&b, "data"), 1);
     b.store(t, Oid(3), value(b"z")).unwrap();
     b.store(t, Oid(3), Value::Deleted).unwrap();
-    assert_eq!(f.rows(&b, "data"), 1);
     b.unstore(t, Oid(2)).unwrap();
-    assert_eq!(f.rows(&b, "data"), 1, "oid 1 still holds y");
     b.unstore(t, Oid(9)).unwrap();
-    b.vote(t, Some(&meta(&[1, 3]))).unwrap();
+    // A big value is written at once, with what the transaction held in memory, and
+    // released when replaced or dropped.
+    b.store(t, Oid(4), value(&big(1))).unwrap();
+    assert_rows(f, &b, &[("data", 2), ("tdata", 2)]);
+    b.store(t, Oid(4), value(b"y")).unwrap();
+    assert_rows(f, &b, &[("data", 1), ("tdata", 1)]);
+    b.store(t, Oid(5), value(&big(2))).unwrap();
+    assert_rows(f, &b, &[("data", 2), ("tdata", 3)]);
+    b.store(t, Oid(5), value(&big(3))).unwrap();
+    assert_rows(f, &b, &[("data", 2), ("tdata", 3)]);
+    b.store(t, Oid(6), value(&big(3))).unwrap();
+    assert_rows(f, &b, &[("data", 2), ("tdata", 4)]);
+    b.unstore(t, Oid(5)).unwrap();
+    assert_eq!(f.rows(&b, "data"), 2, "oid 6 still holds it");
+    b.store(t, Oid(6), Value::Deleted).unwrap();
+    assert_rows(f, &b, &[("data", 1), ("tdata", 2)]);
+    b.store(t, Oid(7), value(&big(4))).unwrap();
+    b.vote(t, Some(&meta(&[1, 3, 4, 6, 7]))).unwrap();
     b.lock(t, Tid(100)).unwrap();
     b.unlock(t, Tid(100)).unwrap();
     assert_eq!(latest(&b, 1).data, b"y");
     assert_eq!(load(&b, 2, None, None), Load::DoesNotExist);
     assert_eq!(latest(&b, 3).checksum, ZERO_HASH);
+    assert_eq!(latest(&b, 4).data, b"y");
+    assert_eq!(load(&b, 5, None, None), Load::DoesNotExist);
+    assert_eq!(latest(&b, 6).checksum, ZERO_HASH);
+    assert!(latest(&b, 7).data == big(4));
     assert_rows(
         f,
         &b,
         &[
-            ("data", 1),
+            ("data", 2),
             ("tdata", 0),
             ("tobj", 0),
             ("ttrans", 0),
-            ("obj", 2),
+            ("obj", 5),
         ],
     );
 }
@@ -536,11 +563,12 @@ pub fn abort_releases_everything<F: Fixture>(f: &F) {
         &b,
         &[("data", 1), ("tobj", 0), ("ttrans", 0), ("tdata", 0)],
     );
-    // A transaction that never voted.
+    // A transaction that never voted, with a value in memory and one written.
     b.store(ttid(300), Oid(1), value(b"z")).unwrap();
-    assert_eq!(f.rows(&b, "data"), 2);
+    b.store(ttid(300), Oid(2), value(&big(1))).unwrap();
+    assert_rows(f, &b, &[("data", 3), ("tdata", 2)]);
     b.abort(ttid(300)).unwrap();
-    assert_eq!(f.rows(&b, "data"), 1);
+    assert_rows(f, &b, &[("data", 1), ("tdata", 0)]);
     // Its store is gone: voting the same ttid now writes nothing.
     b.vote(ttid(300), None).unwrap();
     assert_eq!(f.rows(&b, "tobj"), 0);
@@ -554,8 +582,9 @@ pub fn crash_after_store_releases_held_data<F: Fixture>(f: &F) {
     let mut b = f.open(&identity()).unwrap();
     with_pt(&mut b, 2);
     commit(&mut b, 100, vec![(1, value(b"kept"))]);
-    // T1 only stores; T2 votes, which commits T1's data row along with its own.
-    b.store(ttid(200), Oid(2), value(b"lost")).unwrap();
+    // T1 only stores (a value big enough to be written at once); T2 votes, which commits
+    // T1's data row along with its own.
+    b.store(ttid(200), Oid(2), value(&big(1))).unwrap();
     b.store(ttid(300), Oid(3), value(b"voted")).unwrap();
     b.vote(ttid(300), Some(&meta(&[3]))).unwrap();
     assert_eq!(f.rows(&b, "data"), 3);
@@ -638,31 +667,49 @@ pub fn identical_data_is_shared<F: Fixture>(f: &F) {
     let t = ttid(100);
     b.store(t, Oid(1), value(b"same")).unwrap();
     b.store(t, Oid(2), value(b"same")).unwrap();
-    assert_eq!(f.rows(&b, "data"), 1);
     // The same bytes compressed differently are another row.
     let compressed = ObjectData {
         compression: 1,
         ..data(b"same")
     };
     b.store(t, Oid(3), Value::Data(compressed)).unwrap();
-    assert_eq!(f.rows(&b, "data"), 2);
-    // Same checksum, other bytes: refused, nothing held.
+    // Same checksum, other bytes: the transaction cannot vote, and its vote writes nothing.
     let forged = ObjectData {
         compression: 0,
         checksum: sha1(b"same"),
         data: b"different".to_vec(),
     };
-    assert_eq!(
-        b.store(t, Oid(4), Value::Data(forged)),
-        Err(DbError::ChecksumCollision(sha1(b"same")))
-    );
-    assert_eq!(f.rows(&b, "data"), 2);
+    b.store(t, Oid(4), Value::Data(forged.clone())).unwrap();
+    let collision = Err(DbError::ChecksumCollision(sha1(b"same")));
+    assert_eq!(b.vote(t, Some(&meta(&[1, 2, 3, 4]))), collision);
+    assert!(!collision.unwrap_err().is_fatal());
+    assert_rows(f, &b, &[("data", 0), ("tobj", 0), ("ttrans", 0)]);
+    assert_eq!(b.locked_transactions().unwrap(), BTreeMap::new());
+    // Without the forged value it votes.
+    b.unstore(t, Oid(4)).unwrap();
     b.vote(t, Some(&meta(&[1, 2, 3]))).unwrap();
+    assert_eq!(f.rows(&b, "data"), 2);
     b.lock(t, Tid(100)).unwrap();
     b.unlock(t, Tid(100)).unwrap();
     assert_eq!(load(&b, 4, None, None), Load::DoesNotExist);
     assert_eq!(latest(&b, 2).data, b"same");
+    // Forged against a stored row: refused too, until the value is replaced.
+    let t = ttid(150);
+    b.store(t, Oid(4), Value::Data(forged)).unwrap();
+    b.store(t, Oid(5), value(b"other")).unwrap();
+    assert_eq!(
+        b.vote(t, None),
+        Err(DbError::ChecksumCollision(sha1(b"same")))
+    );
+    b.store(t, Oid(4), value(b"same")).unwrap();
+    b.vote(t, None).unwrap();
+    b.lock(t, Tid(150)).unwrap();
+    b.unlock(t, Tid(150)).unwrap();
+    assert_eq!(latest(&b, 4).data, b"same");
+    assert_eq!(f.rows(&b, "data"), 3);
     // A row goes with the last revision using it.
+    b.delete_object(Oid(5), Tid(150)).unwrap();
+    b.delete_object(Oid(4), Tid(150)).unwrap();
     b.delete_object(Oid(1), Tid(100)).unwrap();
     assert_eq!(f.rows(&b, "data"), 2);
     b.delete_object(Oid(2), Tid(100)).unwrap();
@@ -671,6 +718,21 @@ pub fn identical_data_is_shared<F: Fixture>(f: &F) {
     // Storing it again later makes a new row that is shared again.
     commit(&mut b, 200, vec![(5, value(b"same")), (6, value(b"same"))]);
     assert_eq!(f.rows(&b, "data"), 2);
+    // A big value (written by `store`) with a forged checksum is refused by the store.
+    commit(&mut b, 300, vec![(7, value(&big(1)))]);
+    let forged = ObjectData {
+        data: big(2),
+        ..data(&big(1))
+    };
+    let t = ttid(400);
+    assert_eq!(
+        b.store(t, Oid(8), Value::Data(forged)),
+        Err(DbError::ChecksumCollision(sha1(&big(1))))
+    );
+    b.store(t, Oid(8), value(&big(1))).unwrap();
+    b.vote(t, None).unwrap();
+    b.abort(t).unwrap();
+    assert_eq!(f.rows(&b, "data"), 3);
 }
 
 pub fn undo_backpointers_and_find_undo<F: Fixture>(f: &F) {
@@ -1193,4 +1255,142 @@ pub fn big_values_round_trip<F: Fixture>(f: &F) {
     b.delete_object(Oid(100), Tid(200)).unwrap();
     b.commit().unwrap();
     assert_eq!(f.rows(&b, "data"), sizes.len() as u64 - 1);
+}
+
+/// The bytes of object `oid` in version `version`: 1,000 bytes, distinct.
+fn object(oid: u64, version: u64) -> Vec<u8> {
+    let mut bytes = format!("object {oid} version {version} ").into_bytes();
+    bytes.resize(1000, b'.');
+    bytes
+}
+
+pub fn many_stores_are_written_in_batches<F: Fixture>(f: &F) {
+    const N: u64 = 3000;
+    let mut b = f.open(&identity()).unwrap();
+    with_pt(&mut b, 4);
+    let t = ttid(100);
+    for oid in 0..N {
+        b.store(t, Oid(oid), value(&object(oid, 0))).unwrap();
+    }
+    // Past the bound, some are written before the vote, the others wait in memory.
+    let written = f.rows(&b, "tdata");
+    assert!(written > 0 && written < N, "{written} of {N} written");
+    assert_eq!(f.rows(&b, "data"), written);
+    // Re-stores of written and of pending objects; one takes another's bytes; one is
+    // dropped.
+    for oid in (0..N).step_by(2) {
+        b.store(t, Oid(oid), value(&object(oid, 1))).unwrap();
+    }
+    b.store(t, Oid(1), value(&object(3, 0))).unwrap();
+    b.unstore(t, Oid(5)).unwrap();
+    let oids: Vec<u64> = (0..N).filter(|&o| o != 5).collect();
+    b.vote(t, Some(&meta(&oids))).unwrap();
+    b.lock(t, Tid(100)).unwrap();
+    b.unlock(t, Tid(100)).unwrap();
+    let mut b = crash(f, b);
+    // Rows: the even objects' second versions, the odd ones' first (1 and 3 share one, 5
+    // is gone).
+    assert_rows(
+        f,
+        &b,
+        &[
+            ("obj", N - 1),
+            ("data", N - 2),
+            ("tdata", 0),
+            ("tobj", 0),
+            ("ttrans", 0),
+        ],
+    );
+    for oid in [0, 1, 2, 3, 4, 6, 7, N - 2, N - 1] {
+        let expected = match oid {
+            1 => object(3, 0),
+            o if o % 2 == 0 => object(o, 1),
+            o => object(o, 0),
+        };
+        let loaded = latest(&b, oid);
+        assert_eq!((loaded.serial, loaded.data), (Tid(100), expected), "{oid}");
+    }
+    assert_eq!(load(&b, 5, None, None), Load::DoesNotExist);
+    assert_eq!(b.transaction(Tid(100)).unwrap().unwrap().meta, meta(&oids));
+
+    // Many stores, then an abort: everything written for them goes.
+    let t = ttid(200);
+    for oid in 0..N {
+        b.store(t, Oid(oid), value(&object(oid, 2))).unwrap();
+    }
+    assert!(f.rows(&b, "data") > N - 2);
+    b.abort(t).unwrap();
+    assert_rows(f, &b, &[("data", N - 2), ("tdata", 0), ("obj", N - 1)]);
+
+    // Many stores, then another transaction's vote commits what was written for them,
+    // then a crash: it is released on restart.
+    for oid in 0..N {
+        b.store(ttid(300), Oid(oid), value(&object(oid, 3)))
+            .unwrap();
+    }
+    commit(&mut b, 400, vec![(N, value(b"voted"))]);
+    assert!(f.rows(&b, "tdata") > 0);
+    let b = crash(f, b);
+    assert_rows(f, &b, &[("data", N - 1), ("tdata", 0), ("obj", N)]);
+    assert_eq!(latest(&b, 0).data, object(0, 1));
+}
+
+pub fn pending_values_of_all_transactions_are_bounded<F: Fixture>(f: &F) {
+    let mut b = f.open(&identity()).unwrap();
+    with_pt(&mut b, 2);
+    // Each transaction's value stays under its own bound; together they pass the bound of
+    // all, and every pending value is written.
+    let size = HELD_TXN_BYTES - 1000;
+    let count = (HELD_BYTES / size + 1) as u64;
+    let bytes = |i: u64| {
+        let mut v = vec![i as u8; size];
+        v[..8].copy_from_slice(&i.to_be_bytes());
+        v
+    };
+    for i in 0..count {
+        b.store(ttid(100 + 10 * i), Oid(i), value(&bytes(i)))
+            .unwrap();
+        if i + 1 < count {
+            assert_eq!(f.rows(&b, "data"), 0, "written after {} stores", i + 1);
+        }
+    }
+    assert_rows(f, &b, &[("data", count), ("tdata", count)]);
+    // And each transaction votes what it holds.
+    for i in 0..count {
+        let t = ttid(100 + 10 * i);
+        b.vote(t, Some(&meta(&[i]))).unwrap();
+        b.lock(t, Tid(100 + 10 * i)).unwrap();
+        b.unlock(t, Tid(100 + 10 * i)).unwrap();
+    }
+    let b = crash(f, b);
+    assert_rows(f, &b, &[("data", count), ("tdata", 0), ("obj", count)]);
+    for i in [0, count - 1] {
+        assert!(latest(&b, i).data == bytes(i));
+    }
+}
+
+pub fn transactions_storing_the_same_bytes<F: Fixture>(f: &F) {
+    let mut b = f.open(&identity()).unwrap();
+    with_pt(&mut b, 2);
+    let (t1, t2, t3) = (ttid(100), ttid(200), ttid(300));
+    b.store(t1, Oid(1), value(b"common")).unwrap();
+    b.store(t2, Oid(2), value(b"common")).unwrap();
+    b.store(t3, Oid(3), value(b"common")).unwrap();
+    b.vote(t1, Some(&meta(&[1]))).unwrap();
+    b.vote(t2, Some(&meta(&[2]))).unwrap();
+    assert_eq!(f.rows(&b, "data"), 1);
+    // The first aborts: the row stays for the second, and the third (still held) shares
+    // it when it votes.
+    b.abort(t1).unwrap();
+    assert_eq!(f.rows(&b, "data"), 1);
+    b.lock(t2, Tid(200)).unwrap();
+    b.unlock(t2, Tid(200)).unwrap();
+    b.vote(t3, Some(&meta(&[3]))).unwrap();
+    b.lock(t3, Tid(300)).unwrap();
+    b.unlock(t3, Tid(300)).unwrap();
+    let b = crash(f, b);
+    assert_rows(f, &b, &[("data", 1), ("obj", 2)]);
+    assert_eq!(load(&b, 1, None, None), Load::DoesNotExist);
+    assert_eq!(latest(&b, 2).data, b"common");
+    assert_eq!(latest(&b, 3).data, b"common");
 }

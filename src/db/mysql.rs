@@ -32,9 +32,10 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, OptsBuilder};
 
 use super::sql::{
-    check_identity, corrupt, percent_decode, placeholders, Engine, Field, Param, Row, SqlBackend,
+    check_identity, corrupt, percent_decode, placeholders, run_each, Engine, Field, NewData, Param,
+    Row, SqlBackend, Step,
 };
-use super::{Checksum, DbError, DbResult, Identity};
+use super::{DbError, DbResult, Identity};
 use crate::proto::Address;
 
 /// A storage node's database on a MySQL or MariaDB server.
@@ -404,29 +405,47 @@ impl Engine for Mysql {
         Ok(!rows.is_empty())
     }
 
-    fn insert_data(&self, checksum: &Checksum, compression: u8, data: &[u8]) -> DbResult<u64> {
-        let mut pieces = data.chunks(CHUNK);
-        self.exec(
-            "INSERT INTO data (hash, compression, size, value) VALUES (?, ?, ?, ?)",
-            &[
-                Param::Bytes(checksum),
-                Param::U64(compression as u64),
-                Param::U64(data.len() as u64),
-                Param::Bytes(pieces.next().unwrap_or_default()),
-            ],
-        )?;
-        let id = self.conn.borrow().last_insert_id();
-        for (seq, piece) in pieces.enumerate() {
-            self.exec(
-                "INSERT INTO bigdata (id, seq, value) VALUES (?, ?, ?)",
-                &[
-                    Param::U64(id),
-                    Param::U64(seq as u64 + 1),
-                    Param::Bytes(piece),
-                ],
+    fn insert_data(&self, rows: &[NewData]) -> DbResult<()> {
+        // Values of at most a piece go in multi-row statements of at most a piece of
+        // values; bigger ones in pieces, one statement each.
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let flush = |batch: &mut Vec<Param>| -> DbResult<()> {
+            self.insert_rows(
+                "INSERT INTO data (id, hash, compression, size, value) VALUES",
+                5,
+                batch,
             )?;
+            batch.clear();
+            Ok(())
+        };
+        for row in rows {
+            let mut pieces = row.data.chunks(CHUNK);
+            let first = pieces.next().unwrap_or_default();
+            if bytes + first.len() > CHUNK {
+                flush(&mut batch)?;
+                bytes = 0;
+            }
+            bytes += first.len();
+            batch.extend([
+                Param::U64(row.id),
+                Param::Bytes(row.checksum),
+                Param::U64(row.compression as u64),
+                Param::U64(row.data.len() as u64),
+                Param::Bytes(first),
+            ]);
+            for (seq, piece) in pieces.enumerate() {
+                self.exec(
+                    "INSERT INTO bigdata (id, seq, value) VALUES (?, ?, ?)",
+                    &[
+                        Param::U64(row.id),
+                        Param::U64(seq as u64 + 1),
+                        Param::Bytes(piece),
+                    ],
+                )?;
+            }
         }
-        Ok(id)
+        flush(&mut batch)
     }
 
     fn read_pieces(&self, id: u64, size: u64, mut data: Vec<u8>) -> DbResult<Vec<u8>> {
@@ -449,6 +468,29 @@ impl Engine for Mysql {
         self.text(&format!("DELETE FROM data WHERE id IN ({list})"))
     }
 
+    fn run(&self, steps: &[Step], commit: bool) -> DbResult<()> {
+        let Some(script) = script(steps, commit) else {
+            // Too big for one statement: one at a time.
+            return run_each(self, steps, commit);
+        };
+        // Sent again on a new connection only if nothing was pending: the script then either
+        // did nothing or, if it committed, runs again harmlessly (lock and unlock) or fails
+        // on the rows it already inserted (vote), never silently.
+        self.with_conn(true, |c| {
+            let mut result = c.query_iter(&script)?;
+            while let Some(set) = result.iter() {
+                for row in set {
+                    row?;
+                }
+            }
+            Ok(())
+        })?;
+        if commit {
+            self.pending.set(false);
+        }
+        Ok(())
+    }
+
     fn insert_rows(&self, head: &str, width: usize, params: &[Param]) -> DbResult<()> {
         // Full batches, then the rest in power-of-two batches: few distinct statements for
         // the server to prepare, few round trips.
@@ -468,6 +510,130 @@ impl Engine for Mysql {
         }
         Ok(())
     }
+}
+
+/// The most bytes of values a [`script`] carries (twice that in hexadecimal).
+const SCRIPT_BYTES: usize = 1 << 20;
+/// Rows per multi-row INSERT of a script.
+const SCRIPT_ROWS: usize = 1000;
+
+/// `steps` (then COMMIT if `commit`) as one text of statements with their parameters
+/// inlined, for one round trip; None if their values are too big for that.
+fn script(steps: &[Step], commit: bool) -> Option<String> {
+    let bytes: usize = steps
+        .iter()
+        .map(|step| match step {
+            Step::Exec(_, params) | Step::Rows { params, .. } => params_bytes(params),
+            Step::Data(rows) => rows.iter().map(|r| r.data.len() + 20).sum(),
+        })
+        .sum();
+    if bytes > SCRIPT_BYTES {
+        return None;
+    }
+    let mut out = String::with_capacity(2 * bytes + 256);
+    for step in steps {
+        match step {
+            Step::Exec(sql, params) => statement(&mut out, sql, params),
+            Step::Rows {
+                head,
+                width,
+                params,
+            } => rows_statements(&mut out, head, *width, params),
+            Step::Data(rows) => {
+                let params: Vec<Param> = rows
+                    .iter()
+                    .flat_map(|row| {
+                        [
+                            Param::U64(row.id),
+                            Param::Bytes(row.checksum),
+                            Param::U64(row.compression as u64),
+                            Param::U64(row.data.len() as u64),
+                            Param::Bytes(row.data),
+                        ]
+                    })
+                    .collect();
+                rows_statements(
+                    &mut out,
+                    "INSERT INTO data (id, hash, compression, size, value) VALUES",
+                    5,
+                    &params,
+                );
+            }
+        }
+    }
+    if commit {
+        out.push_str("COMMIT;");
+    }
+    // An empty script is not a statement.
+    (!out.is_empty()).then_some(out)
+}
+
+fn params_bytes(params: &[Param]) -> usize {
+    params
+        .iter()
+        .map(|p| match p {
+            Param::Bytes(b) => b.len(),
+            Param::Text(t) => t.len(),
+            _ => 8,
+        })
+        .sum()
+}
+
+/// Append `sql;` with each `?` replaced by its parameter (our statements have no other `?`).
+fn statement(out: &mut String, sql: &str, params: &[Param]) {
+    let mut params = params.iter();
+    for c in sql.chars() {
+        if c == '?' {
+            literal(out, params.next().unwrap_or(&Param::Null));
+        } else {
+            out.push(c);
+        }
+    }
+    out.push(';');
+}
+
+fn rows_statements(out: &mut String, head: &str, width: usize, params: &[Param]) {
+    for chunk in params.chunks(width * SCRIPT_ROWS) {
+        out.push_str(head);
+        for (i, row) in chunk.chunks(width).enumerate() {
+            out.push_str(if i == 0 { " (" } else { ", (" });
+            for (j, param) in row.iter().enumerate() {
+                if j > 0 {
+                    out.push_str(", ");
+                }
+                literal(out, param);
+            }
+            out.push(')');
+        }
+        out.push(';');
+    }
+}
+
+/// A parameter as SQL: integers in decimal, bytes and text in hexadecimal (no escaping).
+fn literal(out: &mut String, param: &Param) {
+    use std::fmt::Write;
+    match *param {
+        Param::Null => out.push_str("NULL"),
+        Param::U64(v) => {
+            let _ = write!(out, "{v}");
+        }
+        Param::I64(v) => {
+            let _ = write!(out, "{v}");
+        }
+        Param::Bytes(b) => hex(out, b),
+        Param::Text(t) => hex(out, t.as_bytes()),
+    }
+}
+
+fn hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.push_str("X'");
+    out.reserve(2 * bytes.len() + 1);
+    for &b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out.push('\'');
 }
 
 #[cfg(test)]
@@ -565,6 +731,55 @@ mod tests {
         let long = "x".repeat(65);
         assert!(parse_database(&long).is_err());
         assert!(parse_database(&"x".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn scripts_inline_parameters() {
+        let checksum = [0xab; 20];
+        let steps = [
+            Step::Exec(
+                "UPDATE t SET a = ? WHERE b = ? AND c = ?",
+                vec![Param::U64(u64::MAX), Param::I64(-3), Param::Null],
+            ),
+            Step::Rows {
+                head: "INSERT INTO r (x, y) VALUES",
+                width: 2,
+                params: vec![
+                    Param::U64(1),
+                    Param::Bytes(b"\x00'\\"),
+                    Param::U64(2),
+                    Param::Bytes(b""),
+                ],
+            },
+            Step::Data(vec![NewData {
+                id: 7,
+                checksum: &checksum,
+                compression: 1,
+                data: b"ab",
+            }]),
+            Step::Rows {
+                head: "INSERT INTO e (x) VALUES",
+                width: 1,
+                params: vec![],
+            },
+        ];
+        let hash = "ab".repeat(20);
+        assert_eq!(
+            script(&steps, true).unwrap(),
+            format!(
+                "UPDATE t SET a = 18446744073709551615 WHERE b = -3 AND c = NULL;\
+                 INSERT INTO r (x, y) VALUES (1, X'00275c'), (2, X'');\
+                 INSERT INTO data (id, hash, compression, size, value) VALUES \
+                 (7, X'{hash}', 1, 2, X'6162');COMMIT;"
+            )
+        );
+        assert_eq!(script(&steps[3..], false), None);
+        let big = vec![0; SCRIPT_BYTES + 1];
+        let too_big = [Step::Exec(
+            "INSERT INTO t (v) VALUES (?)",
+            vec![Param::Bytes(&big)],
+        )];
+        assert_eq!(script(&too_big, true), None);
     }
 
     #[test]

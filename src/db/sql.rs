@@ -114,14 +114,21 @@ pub trait Engine {
     fn query(&self, sql: &str, params: &[Param]) -> DbResult<Vec<Row>>;
     fn commit(&self) -> DbResult<()>;
     fn table_exists(&self, table: &str) -> DbResult<bool>;
-    /// Insert a new `data` row and return its id.
-    fn insert_data(&self, checksum: &Checksum, compression: u8, data: &[u8]) -> DbResult<u64>;
+    /// Insert new `data` rows (their ids are free), in as few statements as the engine
+    /// allows.
+    fn insert_data(&self, rows: &[NewData]) -> DbResult<()>;
     /// The whole value of data row `id` of `size` bytes, given what `data.value` holds.
     fn read_pieces(&self, id: u64, size: u64, first: Vec<u8>) -> DbResult<Vec<u8>> {
         let _ = (id, size);
         Ok(first)
     }
     fn delete_data(&self, ids: &[u64]) -> DbResult<()>;
+    /// Run `steps` in order, then commit if `commit`. An engine may send them together
+    /// (one round trip to a server); if the connection is lost meanwhile, it fails unless
+    /// running them again is harmless.
+    fn run(&self, steps: &[Step], commit: bool) -> DbResult<()> {
+        run_each(self, steps, commit)
+    }
     /// Insert rows of `width` parameters each with `head` ("INSERT INTO t (a, b) VALUES").
     fn insert_rows(&self, head: &str, width: usize, params: &[Param]) -> DbResult<()> {
         let sql = format!("{head} {}", placeholders(width));
@@ -129,6 +136,49 @@ pub trait Engine {
             .chunks(width)
             .try_for_each(|row| self.exec(&sql, row))
     }
+}
+
+/// A `data` row to insert; the backend allocates the ids.
+#[derive(Clone, Copy, Debug)]
+pub struct NewData<'a> {
+    pub id: u64,
+    pub checksum: &'a Checksum,
+    pub compression: u8,
+    pub data: &'a [u8],
+}
+
+/// A writing statement of a batch [`Engine::run`] sends.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// A statement and its parameters.
+    Exec(&'static str, Vec<Param<'a>>),
+    /// Rows of `width` parameters each, inserted with `head` ("INSERT INTO t (a) VALUES").
+    Rows {
+        head: &'static str,
+        width: usize,
+        params: Vec<Param<'a>>,
+    },
+    /// New `data` rows.
+    Data(Vec<NewData<'a>>),
+}
+
+/// [`Engine::run`] one statement at a time.
+pub fn run_each<E: Engine + ?Sized>(engine: &E, steps: &[Step], commit: bool) -> DbResult<()> {
+    for step in steps {
+        match step {
+            Step::Exec(sql, params) => engine.exec(sql, params)?,
+            Step::Rows {
+                head,
+                width,
+                params,
+            } => engine.insert_rows(head, *width, params)?,
+            Step::Data(rows) => engine.insert_data(rows)?,
+        }
+    }
+    if commit {
+        engine.commit()?;
+    }
+    Ok(())
 }
 
 /// `(?, ?, ...)` with `width` marks.
@@ -311,10 +361,45 @@ pub fn check_identity<E: Engine>(engine: &E, identity: &Identity) -> DbResult<bo
 }
 
 /// What `store` holds for an object until `vote`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Held {
-    data_id: Option<u64>,
-    value_tid: Option<Tid>,
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Held {
+    /// Bytes whose data row is not written yet (see the module doc).
+    Pending(ObjectData),
+    /// A written data row (or none: a deletion), with a `tdata` row referring to it if any.
+    Written {
+        data_id: Option<u64>,
+        value_tid: Option<Tid>,
+    },
+}
+
+/// What `store` holds for one transaction.
+#[derive(Default)]
+struct HeldTxn {
+    objects: BTreeMap<Oid, Held>,
+    /// What its `Pending` values weigh (`held_weight`).
+    pending: usize,
+    /// Whether some `tdata` row of it may exist.
+    tdata: bool,
+}
+
+/// A transaction's pending values are written once they weigh more than this...
+pub const HELD_TXN_BYTES: usize = 1 << 20;
+/// ... and every transaction's once all pending values together weigh more than this: the
+/// memory held for unvoted stores stays bounded, however many transactions store at once.
+pub const HELD_BYTES: usize = 16 << 20;
+
+/// What writing a transaction's pending values takes (`plan_pending`).
+struct Plan<'a> {
+    rows: Vec<NewData<'a>>,
+    /// The data row of each pending object.
+    ids: BTreeMap<Oid, u64>,
+    /// `next_data_id` once `rows` are written.
+    next_data_id: u64,
+}
+
+/// What a pending value counts for against the bounds (its bytes and bookkeeping).
+fn held_weight(data: &ObjectData) -> usize {
+    data.data.len() + 64
 }
 
 /// The newest revision of an object up to some TID, and how many it has there.
@@ -361,8 +446,13 @@ pub struct SqlBackend<E: Engine> {
     /// The number of partitions of the stored partition table.
     partitions: Option<u32>,
     nid: Option<Nid>,
-    /// ttid -> oid -> what `store` holds.
-    held: BTreeMap<Tid, BTreeMap<Oid, Held>>,
+    /// ttid -> what `store` holds.
+    held: BTreeMap<Tid, HeldTxn>,
+    /// What every pending value weighs together.
+    pending: usize,
+    /// The id of the next `data` row (ids are never reused within a process; at start, one
+    /// above the greatest).
+    next_data_id: u64,
 }
 
 impl<E: Engine> SqlBackend<E> {
@@ -374,6 +464,8 @@ impl<E: Engine> SqlBackend<E> {
             partitions: None,
             nid: None,
             held: BTreeMap::new(),
+            pending: 0,
+            next_data_id: 1,
         };
         if !initialised {
             for ddl in E::SCHEMA {
@@ -390,6 +482,9 @@ impl<E: Engine> SqlBackend<E> {
         backend.engine.exec("DELETE FROM tdata", &[])?;
         backend.prune(stale)?;
         backend.engine.commit()?;
+        backend.next_data_id = backend
+            .first_u64("SELECT MAX(id) FROM data", &[])?
+            .map_or(1, |max| max.saturating_add(1));
         backend.nid = identity.nid.or(config.nid);
         backend.partitions = backend.count_partitions()?;
         Ok(backend)
@@ -485,28 +580,198 @@ impl<E: Engine> SqlBackend<E> {
     }
 
     /// The id of the data row holding `data`, inserting it if no row has its checksum.
-    fn hold_data(&self, data: &ObjectData) -> DbResult<u64> {
-        let found = self.first_u64(
-            "SELECT id FROM data WHERE hash = ? AND compression = ?",
-            &[
-                Param::Bytes(&data.checksum),
-                Param::U64(data.compression as u64),
-            ],
-        )?;
-        match found {
-            Some(id) => {
-                let stored = self
-                    .read_data(id)?
-                    .ok_or_else(|| corrupt(format!("data row {id} vanished")))?;
-                if stored.data != data.data {
-                    return Err(DbError::ChecksumCollision(data.checksum));
-                }
+    fn hold_data(&mut self, data: &ObjectData) -> DbResult<u64> {
+        let found = self.find_data(&[data])?;
+        match found.get(&(data.checksum, data.compression)) {
+            Some(&id) => Ok(id),
+            None => {
+                let id = self.new_data_id()?;
+                self.engine.insert_data(&[NewData {
+                    id,
+                    checksum: &data.checksum,
+                    compression: data.compression,
+                    data: &data.data,
+                }])?;
                 Ok(id)
             }
-            None => self
-                .engine
-                .insert_data(&data.checksum, data.compression, &data.data),
         }
+    }
+
+    fn new_data_id(&mut self) -> DbResult<u64> {
+        let id = self.next_data_id;
+        if id >= E::MAX_INT {
+            return Err(DbError::Backend("data row ids exhausted".into()));
+        }
+        self.next_data_id = id + 1;
+        Ok(id)
+    }
+
+    /// The ids of the stored data rows with the checksum and compression of some of
+    /// `values`, after checking that they hold the same bytes; and that values with the
+    /// same checksum and compression hold the same bytes. Reads only: a
+    /// `ChecksumCollision` leaves nothing written.
+    fn find_data(&self, values: &[&ObjectData]) -> DbResult<BTreeMap<(Checksum, u8), u64>> {
+        let mut wanted: BTreeMap<(Checksum, u8), &ObjectData> = BTreeMap::new();
+        for &value in values {
+            let key = (value.checksum, value.compression);
+            match wanted.get(&key) {
+                Some(first) if first.data != value.data => {
+                    return Err(DbError::ChecksumCollision(value.checksum))
+                }
+                Some(_) => {}
+                None => {
+                    wanted.insert(key, value);
+                }
+            }
+        }
+        let hashes: Vec<&Checksum> = wanted
+            .keys()
+            .map(|(hash, _)| hash)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut found = BTreeMap::new();
+        for chunk in hashes.chunks(IDS_PER_STATEMENT) {
+            // A power-of-two list (the last hash repeated): few distinct statements to
+            // prepare.
+            let marks = chunk.len().next_power_of_two();
+            let params: Vec<Param> = (0..marks)
+                .map(|i| Param::Bytes(chunk[i.min(chunk.len() - 1)]))
+                .collect();
+            let rows = self.engine.query(
+                &format!(
+                    "SELECT data.id, {} FROM data WHERE hash IN ({})",
+                    Self::data_columns(),
+                    vec!["?"; marks].join(", ")
+                ),
+                &params,
+            )?;
+            for mut row in rows {
+                let id = row[0].u64()?;
+                let stored = self.data_from(id, &mut row[1..])?;
+                let key = (stored.checksum, stored.compression);
+                if let Some(value) = wanted.get(&key) {
+                    if value.data != stored.data {
+                        return Err(DbError::ChecksumCollision(stored.checksum));
+                    }
+                    found.insert(key, id);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// What writing the values `ttid` holds pending takes (reads only): the data rows to
+    /// insert, reusing stored rows with the same bytes, and each object's data row. A
+    /// `ChecksumCollision` leaves everything as it was: still pending, so that the
+    /// transaction cannot vote until the value is replaced or dropped.
+    fn plan_pending(&self, ttid: Tid) -> DbResult<Plan<'_>> {
+        let mut plan = Plan {
+            rows: Vec::new(),
+            ids: BTreeMap::new(),
+            next_data_id: self.next_data_id,
+        };
+        let Some(txn) = self.held.get(&ttid) else {
+            return Ok(plan);
+        };
+        let pending: Vec<(Oid, &ObjectData)> = txn
+            .objects
+            .iter()
+            .filter_map(|(oid, held)| match held {
+                Held::Pending(data) => Some((*oid, data)),
+                Held::Written { .. } => None,
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(plan);
+        }
+        let values: Vec<&ObjectData> = pending.iter().map(|(_, data)| *data).collect();
+        let mut ids = self.find_data(&values)?;
+        for (oid, data) in pending {
+            let key = (data.checksum, data.compression);
+            let id = match ids.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let id = plan.next_data_id;
+                    if id >= E::MAX_INT {
+                        return Err(DbError::Backend("data row ids exhausted".into()));
+                    }
+                    plan.next_data_id = id + 1;
+                    plan.rows.push(NewData {
+                        id,
+                        checksum: &data.checksum,
+                        compression: data.compression,
+                        data: &data.data,
+                    });
+                    ids.insert(key, id);
+                    id
+                }
+            };
+            plan.ids.insert(oid, id);
+        }
+        Ok(plan)
+    }
+
+    /// Write the data rows of the values `ttid` holds pending and refer to them from
+    /// `tdata` rows (see `plan_pending`).
+    fn write_pending(&mut self, ttid: Tid) -> DbResult<()> {
+        let plan = self.plan_pending(ttid)?;
+        if plan.ids.is_empty() {
+            return Ok(());
+        }
+        let tdata = plan
+            .ids
+            .iter()
+            .flat_map(|(oid, id)| [Param::U64(ttid.0), Param::U64(oid.0), Param::U64(*id)])
+            .collect();
+        let steps = [
+            Step::Data(plan.rows),
+            Step::Rows {
+                head: "REPLACE INTO tdata (ttid, oid, data_id) VALUES",
+                width: 3,
+                params: tdata,
+            },
+        ];
+        self.engine.run(&steps, false)?;
+        let (ids, next) = (plan.ids, plan.next_data_id);
+        self.next_data_id = next;
+        let txn = self.held.get_mut(&ttid).expect("planned above");
+        for (oid, id) in ids {
+            txn.objects.insert(
+                oid,
+                Held::Written {
+                    data_id: Some(id),
+                    value_tid: None,
+                },
+            );
+        }
+        self.pending -= txn.pending;
+        txn.pending = 0;
+        txn.tdata = true;
+        Ok(())
+    }
+
+    /// Keep the pending values within their bounds after a store to `ttid`.
+    fn bound_pending(&mut self, ttid: Tid) -> DbResult<()> {
+        if self
+            .held
+            .get(&ttid)
+            .is_some_and(|t| t.pending > HELD_TXN_BYTES)
+        {
+            self.write_pending(ttid)?;
+        }
+        if self.pending > HELD_BYTES {
+            self.write_pending(ttid)?;
+            let others: Vec<Tid> = self.held.keys().copied().filter(|t| *t != ttid).collect();
+            for other in others {
+                match self.write_pending(other) {
+                    // Its own vote will report it.
+                    Err(DbError::ChecksumCollision(_)) => {}
+                    result => result?,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The columns of a data row `data_from` reads.
@@ -629,33 +894,38 @@ impl<E: Engine> SqlBackend<E> {
             .transpose()
     }
 
-    fn write_lock(&self, ttid: Tid, tid: Tid) -> DbResult<()> {
-        self.engine.exec(
+    fn lock_steps(ttid: Tid, tid: Tid) -> Step<'static> {
+        Step::Exec(
             "UPDATE ttrans SET tid = ? WHERE ttid = ?",
-            &[Param::U64(tid.0), Param::U64(ttid.0)],
+            vec![Param::U64(tid.0), Param::U64(ttid.0)],
         )
     }
 
-    fn write_unlock(&self, ttid: Tid, tid: Tid) -> DbResult<()> {
+    /// Moving a locked transaction to `trans` / `obj`: running it again changes nothing.
+    fn unlock_steps(&self, ttid: Tid, tid: Tid) -> DbResult<[Step<'static>; 4]> {
         let np = self.np()?;
-        self.engine.exec(
-            "INSERT INTO trans (`partition`, tid, packed, oids, user, description, ext, ttid) \
-             SELECT ?, ?, packed, oids, user, description, ext, ttid FROM ttrans WHERE ttid = ?",
-            &[
-                Param::U64(partition_of(tid.0, np) as u64),
-                Param::U64(tid.0),
-                Param::U64(ttid.0),
-            ],
-        )?;
-        self.engine.exec(
-            "INSERT INTO obj (`partition`, oid, tid, data_id, value_tid) \
-             SELECT oid % ?, oid, ?, data_id, value_tid FROM tobj WHERE tid = ?",
-            &[Param::U64(np as u64), Param::U64(tid.0), Param::U64(ttid.0)],
-        )?;
-        self.engine
-            .exec("DELETE FROM tobj WHERE tid = ?", &[Param::U64(ttid.0)])?;
-        self.engine
-            .exec("DELETE FROM ttrans WHERE ttid = ?", &[Param::U64(ttid.0)])
+        Ok([
+            Step::Exec(
+                "INSERT INTO trans (`partition`, tid, packed, oids, user, description, ext, \
+                 ttid) SELECT ?, ?, packed, oids, user, description, ext, ttid FROM ttrans \
+                 WHERE ttid = ?",
+                vec![
+                    Param::U64(partition_of(tid.0, np) as u64),
+                    Param::U64(tid.0),
+                    Param::U64(ttid.0),
+                ],
+            ),
+            Step::Exec(
+                "INSERT INTO obj (`partition`, oid, tid, data_id, value_tid) \
+                 SELECT oid % ?, oid, ?, data_id, value_tid FROM tobj WHERE tid = ?",
+                vec![Param::U64(np as u64), Param::U64(tid.0), Param::U64(ttid.0)],
+            ),
+            Step::Exec("DELETE FROM tobj WHERE tid = ?", vec![Param::U64(ttid.0)]),
+            Step::Exec(
+                "DELETE FROM ttrans WHERE ttid = ?",
+                vec![Param::U64(ttid.0)],
+            ),
+        ])
     }
 
     /// Delete revisions of a partition matching `filter` (a condition on `obj` with the
@@ -747,6 +1017,18 @@ impl<E: Engine> SqlBackend<E> {
                 Param::U64(tid.0.min(E::MAX_INT)),
             ],
         )
+    }
+
+    /// Drop what `store` holds for `ttid` (its rows are dealt with).
+    fn forget(&mut self, ttid: Tid) {
+        if let Some(txn) = self.held.remove(&ttid) {
+            self.pending -= txn.pending;
+        }
+    }
+
+    fn forget_all(&mut self) {
+        self.held.clear();
+        self.pending = 0;
     }
 
     fn txn_row(&self, meta: &TxnMeta) -> DbResult<Vec<u8>> {
@@ -881,121 +1163,162 @@ impl<E: Engine> Backend for SqlBackend<E> {
     }
 
     fn store(&mut self, ttid: Tid, oid: Oid, value: Value) -> DbResult<()> {
+        let key = [Param::U64(ttid.0), Param::U64(oid.0)];
         let held = match value {
-            Value::Data(data) => Held {
-                data_id: Some(self.hold_data(&data)?),
-                value_tid: None,
-            },
-            Value::Deleted => Held {
+            Value::Data(data) => Held::Pending(data),
+            Value::Deleted => Held::Written {
                 data_id: None,
                 value_tid: None,
             },
+            // Undo is rare: its data row is referred to at once, so that a pack before the
+            // vote cannot release it.
             Value::Backpointer(tid) => match self.revision(oid, Some(tid), None)? {
                 Some(Rev {
                     data_id: Some(id), ..
-                }) => Held {
-                    data_id: Some(id),
-                    value_tid: Some(tid),
-                },
+                }) => {
+                    self.engine.exec(
+                        "REPLACE INTO tdata (ttid, oid, data_id) VALUES (?, ?, ?)",
+                        &[key[0], key[1], Param::U64(id)],
+                    )?;
+                    self.held.entry(ttid).or_default().tdata = true;
+                    Held::Written {
+                        data_id: Some(id),
+                        value_tid: Some(tid),
+                    }
+                }
                 _ => return Err(DbError::UndoPack { oid, tid }),
             },
         };
-        let old = self
-            .held
-            .get(&ttid)
-            .and_then(|objects| objects.get(&oid))
-            .and_then(|h| h.data_id);
-        let key = [Param::U64(ttid.0), Param::U64(oid.0)];
-        match held.data_id {
-            Some(id) => self.engine.exec(
-                "REPLACE INTO tdata (ttid, oid, data_id) VALUES (?, ?, ?)",
-                &[key[0], key[1], Param::U64(id)],
-            )?,
-            None if old.is_some() => self
-                .engine
-                .exec("DELETE FROM tdata WHERE ttid = ? AND oid = ?", &key)?,
-            None => {}
+        let new_id = match &held {
+            Held::Written { data_id, .. } => *data_id,
+            Held::Pending(_) => None,
+        };
+        let weight = match &held {
+            Held::Pending(data) => held_weight(data),
+            Held::Written { .. } => 0,
+        };
+        let txn = self.held.entry(ttid).or_default();
+        txn.pending += weight;
+        self.pending += weight;
+        match txn.objects.insert(oid, held) {
+            Some(Held::Pending(old)) => {
+                txn.pending -= held_weight(&old);
+                self.pending -= held_weight(&old);
+            }
+            Some(Held::Written {
+                data_id: Some(old), ..
+            }) => {
+                if new_id.is_none() {
+                    self.engine
+                        .exec("DELETE FROM tdata WHERE ttid = ? AND oid = ?", &key)?;
+                }
+                if new_id != Some(old) {
+                    self.prune([old])?;
+                }
+            }
+            _ => {}
         }
-        self.held.entry(ttid).or_default().insert(oid, held);
-        self.prune(old.filter(|&id| Some(id) != held.data_id))
+        self.bound_pending(ttid)
     }
 
     fn unstore(&mut self, ttid: Tid, oid: Oid) -> DbResult<()> {
-        let Some(held) = self.held.get_mut(&ttid).and_then(|o| o.remove(&oid)) else {
+        let Some(txn) = self.held.get_mut(&ttid) else {
             return Ok(());
         };
-        if let Some(id) = held.data_id {
-            self.engine.exec(
-                "DELETE FROM tdata WHERE ttid = ? AND oid = ?",
-                &[Param::U64(ttid.0), Param::U64(oid.0)],
-            )?;
-            self.prune([id])?;
+        match txn.objects.remove(&oid) {
+            Some(Held::Pending(data)) => {
+                txn.pending -= held_weight(&data);
+                self.pending -= held_weight(&data);
+            }
+            Some(Held::Written {
+                data_id: Some(id), ..
+            }) => {
+                self.engine.exec(
+                    "DELETE FROM tdata WHERE ttid = ? AND oid = ?",
+                    &[Param::U64(ttid.0), Param::U64(oid.0)],
+                )?;
+                self.prune([id])?;
+            }
+            _ => {}
         }
         Ok(())
     }
 
     fn vote(&mut self, ttid: Tid, meta: Option<&TxnMeta>) -> DbResult<()> {
         let oids = meta.map(|m| self.txn_row(m)).transpose()?;
-        if let Some(objects) = self.held.get(&ttid) {
-            let mut params = Vec::with_capacity(objects.len() * 4);
-            for (oid, held) in objects {
-                params.extend([
+        // Reads first: a collision found here leaves nothing written.
+        let plan = self.plan_pending(ttid)?;
+        let next_data_id = plan.next_data_id;
+        let mut steps = Vec::new();
+        if let Some(txn) = self.held.get(&ttid) {
+            let mut tobj = Vec::with_capacity(txn.objects.len() * 4);
+            for (oid, held) in &txn.objects {
+                let (data_id, value_tid) = match held {
+                    Held::Written { data_id, value_tid } => (*data_id, *value_tid),
+                    Held::Pending(_) => (plan.ids.get(oid).copied(), None),
+                };
+                tobj.extend([
                     Param::U64(ttid.0),
                     Param::U64(oid.0),
-                    opt(held.data_id),
-                    opt(held.value_tid.map(|t| t.0)),
+                    opt(data_id),
+                    opt(value_tid.map(|t| t.0)),
                 ]);
             }
-            self.engine.insert_rows(
-                "INSERT INTO tobj (tid, oid, data_id, value_tid) VALUES",
-                4,
-                &params,
-            )?;
-            self.engine
-                .exec("DELETE FROM tdata WHERE ttid = ?", &[Param::U64(ttid.0)])?;
+            steps.push(Step::Data(plan.rows));
+            steps.push(Step::Rows {
+                head: "INSERT INTO tobj (tid, oid, data_id, value_tid) VALUES",
+                width: 4,
+                params: tobj,
+            });
+            if txn.tdata {
+                steps.push(Step::Exec(
+                    "DELETE FROM tdata WHERE ttid = ?",
+                    vec![Param::U64(ttid.0)],
+                ));
+            }
         }
         if let (Some(meta), Some(oids)) = (meta, &oids) {
-            self.engine.exec(
+            steps.push(Step::Exec(
                 "REPLACE INTO ttrans (ttid, tid, packed, oids, user, description, ext) \
                  VALUES (?, NULL, 0, ?, ?, ?, ?)",
-                &[
+                vec![
                     Param::U64(ttid.0),
                     Param::Bytes(oids),
                     Param::Bytes(&meta.user),
                     Param::Bytes(&meta.description),
                     Param::Bytes(&meta.extension),
                 ],
-            )?;
+            ));
         }
-        self.engine.commit()?;
-        self.held.remove(&ttid);
+        self.engine.run(&steps, true)?;
+        drop(steps);
+        self.next_data_id = next_data_id;
+        self.forget(ttid);
         Ok(())
     }
 
     fn lock(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
-        self.write_lock(ttid, tid)?;
-        self.engine.commit()
+        self.engine.run(&[Self::lock_steps(ttid, tid)], true)
     }
 
     fn unlock(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
-        self.write_unlock(ttid, tid)?;
-        self.engine.commit()
+        self.engine.run(&self.unlock_steps(ttid, tid)?, true)
     }
 
     fn abort(&mut self, ttid: Tid) -> DbResult<()> {
         let key = [Param::U64(ttid.0)];
-        let mut ids = self.ids(
-            "SELECT data_id FROM tobj WHERE tid = ? AND data_id IS NOT NULL",
-            &key,
+        let ids = self.ids(
+            "SELECT data_id FROM tobj WHERE tid = ? AND data_id IS NOT NULL \
+             UNION SELECT data_id FROM tdata WHERE ttid = ?",
+            &[key[0], key[0]],
         )?;
-        ids.extend(self.ids("SELECT data_id FROM tdata WHERE ttid = ?", &key)?);
         self.engine.exec("DELETE FROM tdata WHERE ttid = ?", &key)?;
         self.engine.exec("DELETE FROM tobj WHERE tid = ?", &key)?;
         self.engine
             .exec("DELETE FROM ttrans WHERE ttid = ?", &key)?;
         self.prune(ids)?;
         self.engine.commit()?;
-        self.held.remove(&ttid);
+        self.forget(ttid);
         Ok(())
     }
 
@@ -1024,9 +1347,9 @@ impl<E: Engine> Backend for SqlBackend<E> {
     }
 
     fn validate(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
-        self.write_lock(ttid, tid)?;
-        self.write_unlock(ttid, tid)?;
-        self.engine.commit()
+        let [a, b, c, d] = self.unlock_steps(ttid, tid)?;
+        self.engine
+            .run(&[Self::lock_steps(ttid, tid), a, b, c, d], true)
     }
 
     fn drop_unfinished(&mut self) -> DbResult<()> {
@@ -1040,7 +1363,7 @@ impl<E: Engine> Backend for SqlBackend<E> {
         }
         self.prune(ids)?;
         self.engine.commit()?;
-        self.held.clear();
+        self.forget_all();
         Ok(())
     }
 
@@ -1421,7 +1744,7 @@ impl<E: Engine> Backend for SqlBackend<E> {
     }
 
     fn erase(&mut self) -> DbResult<()> {
-        self.held.clear();
+        self.forget_all();
         for table in ["pt", "trans", "obj", "ttrans", "tobj", "tdata"] {
             self.engine.exec(&format!("DELETE FROM {table}"), &[])?;
         }

@@ -27,8 +27,10 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params_from_iter, Connection, OpenFlags, ToSql};
 
-use super::sql::{check_identity, corrupt, percent_decode, Engine, Field, Param, Row, SqlBackend};
-use super::{Checksum, DbError, DbResult, Identity};
+use super::sql::{
+    check_identity, corrupt, percent_decode, Engine, Field, NewData, Param, Row, SqlBackend,
+};
+use super::{DbError, DbResult, Identity};
 
 /// A storage node's database in SQLite.
 pub type SqliteBackend = SqlBackend<Sqlite>;
@@ -396,16 +398,23 @@ impl Engine for Sqlite {
         Ok(!rows.is_empty())
     }
 
-    fn insert_data(&self, checksum: &Checksum, compression: u8, data: &[u8]) -> DbResult<u64> {
-        self.exec(
-            "INSERT INTO data (hash, compression, value) VALUES (?, ?, ?)",
-            &[
-                Param::Bytes(checksum),
-                Param::U64(compression as u64),
-                Param::Bytes(data),
-            ],
-        )?;
-        Ok(self.conn.last_insert_rowid() as u64)
+    fn insert_data(&self, rows: &[NewData]) -> DbResult<()> {
+        let params: Vec<Param> = rows
+            .iter()
+            .flat_map(|row| {
+                [
+                    Param::U64(row.id),
+                    Param::Bytes(row.checksum),
+                    Param::U64(row.compression as u64),
+                    Param::Bytes(row.data),
+                ]
+            })
+            .collect();
+        self.insert_rows(
+            "INSERT INTO data (id, hash, compression, value) VALUES",
+            4,
+            &params,
+        )
     }
 
     fn delete_data(&self, ids: &[u64]) -> DbResult<()> {
