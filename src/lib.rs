@@ -8,6 +8,7 @@
 //! - [`sim`]: the deterministic simulator: whole clusters in one thread from a seed, with
 //!   faults, invariant checks, traces and the scenarios `neosim` and `sim-tests` run.
 //! - [`runtime`]: production wiring: actix, TCP, timers and the system clock.
+//! - [`client`]: the blocking Rust client library (the client role on a thread of its own).
 //! - [`db`]: the storage node's disk: the `Backend` trait, SQLite and MySQL/MariaDB.
 //! - [`ctl`]: neoctl's commands and output formats.
 //! - [`config`]: `neo.conf` and the command lines of the node programs.
@@ -16,9 +17,10 @@
 //!
 //! Code under `actors`, `proto` (and later `pt`, `db`) never touches the clock, sockets,
 //! threads, OS randomness or `HashMap` order; `clippy.toml` enforces it, and only `runtime`,
-//! `bin` and the simulator's sweep driver are allowed exceptions.
+//! `client`, `bin` and the simulator's sweep driver are allowed exceptions.
 
 pub mod actors;
+pub mod client;
 pub mod config;
 pub mod ctl;
 pub mod db;

@@ -6,6 +6,10 @@
 //! latest revision, and the one before a TID), and measures the database size, extrapolated
 //! to a million objects. Rates are medians over several timed runs.
 //!
+//! `neobench cluster` starts a local cluster of node processes and measures commits and
+//! loads through the client library, beside the backend's direct figures (see
+//! `cluster.rs`).
+//!
 //! `neobench abuse` runs real nodes under hostile peers and prints each one's peak memory
 //! against a bound (see `abuse.rs`).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -27,6 +31,8 @@ use neo::proto::{CellState, Nid, Oid, Ptid, Tid};
 
 #[path = "neobench/abuse.rs"]
 mod abuse;
+#[path = "neobench/cluster.rs"]
+mod cluster;
 
 #[derive(Parser)]
 #[command(name = "neobench", about = "Benchmarks of NEO's components", version)]
@@ -41,6 +47,8 @@ enum Cmd {
     Backend(BackendArgs),
     /// Peak memory of real nodes under hostile peers, against stated bounds.
     Abuse(abuse::AbuseArgs),
+    /// Commits and loads through the client library on a local cluster of node processes.
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -330,21 +338,22 @@ fn median(mut samples: Vec<f64>) -> f64 {
 
 /// Call `op` for `seconds`, `runs` times; the median rate in calls per second.
 fn timed(
-    args: &BackendArgs,
+    runs: usize,
+    seconds: f64,
     progress: &mut Progress,
     what: &str,
     mut op: impl FnMut(u64) -> DbResult<()>,
 ) -> DbResult<f64> {
     let mut rates = Vec::new();
     let mut i = 0u64;
-    for run in 1..=args.runs {
+    for run in 1..=runs {
         let start = Instant::now();
         let mut n = 0u64;
-        while start.elapsed().as_secs_f64() < args.seconds {
+        while start.elapsed().as_secs_f64() < seconds {
             op(i)?;
             i += 1;
             n += 1;
-            progress.show(|| format!("{what}: run {run}/{}, {n} done", args.runs));
+            progress.show(|| format!("{what}: run {run}/{runs}, {n} done"));
         }
         rates.push(n as f64 / start.elapsed().as_secs_f64());
     }
@@ -360,7 +369,7 @@ fn bench<T: Target>(target: &mut T, args: &BackendArgs) -> DbResult<()> {
         let mut b = target.fresh()?;
         with_pt(&mut b)?;
         let what = format!("{name}: commits of {per_txn} objects");
-        let rate = timed(args, &mut progress, &what, |i| {
+        let rate = timed(args.runs, args.seconds, &mut progress, &what, |i| {
             writer
                 .commit(&mut b, i * per_txn..(i + 1) * per_txn)
                 .map(drop)
@@ -409,17 +418,27 @@ fn bench<T: Target>(target: &mut T, args: &BackendArgs) -> DbResult<()> {
             "unexpected load result {other:?}"
         ))),
     };
-    let latest = timed(args, &mut progress, &format!("{name}: loads"), |i| {
-        expect(b.load(Oid(oid(i)), None, None)?, None)
-    })?;
+    let latest = timed(
+        args.runs,
+        args.seconds,
+        &mut progress,
+        &format!("{name}: loads"),
+        |i| expect(b.load(Oid(oid(i)), None, None)?, None),
+    )?;
     println!(
         "{name}: {latest:8.0} loads/s of the latest revision ({objects} objects, 2 revisions each)"
     );
-    let before = timed(args, &mut progress, &format!("{name}: loads before"), |i| {
-        let o = oid(i);
-        let tid = first[(o / 100) as usize];
-        expect(b.load(Oid(o), None, Some(Tid(tid.0 + 1)))?, Some(tid))
-    })?;
+    let before = timed(
+        args.runs,
+        args.seconds,
+        &mut progress,
+        &format!("{name}: loads before"),
+        |i| {
+            let o = oid(i);
+            let tid = first[(o / 100) as usize];
+            expect(b.load(Oid(o), None, Some(Tid(tid.0 + 1)))?, Some(tid))
+        },
+    )?;
     println!("{name}: {before:8.0} loads/s before a TID (finding the first revision)");
     Ok(())
 }
@@ -428,6 +447,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.cmd {
         Cmd::Backend(args) => args,
+        Cmd::Cluster(args) => {
+            return match cluster::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("neobench: cluster: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Abuse(args) => {
             return match abuse::run(&args) {
                 Ok(true) => ExitCode::SUCCESS,

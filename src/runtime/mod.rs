@@ -3,6 +3,7 @@
 //! protocol logic lives here: it moves bytes, fires timers and reads the clock.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod app;
 pub mod client;
 pub mod conn;
 pub mod log;
@@ -172,6 +173,9 @@ pub struct NodeHost<A: actors::Actor> {
     /// Set when the node asked to exit.
     exited: bool,
     process: Process,
+    /// Where a hosted client role's replies and notices go (the library); other nodes
+    /// have none.
+    outlet: Option<Box<dyn app::Outlet>>,
 }
 
 fn wall_now() -> WallTime {
@@ -197,7 +201,14 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
             budget: Budget::default(),
             exited: false,
             process,
+            outlet: None,
         }
+    }
+
+    /// Hand the node's replies and notices to `outlet` (a hosted client role).
+    pub fn with_outlet(mut self, outlet: Box<dyn app::Outlet>) -> NodeHost<A> {
+        self.outlet = Some(outlet);
+        self
     }
 
     fn run(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut A, &mut Ctx)) {
@@ -281,7 +292,16 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
             }
             Effect::Observe(_) => {}
             // Hosting the client role (the library) delivers these to the application.
-            Effect::Reply(_) | Effect::Notice(_) => {}
+            Effect::Reply(r) => {
+                if let Some(o) = &mut self.outlet {
+                    o.reply(r);
+                }
+            }
+            Effect::Notice(n) => {
+                if let Some(o) = &mut self.outlet {
+                    o.notice(n);
+                }
+            }
             Effect::Exit { reason, success } => {
                 info!("{}: exiting: {reason}", self.name);
                 self.exited = true;

@@ -31,7 +31,7 @@ pub struct AbuseArgs {
 const MIB: u64 = 1024 * 1024;
 
 /// A node process; killed when dropped.
-struct Node {
+pub struct Node {
     name: &'static str,
     child: Child,
 }
@@ -44,7 +44,7 @@ impl Drop for Node {
 }
 
 impl Node {
-    fn start(
+    pub fn start(
         program: &Path,
         name: &'static str,
         dir: &Path,
@@ -92,14 +92,14 @@ fn status_field(pid: u32, name: &str) -> Option<u64> {
         .ok()
 }
 
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| e.to_string())
 }
 
-fn program(name: &str) -> Result<PathBuf, String> {
+pub fn program(name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let p = exe.parent().unwrap_or(Path::new(".")).join(name);
     if p.is_file() {
