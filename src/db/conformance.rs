@@ -697,7 +697,11 @@ pub fn deferred_write_path_waits_for_commit<F: Fixture>(f: &F) {
     );
     assert_eq!(load(&b, 2, None, None), Load::DoesNotExist);
     assert_eq!(latest(&b, 1).data, b"committed");
-    assert_rows(f, &b, &[("data", 2), ("obj", 1), ("tobj", 1), ("ttrans", 1)]);
+    assert_rows(
+        f,
+        &b,
+        &[("data", 2), ("obj", 1), ("tobj", 1), ("ttrans", 1)],
+    );
     // Again, committed once: all of it survives.
     deferred(&mut b);
     b.commit().unwrap();

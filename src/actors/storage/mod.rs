@@ -1300,7 +1300,10 @@ pub(super) mod serving_tests {
         assert!(
             matches!(
                 sent(&out, CLIENT).as_slice(),
-                [Packet::AnswerObject { serial: Tid(11), .. }]
+                [Packet::AnswerObject {
+                    serial: Tid(11),
+                    ..
+                }]
             ),
             "{out:?}"
         );
