@@ -12,8 +12,9 @@
 //! `trans` / `obj` / `data`, and the temporary `ttrans` / `tobj` a vote writes.
 //!
 //! The write path of a transaction, and what survives a crash at each point:
-//! - `store`: the object's data row is written (deduplicated by SHA-1 and compression), the
-//!   object itself is only held in memory. Lost in a crash, and its data row released.
+//! - `store`: the object is held in memory; its data row (deduplicated by SHA-1 and
+//!   compression) is written by `vote`, or earlier once held values weigh more than a bound
+//!   (memory stays bounded). Lost in a crash, and any data row written for it released.
 //! - `vote`: `tobj` rows (and `ttrans` with a NULL tid, on the node that keeps the
 //!   transaction's metadata) are written and committed. Survives; verification decides.
 //! - `lock`: the final TID is recorded in `ttrans` and committed. Survives: a locked
@@ -318,7 +319,11 @@ pub trait Backend {
     // ---- the write path ----
 
     /// Hold `value` as the revision of `oid` in transaction `ttid`, replacing what an earlier
-    /// `store` of the same object in the same transaction held.
+    /// `store` of the same object in the same transaction held. Data whose checksum and
+    /// compression match stored data with other bytes (`ChecksumCollision`) is refused by
+    /// the call that writes its data row (this store, a later one of the transaction, or
+    /// `vote`), which then writes nothing; the value stays held, so the transaction cannot
+    /// vote until the object is stored again, unstored or the transaction aborted.
     fn store(&mut self, ttid: Tid, oid: Oid, value: Value) -> DbResult<()>;
     /// Forget what `store` held for `oid` in `ttid` (conflict resolution re-stores it).
     fn unstore(&mut self, ttid: Tid, oid: Oid) -> DbResult<()>;

@@ -4,12 +4,21 @@
 //! storage of big values; the SQL here is the dialect both accept (backquoted `partition`,
 //! `REPLACE INTO`, `LIMIT ? OFFSET ?`).
 //!
-//! Held data and crashes: `store` writes the data row and a `tdata` row (ttid, oid, data_id)
-//! in the same SQL transaction, and keeps the object itself in memory. Whatever commits next
-//! (another transaction's vote) makes both durable; `vote` replaces the `tdata` rows of its
-//! transaction by `tobj` rows. A data row lives while an `obj`, `tobj` or `tdata` row refers
-//! to it, so after a crash the `tdata` rows are exactly the references the lost in-memory
-//! holds had: opening deletes them and releases the data nothing else uses.
+//! Held data and crashes: `store` keeps the object in memory, its bytes pending. `vote`
+//! writes the pending data rows and every `tobj` row of the transaction in multi-row
+//! statements, with one lookup for deduplication, and commits. A transaction's pending
+//! values are written earlier, with a `tdata` row (ttid, oid, data_id) each, once they
+//! weigh more than [`HELD_TXN_BYTES`] (or all transactions' more than [`HELD_BYTES`]):
+//! memory stays bounded. Whatever commits next (another transaction's vote) makes such rows
+//! durable; `vote` replaces them by `tobj` rows. A data row lives while an `obj`, `tobj` or
+//! `tdata` row refers to it, so after a crash the `tdata` rows are exactly the references the
+//! lost in-memory holds had: opening deletes them and releases the data nothing else uses.
+//!
+//! Round trips: each write of the commit path is a batch of [`Step`]s an engine may send at
+//! once (`Engine::run`): MySQL sends vote, lock and unlock as one script each.
+//!
+//! Data row ids are allocated here (one above the greatest at opening), so that multi-row
+//! inserts need no id back from the engine.
 //!
 //! Deduplication: `data` has a unique key on (hash, compression); storing bytes whose key is
 //! present reuses that row after comparing the bytes (`ChecksumCollision` if they differ).
