@@ -40,7 +40,7 @@ pub(super) struct Batch {
 fn needs_commit(packet: &Packet) -> bool {
     matches!(
         packet,
-        Packet::AnswerStoreTransaction { .. }
+        Packet::AnswerStoreTransaction
             | Packet::AnswerVoteTransaction
             | Packet::AnswerInformationLocked { .. }
     )
