@@ -16,7 +16,7 @@ use super::client::{Call, ClientError, Reply};
 use super::link::{Incoming, Links};
 use super::master_link::{LinkEvent, MasterLink};
 use super::requests::Failure;
-use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Ticker};
+use super::{Actor, CloseReason, Command, ConnId, Ctx, Event, Ticker, TimerId};
 use crate::proto::{CellState, IdentificationExtra, Message, Nid, Ptid};
 use crate::pt::PartitionTable;
 
@@ -56,6 +56,11 @@ pub trait Node {
 
     /// The role's periodic work, after the core's.
     fn on_tick(&mut self, cx: &mut Ctx);
+
+    /// A timer the role set itself (any but the tick) fired.
+    fn on_timer(&mut self, cx: &mut Ctx, id: TimerId, token: u64) {
+        let _ = (cx, id, token);
+    }
 
     /// Stop cleanly (SIGINT/SIGTERM).
     fn on_shutdown(&mut self, cx: &mut Ctx);
@@ -119,6 +124,8 @@ pub trait Node {
             Event::Timer { id, token } => {
                 if self.core().1.fired(id, token) {
                     self.tick(cx);
+                } else {
+                    self.on_timer(cx, id, token);
                 }
             }
             Event::Local(Command::Shutdown) => self.on_shutdown(cx),

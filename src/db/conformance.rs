@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             abort_releases_everything,
             crash_after_store_releases_held_data,
             crash_after_vote_lock_and_unlock,
+            deferred_write_path_waits_for_commit,
             identical_data_is_shared,
             undo_backpointers_and_find_undo,
             history_is_newest_first_with_sizes,
@@ -658,6 +659,73 @@ pub fn crash_after_vote_lock_and_unlock<F: Fixture>(f: &F) {
             ("tobj", 0),
             ("ttrans", 0),
         ],
+    );
+}
+
+/// Deferred mode: votes, locks and unlocks of several transactions are seen by the same
+/// connection at once, lost together by a crash before `commit`, kept together after it.
+pub fn deferred_write_path_waits_for_commit<F: Fixture>(f: &F) {
+    let mut b = f.open(&identity()).unwrap();
+    with_pt(&mut b, 2);
+    commit(&mut b, 100, vec![(1, value(b"committed"))]);
+    // Voted and locked the usual way (durable before the deferred work).
+    store_all(&mut b, 200, vec![(2, value(b"locked"))]);
+    b.vote(ttid(200), Some(&meta(&[2]))).unwrap();
+    b.lock(ttid(200), Tid(200)).unwrap();
+    let deferred = |b: &mut F::Backend| {
+        b.set_deferred(true);
+        store_all(b, 300, vec![(3, value(b"three"))]);
+        b.vote(ttid(300), Some(&meta(&[3]))).unwrap();
+        store_all(b, 400, vec![(4, value(b"four")), (1, value(b"one again"))]);
+        b.vote(ttid(400), None).unwrap();
+        b.lock(ttid(300), Tid(300)).unwrap();
+        b.unlock(ttid(200), Tid(200)).unwrap();
+        // The same connection sees it all at once.
+        assert_eq!(
+            b.locked_transactions().unwrap(),
+            BTreeMap::from([(ttid(300), Some(Tid(300))), (ttid(400), None)])
+        );
+        assert_eq!(latest(b, 2).data, b"locked");
+        assert_eq!(b.final_tid(ttid(200)).unwrap(), Some(Tid(200)));
+    };
+    deferred(&mut b);
+    // A crash before the commit loses every deferred step, and only them.
+    let mut b = crash(f, b);
+    assert_eq!(
+        b.locked_transactions().unwrap(),
+        BTreeMap::from([(ttid(200), Some(Tid(200)))])
+    );
+    assert_eq!(load(&b, 2, None, None), Load::DoesNotExist);
+    assert_eq!(latest(&b, 1).data, b"committed");
+    assert_rows(
+        f,
+        &b,
+        &[("data", 2), ("obj", 1), ("tobj", 1), ("ttrans", 1)],
+    );
+    // Again, committed once: all of it survives.
+    deferred(&mut b);
+    b.commit().unwrap();
+    let mut b = crash(f, b);
+    assert_eq!(
+        b.locked_transactions().unwrap(),
+        BTreeMap::from([(ttid(300), Some(Tid(300))), (ttid(400), None)])
+    );
+    assert_eq!(latest(&b, 2).data, b"locked");
+    assert_eq!(b.transaction(Tid(200)).unwrap().unwrap().meta, meta(&[2]));
+    b.validate(ttid(300), Tid(300)).unwrap();
+    b.validate(ttid(400), Tid(400)).unwrap();
+    let b = crash(f, b);
+    assert_eq!(latest(&b, 3).data, b"three");
+    assert_eq!(latest(&b, 4).data, b"four");
+    assert_eq!(latest(&b, 1).data, b"one again");
+    // Not deferred any more after a reopen: each call commits again.
+    let mut b = b;
+    store_all(&mut b, 500, vec![(5, value(b"five"))]);
+    b.vote(ttid(500), None).unwrap();
+    let b = crash(f, b);
+    assert_eq!(
+        b.locked_transactions().unwrap(),
+        BTreeMap::from([(ttid(500), None)])
     );
 }
 

@@ -133,6 +133,8 @@ enum Strike {
 pub struct FaultyBackend {
     inner: Result<Box<dyn Backend>, DbError>,
     faults: Rc<RefCell<DiskFaults>>,
+    /// Whether the inner backend defers its write-path commits (they fail as plain writes).
+    deferred: bool,
 }
 
 impl FaultyBackend {
@@ -140,6 +142,7 @@ impl FaultyBackend {
         FaultyBackend {
             inner: Ok(inner),
             faults,
+            deferred: false,
         }
     }
 
@@ -148,6 +151,7 @@ impl FaultyBackend {
         FaultyBackend {
             inner: Err(why),
             faults,
+            deferred: false,
         }
     }
 
@@ -226,13 +230,22 @@ impl Backend for FaultyBackend {
         self.write("unstore", false, |b| b.unstore(ttid, oid))
     }
     fn vote(&mut self, ttid: Tid, meta: Option<&TxnMeta>) -> DbResult<()> {
-        self.write("vote", true, |b| b.vote(ttid, meta))
+        let commits = !self.deferred;
+        self.write("vote", commits, |b| b.vote(ttid, meta))
+    }
+    fn set_deferred(&mut self, deferred: bool) {
+        self.deferred = deferred;
+        if let Ok(inner) = self.inner.as_mut() {
+            inner.set_deferred(deferred);
+        }
     }
     fn lock(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
-        self.write("lock", true, |b| b.lock(ttid, tid))
+        let commits = !self.deferred;
+        self.write("lock", commits, |b| b.lock(ttid, tid))
     }
     fn unlock(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
-        self.write("unlock", true, |b| b.unlock(ttid, tid))
+        let commits = !self.deferred;
+        self.write("unlock", commits, |b| b.unlock(ttid, tid))
     }
     fn abort(&mut self, ttid: Tid) -> DbResult<()> {
         self.write("abort", true, |b| b.abort(ttid))

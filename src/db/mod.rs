@@ -22,6 +22,12 @@
 //! - `unlock`: the rows move to `trans` / `obj` under the final TID, committed.
 //! - `abort`: the temporary rows and held data are dropped, committed.
 //!
+//! Deferred mode (`set_deferred(true)`, the storage's group commit): `vote`, `lock` and
+//! `unlock` write but do not commit; one `commit` then makes several transactions' steps
+//! durable at once, and a crash before it loses them all (as if they never ran). The same
+//! connection sees what they wrote meanwhile. Every other method that commits also commits
+//! what deferred calls left pending.
+//!
 //! Every method that says "commits" leaves nothing pending when it returns; the others
 //! (replication's `put_*`/`delete_*`, `set_replicated_up_to`, `set_backup_tid`) are committed
 //! by `commit`.
@@ -325,6 +331,9 @@ pub trait Backend {
     /// transaction's metadata) to `ttrans` with no final TID. Commits. `TooLarge` if `meta`
     /// exceeds `MAX_TXN_OIDS` / `MAX_TXN_TEXT`.
     fn vote(&mut self, ttid: Tid, meta: Option<&TxnMeta>) -> DbResult<()>;
+    /// While `deferred`, `vote`, `lock` and `unlock` do not commit (`commit` does); see the
+    /// module doc.
+    fn set_deferred(&mut self, deferred: bool);
     /// Record the final TID of a voted transaction. Commits.
     fn lock(&mut self, ttid: Tid, tid: Tid) -> DbResult<()>;
     /// Move a locked transaction to `trans` / `obj` under `tid`. Commits.

@@ -462,6 +462,8 @@ pub struct SqlBackend<E: Engine> {
     /// The id of the next `data` row (ids are never reused within a process; at start, one
     /// above the greatest).
     next_data_id: u64,
+    /// `vote`, `lock` and `unlock` leave their work for `commit` (`Backend::set_deferred`).
+    deferred: bool,
 }
 
 impl<E: Engine> SqlBackend<E> {
@@ -475,6 +477,7 @@ impl<E: Engine> SqlBackend<E> {
             held: BTreeMap::new(),
             pending: 0,
             next_data_id: 1,
+            deferred: false,
         };
         if !initialised {
             for ddl in E::SCHEMA {
@@ -1299,19 +1302,25 @@ impl<E: Engine> Backend for SqlBackend<E> {
                 ],
             ));
         }
-        self.engine.run(&steps, true)?;
+        self.engine.run(&steps, !self.deferred)?;
         drop(steps);
         self.next_data_id = next_data_id;
         self.forget(ttid);
         Ok(())
     }
 
+    fn set_deferred(&mut self, deferred: bool) {
+        self.deferred = deferred;
+    }
+
     fn lock(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
-        self.engine.run(&[Self::lock_steps(ttid, tid)], true)
+        self.engine
+            .run(&[Self::lock_steps(ttid, tid)], !self.deferred)
     }
 
     fn unlock(&mut self, ttid: Tid, tid: Tid) -> DbResult<()> {
-        self.engine.run(&self.unlock_steps(ttid, tid)?, true)
+        self.engine
+            .run(&self.unlock_steps(ttid, tid)?, !self.deferred)
     }
 
     fn abort(&mut self, ttid: Tid) -> DbResult<()> {

@@ -214,6 +214,9 @@ impl Storage {
     pub(super) fn flush(&mut self, cx: &mut Ctx, out: Vec<Out>) {
         let mut queue = std::collections::VecDeque::from(out);
         while let Some(o) = queue.pop_front() {
+            let Some(o) = self.hold(cx, o) else {
+                continue;
+            };
             match o {
                 Out::Answer { conn, id, packet } => self.links.answer(cx, conn, id, packet),
                 Out::Notify { conn, packet } => self.links.notify(cx, conn, packet),

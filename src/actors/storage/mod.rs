@@ -18,16 +18,17 @@
 use tracing::{debug, error, info, warn};
 
 mod client;
+mod group;
 pub mod transactions;
 
 use std::time::Duration;
 
-use self::transactions::{Mutants, Transactions};
+use self::transactions::{Mutants, Out, Transactions};
 use super::core::{Follower, Node};
 use super::link::Links;
 use super::master_link::{LinkEvent, MasterLink};
 use super::requests::Failure;
-use super::{CloseReason, ConnId, Ctx, Ticker};
+use super::{CloseReason, ConnId, Ctx, Ticker, TimerId};
 use crate::db::{Backend, Cell, DbError};
 use crate::proto::{
     Address, ClusterState, ErrorCode, IdentificationExtra, Message, Nid, NodeState, NodeType,
@@ -73,6 +74,8 @@ pub struct Storage {
     /// Clients that asked to identify before the primary told us about them: (message id,
     /// their nid, since when); answered when the primary's node list names them.
     unannounced: std::collections::BTreeMap<ConnId, (u32, Nid, Duration)>,
+    /// Answers waiting for the group commit (`group`).
+    batch: group::Batch,
 }
 
 /// How long a client's identification waits for the primary to announce it.
@@ -104,7 +107,9 @@ fn table_from_cells(
 }
 
 impl Storage {
-    pub fn new(cfg: StorageConfig, db: Box<dyn Backend>) -> Storage {
+    pub fn new(cfg: StorageConfig, mut db: Box<dyn Backend>) -> Storage {
+        // Votes, locks and unlocks are committed in groups (`group`).
+        db.set_deferred(true);
         let master = MasterLink::new(
             NodeType::Storage,
             cfg.cluster.clone(),
@@ -123,6 +128,7 @@ impl Storage {
             failed: false,
             tm: Transactions::default(),
             unannounced: Default::default(),
+            batch: Default::default(),
         }
     }
 
@@ -436,11 +442,18 @@ impl Storage {
                         Packet::error(code, why)
                     }
                 };
-                self.answer(cx, conn, id, answer);
+                // Held until the commit that makes the lock durable.
+                let answer = Out::Answer {
+                    conn,
+                    id,
+                    packet: answer,
+                };
+                self.flush(cx, vec![answer]);
             }
             Packet::NotifyUnlockInformation { ttid } => {
                 let mut out = Vec::new();
                 let r = self.tm.unlock(self.db.as_mut(), &mut out, ttid);
+                self.deferred_call(cx);
                 self.flush(cx, out);
                 r?;
             }
@@ -556,7 +569,13 @@ impl Node for Storage {
         self.expire_unannounced(cx);
     }
 
+    fn on_timer(&mut self, cx: &mut Ctx, id: TimerId, token: u64) {
+        self.flush_timer(cx, id, token);
+    }
+
     fn on_shutdown(&mut self, cx: &mut Ctx) {
+        // What waits for the group commit is committed and answered first.
+        self.commit_batch(cx);
         self.stop(cx, "shutdown requested".into(), true);
     }
 }
@@ -1025,12 +1044,21 @@ pub(super) mod serving_tests {
                 nid: None,
             };
             let db = SqliteBackend::memory(name, &identity).unwrap();
+            Setup::over(Box::new(db), mutant, cells)
+        }
+
+        /// `new` over the given database.
+        pub(super) fn over(
+            db: Box<dyn crate::db::Backend>,
+            mutant: Option<&'static str>,
+            cells: &[Option<CellState>],
+        ) -> Setup {
             let cfg = StorageConfig {
                 cluster: "c".into(),
                 bind: Address::new("10.0.1.1", 20000),
                 masters: vec![Address::new("10.0.0.1", 10000)],
             };
-            let actor = Storage::new(cfg, Box::new(db));
+            let actor = Storage::new(cfg, db);
             let h = match mutant {
                 Some(m) => Harness::with_mutant(actor, m),
                 None => Harness::new(actor),
@@ -1090,16 +1118,52 @@ pub(super) mod serving_tests {
         }
 
         fn master_says_id(&mut self, id: u32, packet: Packet) -> Vec<Effect> {
-            self.h.handle(Event::Received {
+            let out = self.h.handle(Event::Received {
                 conn: self.master,
                 msg: Message { id, packet },
-            })
+            });
+            self.settle(out)
+        }
+
+        /// The host fires the group commit's zero-delay timer if `out` set it.
+        pub(super) fn settle(&mut self, mut out: Vec<Effect>) -> Vec<Effect> {
+            for id in flush_timers(&out) {
+                out.extend(self.h.handle(Event::Timer {
+                    id,
+                    token: group::FLUSH_TOKEN,
+                }));
+            }
+            out
         }
 
         pub(super) fn master_says(&mut self, packet: Packet) -> Vec<Packet> {
             self.next_id += 1;
             let out = self.master_says_id(self.next_id, packet);
             sent(&out, self.master)
+        }
+
+        /// A message from the primary, its effects, the flush timer not fired.
+        fn master_raw(&mut self, packet: Packet) -> Vec<Effect> {
+            self.next_id += 1;
+            self.h.handle(Event::Received {
+                conn: self.master,
+                msg: Message {
+                    id: self.next_id,
+                    packet,
+                },
+            })
+        }
+
+        /// A client request, its effects, the flush timer not fired.
+        fn ask_raw(&mut self, packet: Packet) -> Vec<Effect> {
+            self.next_id += 1;
+            self.h.handle(Event::Received {
+                conn: CLIENT,
+                msg: Message {
+                    id: self.next_id,
+                    packet,
+                },
+            })
         }
 
         fn announce(&mut self, nodes: Vec<NodeInfo>) -> Vec<Effect> {
@@ -1115,20 +1179,136 @@ pub(super) mod serving_tests {
 
         /// A client request; what the client got back.
         pub(super) fn ask(&mut self, packet: Packet) -> Vec<Packet> {
-            self.next_id += 1;
-            let out = self.h.handle(Event::Received {
-                conn: CLIENT,
-                msg: Message {
-                    id: self.next_id,
-                    packet,
-                },
-            });
+            let out = self.ask_raw(packet);
+            let out = self.settle(out);
             sent(&out, CLIENT)
         }
 
         fn db(&self) -> &dyn crate::db::Backend {
             self.h.actor.backend()
         }
+    }
+
+    /// The group commit's timers set among `out`.
+    fn flush_timers(out: &[Effect]) -> Vec<crate::actors::TimerId> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::SetTimer { id, token, .. } if *token == group::FLUSH_TOKEN => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn fire(s: &mut Setup, id: crate::actors::TimerId) -> Vec<Effect> {
+        s.h.handle(Event::Timer {
+            id,
+            token: group::FLUSH_TOKEN,
+        })
+    }
+
+    #[test]
+    fn votes_of_several_transactions_share_one_commit() {
+        let mut s = Setup::new("group-votes", None, &[Some(CellState::UpToDate)]);
+        for t in [10, 20, 30] {
+            assert_eq!(s.ask(store(t, t, 0, b"a")), stored(None));
+        }
+        let before = s.h.actor.batch.commits;
+        let mut timers = Vec::new();
+        for packet in [
+            meta(10, &[10]),
+            meta(20, &[20]),
+            Packet::AskVoteTransaction { ttid: Tid(30) },
+        ] {
+            let out = s.ask_raw(packet);
+            assert!(sent(&out, CLIENT).is_empty(), "answered early: {out:?}");
+            timers.extend(flush_timers(&out));
+        }
+        // Answers made meanwhile wait behind them, in order.
+        let out = s.ask_raw(store(40, 40, 0, b"b"));
+        assert!(sent(&out, CLIENT).is_empty(), "{out:?}");
+        assert_eq!(timers.len(), 1, "one commit for the batch");
+        assert_eq!(s.h.actor.batch.commits, before);
+        let out = fire(&mut s, timers[0]);
+        assert_eq!(
+            sent(&out, CLIENT),
+            vec![
+                Packet::AnswerStoreTransaction,
+                Packet::AnswerStoreTransaction,
+                Packet::AnswerVoteTransaction,
+                Packet::AnswerStoreObject { conflict: None },
+            ]
+        );
+        assert_eq!(s.h.actor.batch.commits, before + 1);
+        // Nothing waits now: a store is answered at once.
+        assert_eq!(s.ask(store(50, 50, 0, b"c")), stored(None));
+    }
+
+    #[test]
+    fn a_failed_group_commit_answers_nothing() {
+        use crate::db::faulty::{DiskFaults, FaultyBackend};
+        let identity = Identity {
+            cluster: "c".into(),
+            nid: None,
+        };
+        let inner = SqliteBackend::memory("group-fail", &identity).unwrap();
+        let faults = std::rc::Rc::new(std::cell::RefCell::new(DiskFaults::new(
+            crate::rng::stream(1, 1),
+        )));
+        let db = FaultyBackend::new(Box::new(inner), faults.clone());
+        let mut s = Setup::over(Box::new(db), None, &[Some(CellState::UpToDate)]);
+        faults.borrow_mut().armed = true;
+        assert_eq!(s.ask(store(10, 1, 0, b"a")), stored(None));
+        let out = s.ask_raw(meta(10, &[1]));
+        assert!(sent(&out, CLIENT).is_empty(), "{out:?}");
+        let timer = flush_timers(&out)[0];
+        faults.borrow_mut().fail_next = Some(DbError::Io("injected".into()));
+        let out = fire(&mut s, timer);
+        assert!(sent(&out, CLIENT).is_empty(), "{out:?}");
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Effect::Exit { success: false, .. })),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn locks_wait_for_the_commit_and_unlocks_ride_one() {
+        let mut s = Setup::new("group-lock", None, &[Some(CellState::UpToDate)]);
+        assert_eq!(s.ask(store(10, 1, 0, b"a")), stored(None));
+        assert_eq!(s.ask(meta(10, &[1])), vec![Packet::AnswerStoreTransaction]);
+        let master = s.master;
+        let out = s.master_raw(Packet::AskLockInformation {
+            ttid: Tid(10),
+            tid: Tid(11),
+        });
+        assert!(sent(&out, master).is_empty(), "{out:?}");
+        let out = fire(&mut s, flush_timers(&out)[0]);
+        assert_eq!(
+            sent(&out, master),
+            vec![Packet::AnswerInformationLocked { ttid: Tid(10) }]
+        );
+        let before = s.h.actor.batch.commits;
+        let out = s.master_raw(Packet::NotifyUnlockInformation { ttid: Tid(10) });
+        let timers = flush_timers(&out);
+        assert_eq!(timers.len(), 1);
+        // A load sees the unlocked data before the unlock's commit, at once.
+        let out = s.ask_raw(Packet::AskObject {
+            oid: Oid(1),
+            at: None,
+            before: None,
+        });
+        assert!(
+            matches!(
+                sent(&out, CLIENT).as_slice(),
+                [Packet::AnswerObject {
+                    serial: Tid(11),
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        fire(&mut s, timers[0]);
+        assert_eq!(s.h.actor.batch.commits, before + 1);
     }
 
     fn identify(node_type: NodeType, nid: Option<Nid>, cluster: &str) -> Packet {
