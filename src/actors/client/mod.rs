@@ -125,6 +125,10 @@ struct Inflight {
     /// Invalidations may have been missed since it was sent (the primary was lost): its
     /// answer may not be cached as current.
     blind: bool,
+    /// It reads past the snapshot it was sent in (`before` above `last_tid`): an answer
+    /// with no next serial is current. An older snapshot's answer is not: invalidations
+    /// received before it was sent are not in `invalidated`.
+    latest: bool,
 }
 
 /// One storage's answer to a store or check.
@@ -899,6 +903,7 @@ impl Client {
             l.waiters.push(id);
             return;
         }
+        let latest = at.is_none() && before.is_some_and(|b| self.last_tid.is_some_and(|l| b > l));
         self.loads.insert(
             key,
             Inflight {
@@ -907,6 +912,7 @@ impl Client {
                 wrong: None,
                 invalidated: None,
                 blind: false,
+                latest,
             },
         );
         self.load_send(cx, key);
@@ -1037,13 +1043,13 @@ impl Client {
                         }
                     }
                 };
-                let (invalidated, blind) = self
+                let (invalidated, blind, latest) = self
                     .loads
                     .get(&key)
-                    .map_or((None, true), |l| (l.invalidated, l.blind));
+                    .map_or((None, true, false), |l| (l.invalidated, l.blind, l.latest));
                 let next_serial = next_serial.or(invalidated.filter(|t| *t > serial));
                 let shared: Option<Arc<[u8]>> = data.as_deref().map(Arc::from);
-                if next_serial.is_some() || !blind {
+                if next_serial.is_some() || (latest && !blind) {
                     self.with_cache(|c| c.store(oid, serial, next_serial, shared));
                 }
                 let loaded = Loaded {

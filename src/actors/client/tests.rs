@@ -1165,6 +1165,37 @@ fn a_load_across_a_lost_primary_is_not_cached_as_current() {
 }
 
 #[test]
+fn an_old_snapshot_answer_is_not_cached_as_current() {
+    let mut w = World::new(config(false), None);
+    let oid = Oid(2);
+    // Snapshot 100: a load before 80 or at 50 may miss an invalidation received earlier.
+    for (at, before) in [(None, Some(Tid(80))), (Some(Tid(50)), None)] {
+        let (c, out) = w.call(Op::Load { oid, at, before });
+        let (nid, id, _) = w.storage_sends(&out)[0].clone();
+        let out = w.answer(w.storages[&nid], id, object(oid, Tid(50), None, b"v"));
+        assert_eq!(loaded(World::reply_of(&out, c)).serial, Tid(50));
+        assert!(
+            cache::lock(&w.h.actor.cache())
+                .get(oid, None, None)
+                .is_none(),
+            "{at:?} {before:?}"
+        );
+    }
+    // A latest load's answer is current.
+    let (c, out) = w.call(Op::Load {
+        oid,
+        at: None,
+        before: None,
+    });
+    let (nid, id, _) = w.storage_sends(&out)[0].clone();
+    let out = w.answer(w.storages[&nid], id, object(oid, Tid(50), None, b"v"));
+    assert_eq!(loaded(World::reply_of(&out, c)).serial, Tid(50));
+    assert!(cache::lock(&w.h.actor.cache())
+        .get(oid, None, None)
+        .is_some());
+}
+
+#[test]
 fn a_large_oid_call_asks_the_primary_several_times() {
     let mut w = World::new(config(false), None);
     let (c, out) = w.call(Op::NewOids { count: 1500 });
