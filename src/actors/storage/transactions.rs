@@ -478,6 +478,12 @@ impl Transactions {
                 {
                     return Ok(());
                 }
+                // The data a store would hold counts against its client's cap, as when
+                // it waits or is accepted lockless.
+                if self.usage(origin.client).bytes + write.bytes() > MAX_CLIENT_BYTES {
+                    Self::over_limit(out, origin, "bytes of held data");
+                    return Ok(());
+                }
                 let check = match write {
                     Write::Check => !self.mutants.readcurrent_unchecked,
                     _ => !self.mutants.conflict_check_skipped,
@@ -1615,6 +1621,31 @@ mod tests {
                 Some(ErrorCode::OidNotFound)
             ]
         );
+    }
+
+    #[test]
+    fn a_locked_store_counts_against_the_client_cap() {
+        let mut db = db("tm-cap-locked");
+        let mut tm = Transactions::default();
+        let mut out = Vec::new();
+        let o = from(1, 1);
+        tm.store(&mut db, &mut out, o, Tid(10), Oid(1), Tid::ZERO, data(b"a"))
+            .unwrap();
+        assert_eq!(answers(&mut out), vec![(1, stored(None))]);
+        // Near the cap: the next store is refused and the connection closed.
+        tm.usage(client(1)).bytes = MAX_CLIENT_BYTES - 2;
+        tm.store(
+            &mut db,
+            &mut out,
+            from(1, 2),
+            Tid(10),
+            Oid(2),
+            Tid::ZERO,
+            data(b"bbbb"),
+        )
+        .unwrap();
+        assert!(out.iter().any(|o| matches!(o, Out::Close { .. })), "{out:?}");
+        assert_eq!(tm.write_locker(Oid(2)), None);
     }
 
     #[test]
