@@ -642,10 +642,7 @@ impl Client {
             return;
         }
         for &oid in &oids {
-            let range = LoadKey::first(oid)..=LoadKey::last(oid);
-            for (_, l) in self.loads.range_mut(range) {
-                l.invalidated.get_or_insert(tid);
-            }
+            self.load_invalidated(oid, tid);
         }
         let last = self.last_tid.max(Some(tid));
         self.last_tid = last;
@@ -656,6 +653,14 @@ impl Client {
             c.set_last_tid(last);
         });
         cx.notice(Notice::Invalidate { tid, oids });
+    }
+
+    /// Transaction `tid` changed `oid`: tell its loads in flight.
+    fn load_invalidated(&mut self, oid: Oid, tid: Tid) {
+        let range = LoadKey::first(oid)..=LoadKey::last(oid);
+        for (_, l) in self.loads.range_mut(range) {
+            l.invalidated.get_or_insert(tid);
+        }
     }
 
     fn master_lost(&mut self, cx: &mut Ctx) {
@@ -1557,6 +1562,13 @@ impl Client {
         };
         let t = self.txns.remove(&txn).expect("above");
         self.inflight -= t.objects.values().map(|o| o.bytes).sum::<u64>();
+        // Our own commit invalidates what we wrote, as another client's would: a load in
+        // flight must not take its answer as current.
+        for (&oid, o) in &t.objects {
+            if !o.check_only {
+                self.load_invalidated(oid, tid);
+            }
+        }
         let last = self.last_tid.max(Some(tid));
         self.last_tid = last;
         self.with_cache(|c| {

@@ -758,6 +758,38 @@ fn finishing(w: &mut World) -> (TxnRef, Tid, CallId) {
     (txn, ttid, fc)
 }
 
+#[test]
+fn a_load_racing_our_own_commit_is_not_taken_as_current() {
+    let mut w = World::new(config(false), None);
+    let oid = Oid(2);
+    let (txn, vc, out) = voted_with(&mut w, oid, None);
+    let mut out2 = vec![];
+    for (nid, id, p) in &w.storage_sends(&out) {
+        let a = match p {
+            Packet::AskStoreTransaction { .. } => Packet::AnswerStoreTransaction,
+            _ => Packet::AnswerVoteTransaction,
+        };
+        out2.extend(w.answer(w.storages[nid], *id, a));
+    }
+    assert_eq!(World::reply_of(&out2, vc), Ok(Outcome::Done));
+    let (lc, out) = w.call(Op::Load {
+        oid,
+        at: None,
+        before: None,
+    });
+    let (nid, lid, _) = w.storage_sends(&out)[0].clone();
+    let (fc, out) = w.call(Op::Finish { txn });
+    let (mid, _) = msgs(&out, w.m).pop().unwrap();
+    let ttid = w.h.actor.txns[&txn].ttid;
+    let tid = Tid(203);
+    let out = w.answer(w.m, mid, Packet::AnswerTransactionFinished { ttid, tid });
+    assert_eq!(World::reply_of(&out, fc), Ok(Outcome::Tid(Some(tid))));
+    // The storage answers the load as of before our commit.
+    let out = w.answer(w.storages[&nid], lid, object(oid, Tid(50), None, b"old"));
+    let l = loaded(World::reply_of(&out, lc));
+    assert_eq!((l.serial, l.next_serial), (Tid(50), Some(tid)));
+}
+
 /// Lose the primary and identify to it again; returns what the client sent after the
 /// snapshot.
 fn reconnect(w: &mut World, last: Option<Tid>) -> Vec<Effect> {
