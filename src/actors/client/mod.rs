@@ -13,6 +13,7 @@ pub mod cache;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub const MAX_OBJECT: usize = 64 << 20;
 pub const MAX_TXNS: usize = 10_000;
 /// Most OIDs one NewOids call may ask.
 pub const MAX_NEW_OIDS: u32 = 1 << 20;
+/// Invalidations kept per load in flight (bounded against a slow storage).
+pub const MAX_LOAD_INVALIDATIONS: usize = 64;
 /// The checksum of a deletion.
 pub const ZERO_HASH: [u8; 20] = [0; 20];
 
@@ -120,8 +123,12 @@ struct Inflight {
     tried: BTreeSet<Nid>,
     /// A replica answered data with a wrong checksum for this serial.
     wrong: Option<Tid>,
-    /// The first invalidation of the oid received since the load was sent.
-    invalidated: Option<Tid>,
+    /// Invalidations of the oid received since the load was sent, the smallest
+    /// `MAX_LOAD_INVALIDATIONS`: the answer's next serial is the smallest above its serial
+    /// (which an `at` or `before` load does not know in advance).
+    invalidated: BTreeSet<Tid>,
+    /// Larger invalidations were left out of `invalidated`.
+    overflow: bool,
     /// Invalidations may have been missed since it was sent (the primary was lost): its
     /// answer may not be cached as current.
     blind: bool,
@@ -659,7 +666,11 @@ impl Client {
     fn load_invalidated(&mut self, oid: Oid, tid: Tid) {
         let range = LoadKey::first(oid)..=LoadKey::last(oid);
         for (_, l) in self.loads.range_mut(range) {
-            l.invalidated.get_or_insert(tid);
+            l.invalidated.insert(tid);
+            if l.invalidated.len() > MAX_LOAD_INVALIDATIONS {
+                l.invalidated.pop_last();
+                l.overflow = true;
+            }
         }
     }
 
@@ -915,7 +926,8 @@ impl Client {
                 waiters: vec![id],
                 tried: BTreeSet::new(),
                 wrong: None,
-                invalidated: None,
+                invalidated: BTreeSet::new(),
+                overflow: false,
                 blind: false,
                 latest,
             },
@@ -1048,13 +1060,18 @@ impl Client {
                         }
                     }
                 };
-                let (invalidated, blind, latest) = self
-                    .loads
-                    .get(&key)
-                    .map_or((None, true, false), |l| (l.invalidated, l.blind, l.latest));
-                let next_serial = next_serial.or(invalidated.filter(|t| *t > serial));
+                let (invalidated, unknown, latest) = self.loads.get(&key).map_or(
+                    (None, true, false),
+                    |l| {
+                        let above = l.invalidated.range((Excluded(serial), Unbounded)).next();
+                        // Nothing kept above it but some left out: its end is unknown.
+                        let unknown = l.blind || (above.is_none() && l.overflow);
+                        (above.copied(), unknown, l.latest)
+                    },
+                );
+                let next_serial = next_serial.or(invalidated);
                 let shared: Option<Arc<[u8]>> = data.as_deref().map(Arc::from);
-                if next_serial.is_some() || (latest && !blind) {
+                if next_serial.is_some() || (latest && !unknown) {
                     self.with_cache(|c| c.store(oid, serial, next_serial, shared));
                 }
                 let loaded = Loaded {

@@ -487,6 +487,27 @@ fn a_load_that_raced_an_invalidation_is_cached_as_closed() {
     assert_eq!(hit.next_serial, Some(Tid(120)));
 }
 
+#[test]
+fn a_load_learns_the_first_invalidation_above_its_answer() {
+    let mut w = World::new(config(false), None);
+    let oid = Oid(8);
+    let (c, out) = w.call(Op::Load {
+        oid,
+        at: Some(Tid(150)),
+        before: None,
+    });
+    let (nid, id, _) = w.storage_sends(&out)[0].clone();
+    for tid in [120, 160, 170] {
+        w.notify(Packet::InvalidateObjects {
+            tid: Tid(tid),
+            oids: vec![oid],
+        });
+    }
+    let out = w.answer(w.storages[&nid], id, object(oid, Tid(150), None, b"v"));
+    let l = loaded(World::reply_of(&out, c));
+    assert_eq!((l.serial, l.next_serial), (Tid(150), Some(Tid(160))));
+}
+
 /// Store `data` on `oid` in `txn`; returns the stores sent (they must be answered).
 fn store(
     w: &mut World,
