@@ -864,10 +864,11 @@ impl Client {
             Asked::Relock { txn, oid, gen, .. } => {
                 let ans = match packet {
                     Packet::AnswerRelockObject { conflict: None } => Ans::Locked,
+                    // A relock that did not lock again is never a success: a conflict,
+                    // or a failure when it names no committed serial.
                     Packet::AnswerRelockObject {
                         conflict: Some(Relocked { conflict, .. }),
                     } if conflict != Tid::ZERO => Ans::Conflict(conflict),
-                    Packet::AnswerRelockObject { .. } => Ans::Locked,
                     _ => Ans::Failed,
                 };
                 self.write_answered(cx, txn, oid, nid, gen, ans);

@@ -757,6 +757,38 @@ fn a_deadlock_notification_relocks_and_a_relocked_conflict_is_resolved_at_vote()
     }
 }
 
+#[test]
+fn a_relocked_answer_without_a_conflict_serial_is_a_failure() {
+    let mut w = World::new(config(false), None);
+    let (txn, ttid) = w.begin();
+    let oid = Oid(2);
+    let sends = store(&mut w, txn, oid, Tid(50), Some(b"mine"));
+    for (nid, id, _) in &sends {
+        w.answer(
+            w.storages[nid],
+            *id,
+            Packet::AnswerStoreObject { conflict: None },
+        );
+    }
+    let s1 = w.storages[&S1];
+    let out = w.answer(s1, 77, Packet::NotifyDeadlock { ttid, oid });
+    let relock = msgs(&out, s1);
+    w.answer(
+        s1,
+        relock[0].0,
+        Packet::AnswerRelockObject {
+            conflict: Some(Relocked {
+                serial: Tid(50),
+                conflict: Tid::ZERO,
+                data: None,
+            }),
+        },
+    );
+    let t = &w.h.actor.txns[&txn];
+    assert!(t.lost.contains(&S1), "not taken as locked");
+    assert_eq!(t.objects[&oid].cells[&S1], Ans::Failed);
+}
+
 /// A voted transaction storing oid 2, finish requested; returns (txn, ttid, finish call).
 fn finishing(w: &mut World) -> (TxnRef, Tid, CallId) {
     let (txn, vc, out) = voted_with(w, Oid(2), None);
