@@ -520,10 +520,10 @@ impl Master {
         }
         let Some(tm) = self.tm_mut() else { return };
         // OID 0 is the root, which ZODB creates without asking for an OID.
-        let first = tm.last_oid.map_or(1, |o| o.0 + 1);
+        let first = tm.last_oid.map_or(Some(1), |o| o.0.checked_add(1));
         // OIDs are stored as signed 64-bit integers.
-        let last = first.checked_add(u64::from(count) - 1);
-        let Some(last) = last.filter(|l| *l <= i64::MAX as u64) else {
+        let range = first.and_then(|f| Some((f, f.checked_add(u64::from(count) - 1)?)));
+        let Some((first, last)) = range.filter(|(_, l)| *l <= i64::MAX as u64) else {
             let why = "no OID left";
             return self
                 .links
@@ -718,6 +718,12 @@ impl Master {
         }
         if let Some(p) = deleted.iter().chain(&checked).find(|p| **p >= np) {
             let why = format!("finish: no partition {p} (there are {np})");
+            return self.client_error(cx, conn, id, why);
+        }
+        // OIDs are stored as signed 64-bit integers. Not checked against what was handed
+        // out: a restore (copying another database) stores OIDs this master never gave.
+        if let Some(o) = oids.iter().find(|o| o.0 > i64::MAX as u64) {
+            let why = format!("finish: {o} is above the largest OID");
             return self.client_error(cx, conn, id, why);
         }
         // The storages that failed at vote are dropped first: their cells get outdated.
@@ -1099,6 +1105,22 @@ mod tests {
                 oids: vec![Oid(101)]
             }]
         );
+        // An OID beyond what the storages can hold is refused, and allocation goes on.
+        let ttid = begin(&mut h, C1, 6);
+        let got = ask(&mut h, C1, 7, finish_packet(ttid, &[u64::MAX]));
+        assert_eq!(error_code(&got), Some(ErrorCode::ProtocolError));
+        let got = ask(&mut h, C1, 8, Packet::AskNewOIDs { count: 1 });
+        assert_eq!(
+            got,
+            vec![Packet::AnswerNewOIDs {
+                oids: vec![Oid(102)]
+            }]
+        );
+        // The last OID there is: none left, no overflow.
+        let ttid = begin(&mut h, C1, 9);
+        recv(&mut h, C1, 10, finish_packet(ttid, &[i64::MAX as u64]));
+        let got = ask(&mut h, C1, 11, Packet::AskNewOIDs { count: 1 });
+        assert_eq!(error_code(&got), Some(ErrorCode::NotReady));
     }
 
     /// TTIDs and final TIDs strictly increase when the clock goes back, start above the
