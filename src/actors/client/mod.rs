@@ -885,6 +885,11 @@ impl Client {
                 Packet::AnswerFinalTID { tid: None } => {
                     self.fail_txn(cx, txn, "aborted (the storage says)".into())
                 }
+                // Its cell is not readable (our table is behind): ask another.
+                Packet::Error {
+                    code: ErrorCode::NonReadableCell,
+                    ..
+                } => self.ask_final_storage_but(cx, txn, BTreeSet::from([nid])),
                 _ => {
                     self.request_failed(cx, conn, Asked::FinalTidStorage(txn, nid), Failure::Closed)
                 }
@@ -1622,10 +1627,14 @@ impl Client {
     }
 
     fn ask_final_storage(&mut self, cx: &mut Ctx, txn: TxnRef) {
+        self.ask_final_storage_but(cx, txn, BTreeSet::new());
+    }
+
+    /// Ask a storage not in `tried`; none left: the tick asks again.
+    fn ask_final_storage_but(&mut self, cx: &mut Ctx, txn: TxnRef, mut tried: BTreeSet<Nid>) {
         let Some(ttid) = self.txns.get(&txn).map(|t| t.ttid) else {
             return;
         };
-        let mut tried = BTreeSet::new();
         while let Some(nid) = self.pick_readable(cx, ttid.0, &tried) {
             let asked = Asked::FinalTidStorage(txn, nid);
             if self.send_storage(cx, nid, Packet::AskFinalTID { ttid }, Some(asked)) {

@@ -843,6 +843,48 @@ fn a_load_racing_our_own_commit_is_not_taken_as_current() {
     assert_eq!((l.serial, l.next_serial), (Tid(50), Some(tid)));
 }
 
+#[test]
+fn a_final_tid_refused_by_a_non_readable_cell_is_asked_elsewhere() {
+    let mut w = World::new(config(false), None);
+    let (_, ttid, fc) = finishing(&mut w);
+    let out = reconnect(&mut w, Some(Tid(100)));
+    let (mid, _) = msgs(&out, w.m).pop().expect("asks the outcome");
+    w.notify(Packet::SendPartitionTable {
+        ptid: Some(Ptid(2)),
+        num_replicas: 1,
+        rows: vec![
+            vec![(S1, CellState::UpToDate), (S2, CellState::UpToDate)],
+            vec![(S1, CellState::UpToDate), (S2, CellState::UpToDate)],
+        ],
+    });
+    let out = w.answer(
+        w.m,
+        mid,
+        Packet::AnswerFinalTID {
+            tid: Some(Tid::MAX),
+        },
+    );
+    let (first, id, _) = w.storage_sends(&out)[0].clone();
+    let refused = Packet::error(ErrorCode::NonReadableCell, "not readable here");
+    let out = w.answer(w.storages[&first], id, refused);
+    let sends = w.storage_sends(&out);
+    let asked: Vec<_> = sends
+        .iter()
+        .filter(|(_, _, p)| *p == Packet::AskFinalTID { ttid })
+        .collect();
+    assert_eq!(asked.len(), 1, "{sends:?}");
+    let (other, id, _) = asked[0].clone();
+    assert_ne!(other, first);
+    let out = w.answer(
+        w.storages[&other],
+        id,
+        Packet::AnswerFinalTID {
+            tid: Some(Tid(205)),
+        },
+    );
+    assert_eq!(World::reply_of(&out, fc), Ok(Outcome::Tid(Some(Tid(205)))));
+}
+
 /// Lose the primary and identify to it again; returns what the client sent after the
 /// snapshot.
 fn reconnect(w: &mut World, last: Option<Tid>) -> Vec<Effect> {

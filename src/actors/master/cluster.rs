@@ -315,7 +315,8 @@ impl Master {
         true
     }
 
-    /// Nodes that keep a copy of the table: identified storages and admins.
+    /// Nodes that keep a copy of the table: identified storages, admins and clients
+    /// (which read from and write to the cells it names).
     fn pt_receivers(&self) -> Vec<ConnId> {
         self.links
             .iter()
@@ -323,7 +324,12 @@ impl Master {
                 Peer::Node(nid) => self
                     .nodes
                     .get(*nid)
-                    .filter(|n| matches!(n.node_type, NodeType::Storage | NodeType::Admin))
+                    .filter(|n| {
+                        matches!(
+                            n.node_type,
+                            NodeType::Storage | NodeType::Admin | NodeType::Client
+                        )
+                    })
                     .map(|_| c),
                 _ => None,
             })
@@ -900,6 +906,12 @@ impl Master {
             }
             (Some(Asked::Lock(ttid)), Packet::AnswerInformationLocked { ttid: t }) if t == ttid => {
                 self.on_locked(cx, nid, ttid)
+            }
+            // Not a protocol error: the storage does not have this transaction (it was not
+            // involved, or lost it), so it is not waited for.
+            (Some(Asked::Lock(ttid)), Packet::Error { code, message }) => {
+                warn!("{nid} did not lock {ttid:?}: {code}: {message}");
+                self.on_lock_refused(cx, nid, ttid)
             }
             (None, other) if other.kind() == crate::proto::Kind::Answer => {
                 debug!("ignoring a late {} from {nid}", other.name());

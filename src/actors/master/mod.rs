@@ -203,8 +203,11 @@ impl Master {
             Peer::Node(nid) => self.nodes.get(*nid).map(|n| n.node_type),
             _ => None,
         };
+        // An error answering a lock only means the storage does not have the transaction
+        // (see `on_storage_message`); any other closes the peer.
+        let lock_refused = matches!(asked, Some(Asked::Storage(cluster::Asked::Lock(_))));
         if let Packet::Error { code, message } = &msg.packet {
-            if node_type != Some(NodeType::Admin) {
+            if node_type != Some(NodeType::Admin) && !lock_refused {
                 warn!("{}: {peer:?} answered {code}: {message}", self.me());
                 self.links.close(cx, conn);
                 self.on_lost(cx, conn, peer, CloseReason::Protocol(message.clone()));

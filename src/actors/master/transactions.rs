@@ -374,6 +374,17 @@ impl Master {
         self.try_commit(cx);
     }
 
+    /// A storage answered an error to the lock of `ttid`: not waited for, nor told to unlock.
+    pub(super) fn on_lock_refused(&mut self, cx: &mut Ctx, nid: Nid, ttid: Tid) {
+        let Some(tm) = self.tm_mut() else { return };
+        let Some(f) = tm.txns.get_mut(&ttid).and_then(|t| t.finish.as_mut()) else {
+            return;
+        };
+        f.waiting.remove(&nid);
+        f.locked_by.remove(&nid);
+        self.try_commit(cx);
+    }
+
     /// Complete the transactions at the head of the queue that every storage answered.
     fn try_commit(&mut self, cx: &mut Ctx) {
         let mutant = cx.mutant("tid-not-monotonic");
@@ -1472,6 +1483,29 @@ mod tests {
             to_locker.last(),
             Some(&Packet::NotifyUnlockInformation { ttid: t1 })
         );
+        // Clients are told too: they read from and write to the cells.
+        for c in [C1, C2] {
+            assert!(sent(&out, c)
+                .iter()
+                .any(|p| matches!(p, Packet::NotifyPartitionChanges { .. })));
+        }
+    }
+
+    #[test]
+    fn an_error_to_a_lock_is_not_waited_for_and_keeps_the_storage() {
+        let mut h = cluster(None);
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        assert_eq!(locks.len(), 2, "{locks:?}");
+        lock(&mut h, locks[0]);
+        let (c, id, _, _) = locks[1];
+        let out = recv(&mut h, c, id, Packet::error(ErrorCode::ProtocolError, "unknown"));
+        assert!(!closed(&out, c), "{out:?}");
+        assert!(sent(&out, C1)
+            .iter()
+            .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })));
+        assert!(!sent(&out, c).contains(&Packet::NotifyUnlockInformation { ttid: t1 }));
+        h.actor.check_invariants().unwrap();
     }
 
     #[test]

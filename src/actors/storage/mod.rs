@@ -1358,7 +1358,14 @@ pub(super) mod serving_tests {
                 before: None,
             });
             assert_eq!(error_code(&got), Some(ErrorCode::NonReadableCell));
+            // Nor may it say a transaction there is unknown: it may not have its metadata.
+            let got = s.ask(Packet::AskFinalTID { ttid: Tid(300 + oid) });
+            assert_eq!(error_code(&got), Some(ErrorCode::NonReadableCell));
         }
+        assert_eq!(
+            s.ask(Packet::AskFinalTID { ttid: Tid(99) }),
+            vec![Packet::AnswerFinalTID { tid: Some(Tid(100)) }]
+        );
         // The metadata of a transaction whose partition is not ours does not belong here.
         assert_eq!(
             error_code(&s.ask(meta(302, &[]))),
