@@ -737,6 +737,17 @@ impl Client {
 
     /// Send to a storage, connecting and identifying first if needed. False if it cannot
     /// be reached at all (nothing sent; nothing will be reported).
+    /// Send a request to a storage; false if its connection is gone.
+    fn ask_storage(&mut self, cx: &mut Ctx, conn: ConnId, packet: Packet, a: Asked) -> bool {
+        match a {
+            // Waiting for locks held by other transactions is not a failure of the storage.
+            Asked::Write { .. } | Asked::Relock { .. } | Asked::Vote(..) => {
+                self.links.ask_waiting(cx, conn, packet, a).is_some()
+            }
+            _ => self.links.ask(cx, conn, packet, a).is_some(),
+        }
+    }
+
     fn send_storage(
         &mut self,
         cx: &mut Ctx,
@@ -751,7 +762,7 @@ impl Client {
                     return true;
                 }
                 return match asked {
-                    Some(a) => self.links.ask(cx, conn, packet, a).is_some(),
+                    Some(a) => self.ask_storage(cx, conn, packet, a),
                     None => {
                         self.links.notify(cx, conn, packet);
                         true
@@ -814,7 +825,7 @@ impl Client {
                     for (packet, asked) in queue {
                         match asked {
                             Some(a) => {
-                                self.links.ask(cx, conn, packet, a);
+                                self.ask_storage(cx, conn, packet, a);
                             }
                             None => self.links.notify(cx, conn, packet),
                         }

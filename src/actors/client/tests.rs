@@ -789,6 +789,35 @@ fn a_relocked_answer_without_a_conflict_serial_is_a_failure() {
     assert_eq!(t.objects[&oid].cells[&S1], Ans::Failed);
 }
 
+#[test]
+fn a_store_waiting_for_locks_has_no_deadline_of_its_own() {
+    let mut w = World::new(config(false), None);
+    let (txn, _) = w.begin();
+    let oid = Oid(2);
+    let sends = store(&mut w, txn, oid, Tid(50), Some(b"mine"));
+    assert_eq!(sends.len(), 2);
+    // The storages answer pings but hold the store (another transaction has the lock).
+    for _ in 0..60 {
+        w.h.elapsed += Duration::from_secs(1);
+        let out = w.h.tick();
+        let conns: Vec<ConnId> = w.storages.values().copied().chain([w.m]).collect();
+        for conn in conns {
+            for (id, p) in msgs(&out, conn) {
+                if p == Packet::Ping {
+                    w.answer(conn, id, Packet::Pong);
+                }
+            }
+        }
+        assert!(
+            !out.iter().any(|e| matches!(e, Effect::Close { .. })),
+            "{out:?}"
+        );
+    }
+    let t = &w.h.actor.txns[&txn];
+    assert!(t.lost.is_empty());
+    assert!(t.objects[&oid].cells.values().all(|a| *a == Ans::Pending));
+}
+
 /// A voted transaction storing oid 2, finish requested; returns (txn, ttid, finish call).
 fn finishing(w: &mut World) -> (TxnRef, Tid, CallId) {
     let (txn, vc, out) = voted_with(w, Oid(2), None);
