@@ -227,6 +227,9 @@ pub struct Client {
     oid_pool: VecDeque<Oid>,
     oid_waiters: VecDeque<(CallId, u32, Duration)>,
     oids_asked: bool,
+    /// Begin calls waiting for the primary, with their deadlines. Their requests have none
+    /// (a late answer must still come to us, to abort a transaction nobody would finish).
+    begins: BTreeMap<CallId, Duration>,
     txns: BTreeMap<TxnRef, Txn>,
     next_txn: TxnRef,
     next_gen: u64,
@@ -259,6 +262,7 @@ impl Client {
             oid_pool: VecDeque::new(),
             oid_waiters: VecDeque::new(),
             oids_asked: false,
+            begins: BTreeMap::new(),
             txns: BTreeMap::new(),
             next_txn: 1,
             next_gen: 1,
@@ -408,8 +412,9 @@ impl Client {
                     return self.park(cx, call);
                 }
                 let m = self.master.conn().expect("ready");
-                self.links
-                    .ask(cx, m, Packet::AskBeginTransaction { tid }, Asked::Begin(id));
+                self.begins.insert(id, cx.elapsed() + CALL_DEADLINE);
+                let begin = Packet::AskBeginTransaction { tid };
+                self.links.ask_waiting(cx, m, begin, Asked::Begin(id));
             }
             Op::Store {
                 txn,
@@ -551,9 +556,9 @@ impl Client {
                 self.serve_oids(cx);
             }
             (Asked::Begin(call), Packet::AnswerBeginTransaction { ttid }) => {
-                if !self.calls.contains(&call) {
-                    // Its caller was answered already (the client is closing): nobody will
-                    // finish or abort it.
+                if self.begins.remove(&call).is_none() || !self.calls.contains(&call) {
+                    // Its caller was answered already (it timed out, or the client is
+                    // closing): nobody will finish or abort it.
                     let abort = Packet::AbortTransaction { ttid, nids: vec![] };
                     return self.links.notify(cx, conn, abort);
                 }
@@ -575,6 +580,9 @@ impl Client {
                 self.reply(cx, call, Ok(Outcome::Began { txn, ttid }));
             }
             (Asked::Begin(call), Packet::Error { code, message }) => {
+                if self.begins.remove(&call).is_none() {
+                    return;
+                }
                 let e = match code {
                     ErrorCode::NotReady => ClientError::Unavailable(message),
                     _ => ClientError::TransactionFailed(format!("{code}: {message}")),
@@ -1730,8 +1738,10 @@ impl Client {
                 self.oids_asked = false;
             }
             Asked::Begin(call) => {
-                let e = ClientError::Unavailable("the primary did not answer".into());
-                self.reply(cx, call, Err(e));
+                if self.begins.remove(&call).is_some() {
+                    let e = ClientError::Unavailable("the primary did not answer".into());
+                    self.reply(cx, call, Err(e));
+                }
             }
             Asked::Load(key, nid) => {
                 self.failed_at.insert(nid, cx.elapsed());
@@ -1794,6 +1804,18 @@ impl Client {
             } else {
                 self.parked.push_back((deadline, call));
             }
+        }
+        // A begin given up stays asked: its late answer is aborted (see `master_answer`).
+        let late: Vec<CallId> = self
+            .begins
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for call in late {
+            self.begins.remove(&call);
+            let e = ClientError::Unavailable("the primary did not answer".into());
+            self.reply(cx, call, Err(e));
         }
         let waiters = std::mem::take(&mut self.oid_waiters);
         for (call, count, deadline) in waiters {

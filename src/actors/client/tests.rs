@@ -818,6 +818,39 @@ fn a_store_waiting_for_locks_has_no_deadline_of_its_own() {
     assert!(t.objects[&oid].cells.values().all(|a| *a == Ans::Pending));
 }
 
+#[test]
+fn a_begin_answered_after_its_call_timed_out_is_aborted() {
+    let mut w = World::new(config(false), None);
+    let (c, out) = w.call(Op::TpcBegin { tid: None });
+    let (mid, _) = msgs(&out, w.m).pop().expect("asks the master");
+    let mut replied = vec![];
+    for _ in 0..40 {
+        w.h.elapsed += Duration::from_secs(1);
+        let out = w.h.tick();
+        for (id, p) in msgs(&out, w.m) {
+            if p == Packet::Ping {
+                w.answer(w.m, id, Packet::Pong);
+            }
+        }
+        replied.extend(replies(&out));
+    }
+    assert!(
+        matches!(&replied[..], [Reply { id, result: Err(ClientError::Unavailable(_)) }] if *id == c),
+        "{replied:?}"
+    );
+    let ttid = Tid(201);
+    let out = w.answer(w.m, mid, Packet::AnswerBeginTransaction { ttid });
+    assert!(replies(&out).is_empty());
+    assert_eq!(
+        msgs(&out, w.m),
+        vec![(
+            msgs(&out, w.m)[0].0,
+            Packet::AbortTransaction { ttid, nids: vec![] }
+        )]
+    );
+    assert!(w.h.actor.txns.is_empty());
+}
+
 /// A voted transaction storing oid 2, finish requested; returns (txn, ttid, finish call).
 fn finishing(w: &mut World) -> (TxnRef, Tid, CallId) {
     let (txn, vc, out) = voted_with(w, Oid(2), None);
