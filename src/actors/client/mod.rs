@@ -13,8 +13,8 @@ pub mod cache;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::ops::Bound::{Excluded, Unbounded};
 use std::io::Read;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1085,15 +1085,13 @@ impl Client {
                         }
                     }
                 };
-                let (invalidated, unknown, latest) = self.loads.get(&key).map_or(
-                    (None, true, false),
-                    |l| {
+                let (invalidated, unknown, latest) =
+                    self.loads.get(&key).map_or((None, true, false), |l| {
                         let above = l.invalidated.range((Excluded(serial), Unbounded)).next();
                         // Nothing kept above it but some left out: its end is unknown.
                         let unknown = l.blind || (above.is_none() && l.overflow);
                         (above.copied(), unknown, l.latest)
-                    },
-                );
+                    });
                 let next_serial = next_serial.or(invalidated);
                 let shared: Option<Arc<[u8]>> = data.as_deref().map(Arc::from);
                 if next_serial.is_some() || (latest && !unknown) {

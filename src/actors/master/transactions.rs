@@ -1499,7 +1499,12 @@ mod tests {
         assert_eq!(locks.len(), 2, "{locks:?}");
         lock(&mut h, locks[0]);
         let (c, id, _, _) = locks[1];
-        let out = recv(&mut h, c, id, Packet::error(ErrorCode::ProtocolError, "unknown"));
+        let out = recv(
+            &mut h,
+            c,
+            id,
+            Packet::error(ErrorCode::ProtocolError, "unknown"),
+        );
         assert!(!closed(&out, c), "{out:?}");
         assert!(sent(&out, C1)
             .iter()

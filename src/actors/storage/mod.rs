@@ -1359,12 +1359,16 @@ pub(super) mod serving_tests {
             });
             assert_eq!(error_code(&got), Some(ErrorCode::NonReadableCell));
             // Nor may it say a transaction there is unknown: it may not have its metadata.
-            let got = s.ask(Packet::AskFinalTID { ttid: Tid(300 + oid) });
+            let got = s.ask(Packet::AskFinalTID {
+                ttid: Tid(300 + oid),
+            });
             assert_eq!(error_code(&got), Some(ErrorCode::NonReadableCell));
         }
         assert_eq!(
             s.ask(Packet::AskFinalTID { ttid: Tid(99) }),
-            vec![Packet::AnswerFinalTID { tid: Some(Tid(100)) }]
+            vec![Packet::AnswerFinalTID {
+                tid: Some(Tid(100))
+            }]
         );
         // The metadata of a transaction whose partition is not ours does not belong here.
         assert_eq!(

@@ -1644,7 +1644,10 @@ mod tests {
             data(b"bbbb"),
         )
         .unwrap();
-        assert!(out.iter().any(|o| matches!(o, Out::Close { .. })), "{out:?}");
+        assert!(
+            out.iter().any(|o| matches!(o, Out::Close { .. })),
+            "{out:?}"
+        );
         assert_eq!(tm.write_locker(Oid(2)), None);
     }
 
