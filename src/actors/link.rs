@@ -133,6 +133,22 @@ impl<P, A> Links<P, A> {
         Some(id)
     }
 
+    /// As `ask`, for a request the peer may rightly hold for long (a store, check, relock
+    /// or vote waiting for locks that other transactions hold): no deadline of its own, it
+    /// fails only when its connection closes (a silent peer's link is closed by liveness).
+    pub fn ask_waiting(
+        &mut self,
+        cx: &mut Ctx,
+        conn: ConnId,
+        packet: Packet,
+        what: A,
+    ) -> Option<u32> {
+        let name = packet.name();
+        let id = self.send(cx, conn, None, packet)?;
+        self.requests.insert(conn, id, name, Duration::MAX, what);
+        Some(id)
+    }
+
     pub fn notify(&mut self, cx: &mut Ctx, conn: ConnId, packet: Packet) {
         self.send(cx, conn, None, packet);
     }

@@ -14,6 +14,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +54,8 @@ pub const MAX_OBJECT: usize = 64 << 20;
 pub const MAX_TXNS: usize = 10_000;
 /// Most OIDs one NewOids call may ask.
 pub const MAX_NEW_OIDS: u32 = 1 << 20;
+/// Invalidations kept per load in flight (bounded against a slow storage).
+pub const MAX_LOAD_INVALIDATIONS: usize = 64;
 /// The checksum of a deletion.
 pub const ZERO_HASH: [u8; 20] = [0; 20];
 
@@ -120,15 +123,19 @@ struct Inflight {
     tried: BTreeSet<Nid>,
     /// A replica answered data with a wrong checksum for this serial.
     wrong: Option<Tid>,
-    /// The first invalidation of the oid received since the load was sent.
-    invalidated: Option<Tid>,
+    /// Invalidations of the oid received since the load was sent, the smallest
+    /// `MAX_LOAD_INVALIDATIONS`: the answer's next serial is the smallest above its serial
+    /// (which an `at` or `before` load does not know in advance).
+    invalidated: BTreeSet<Tid>,
+    /// Larger invalidations were left out of `invalidated`.
+    overflow: bool,
     /// Invalidations may have been missed since it was sent (the primary was lost): its
     /// answer may not be cached as current.
     blind: bool,
-    /// It reads below our snapshot when sent (an older `before`, or `at`): invalidations
-    /// received before it may concern the object, so an answer without a next serial may
-    /// not be cached as current (the storage may not have unlocked their transactions).
-    past: bool,
+    /// It reads past the snapshot it was sent in (`before` above `last_tid`): an answer
+    /// with no next serial is current. An older snapshot's answer is not: invalidations
+    /// received before it was sent are not in `invalidated`.
+    latest: bool,
 }
 
 /// One storage's answer to a store or check.
@@ -220,6 +227,9 @@ pub struct Client {
     oid_pool: VecDeque<Oid>,
     oid_waiters: VecDeque<(CallId, u32, Duration)>,
     oids_asked: bool,
+    /// Begin calls waiting for the primary, with their deadlines. Their requests have none
+    /// (a late answer must still come to us, to abort a transaction nobody would finish).
+    begins: BTreeMap<CallId, Duration>,
     txns: BTreeMap<TxnRef, Txn>,
     next_txn: TxnRef,
     next_gen: u64,
@@ -252,6 +262,7 @@ impl Client {
             oid_pool: VecDeque::new(),
             oid_waiters: VecDeque::new(),
             oids_asked: false,
+            begins: BTreeMap::new(),
             txns: BTreeMap::new(),
             next_txn: 1,
             next_gen: 1,
@@ -401,8 +412,9 @@ impl Client {
                     return self.park(cx, call);
                 }
                 let m = self.master.conn().expect("ready");
-                self.links
-                    .ask(cx, m, Packet::AskBeginTransaction { tid }, Asked::Begin(id));
+                self.begins.insert(id, cx.elapsed() + CALL_DEADLINE);
+                let begin = Packet::AskBeginTransaction { tid };
+                self.links.ask_waiting(cx, m, begin, Asked::Begin(id));
             }
             Op::Store {
                 txn,
@@ -544,9 +556,9 @@ impl Client {
                 self.serve_oids(cx);
             }
             (Asked::Begin(call), Packet::AnswerBeginTransaction { ttid }) => {
-                if !self.calls.contains(&call) {
-                    // Its caller was answered already (the client is closing): nobody will
-                    // finish or abort it.
+                if self.begins.remove(&call).is_none() || !self.calls.contains(&call) {
+                    // Its caller was answered already (it timed out, or the client is
+                    // closing): nobody will finish or abort it.
                     let abort = Packet::AbortTransaction { ttid, nids: vec![] };
                     return self.links.notify(cx, conn, abort);
                 }
@@ -568,6 +580,9 @@ impl Client {
                 self.reply(cx, call, Ok(Outcome::Began { txn, ttid }));
             }
             (Asked::Begin(call), Packet::Error { code, message }) => {
+                if self.begins.remove(&call).is_none() {
+                    return;
+                }
                 let e = match code {
                     ErrorCode::NotReady => ClientError::Unavailable(message),
                     _ => ClientError::TransactionFailed(format!("{code}: {message}")),
@@ -642,10 +657,7 @@ impl Client {
             return;
         }
         for &oid in &oids {
-            let range = LoadKey::first(oid)..=LoadKey::last(oid);
-            for (_, l) in self.loads.range_mut(range) {
-                l.invalidated.get_or_insert(tid);
-            }
+            self.load_invalidated(oid, tid);
         }
         let last = self.last_tid.max(Some(tid));
         self.last_tid = last;
@@ -656,6 +668,18 @@ impl Client {
             c.set_last_tid(last);
         });
         cx.notice(Notice::Invalidate { tid, oids });
+    }
+
+    /// Transaction `tid` changed `oid`: tell its loads in flight.
+    fn load_invalidated(&mut self, oid: Oid, tid: Tid) {
+        let range = LoadKey::first(oid)..=LoadKey::last(oid);
+        for (_, l) in self.loads.range_mut(range) {
+            l.invalidated.insert(tid);
+            if l.invalidated.len() > MAX_LOAD_INVALIDATIONS {
+                l.invalidated.pop_last();
+                l.overflow = true;
+            }
+        }
     }
 
     fn master_lost(&mut self, cx: &mut Ctx) {
@@ -721,6 +745,17 @@ impl Client {
 
     /// Send to a storage, connecting and identifying first if needed. False if it cannot
     /// be reached at all (nothing sent; nothing will be reported).
+    /// Send a request to a storage; false if its connection is gone.
+    fn ask_storage(&mut self, cx: &mut Ctx, conn: ConnId, packet: Packet, a: Asked) -> bool {
+        match a {
+            // Waiting for locks held by other transactions is not a failure of the storage.
+            Asked::Write { .. } | Asked::Relock { .. } | Asked::Vote(..) => {
+                self.links.ask_waiting(cx, conn, packet, a).is_some()
+            }
+            _ => self.links.ask(cx, conn, packet, a).is_some(),
+        }
+    }
+
     fn send_storage(
         &mut self,
         cx: &mut Ctx,
@@ -735,7 +770,7 @@ impl Client {
                     return true;
                 }
                 return match asked {
-                    Some(a) => self.links.ask(cx, conn, packet, a).is_some(),
+                    Some(a) => self.ask_storage(cx, conn, packet, a),
                     None => {
                         self.links.notify(cx, conn, packet);
                         true
@@ -798,7 +833,7 @@ impl Client {
                     for (packet, asked) in queue {
                         match asked {
                             Some(a) => {
-                                self.links.ask(cx, conn, packet, a);
+                                self.ask_storage(cx, conn, packet, a);
                             }
                             None => self.links.notify(cx, conn, packet),
                         }
@@ -848,10 +883,11 @@ impl Client {
             Asked::Relock { txn, oid, gen, .. } => {
                 let ans = match packet {
                     Packet::AnswerRelockObject { conflict: None } => Ans::Locked,
+                    // A relock that did not lock again is never a success: a conflict,
+                    // or a failure when it names no committed serial.
                     Packet::AnswerRelockObject {
                         conflict: Some(Relocked { conflict, .. }),
                     } if conflict != Tid::ZERO => Ans::Conflict(conflict),
-                    Packet::AnswerRelockObject { .. } => Ans::Locked,
                     _ => Ans::Failed,
                 };
                 self.write_answered(cx, txn, oid, nid, gen, ans);
@@ -868,6 +904,11 @@ impl Client {
                 Packet::AnswerFinalTID { tid: None } => {
                     self.fail_txn(cx, txn, "aborted (the storage says)".into())
                 }
+                // Its cell is not readable (our table is behind): ask another.
+                Packet::Error {
+                    code: ErrorCode::NonReadableCell,
+                    ..
+                } => self.ask_final_storage_but(cx, txn, BTreeSet::from([nid])),
                 _ => {
                     self.request_failed(cx, conn, Asked::FinalTidStorage(txn, nid), Failure::Closed)
                 }
@@ -903,15 +944,17 @@ impl Client {
             l.waiters.push(id);
             return;
         }
+        let latest = at.is_none() && before.is_some_and(|b| self.last_tid.is_some_and(|l| b > l));
         self.loads.insert(
             key,
             Inflight {
                 waiters: vec![id],
                 tried: BTreeSet::new(),
                 wrong: None,
-                invalidated: None,
+                invalidated: BTreeSet::new(),
+                overflow: false,
                 blind: false,
-                past: before.or(at.map(cache::next_tid)) <= self.last_tid,
+                latest,
             },
         );
         self.load_send(cx, key);
@@ -1042,13 +1085,16 @@ impl Client {
                         }
                     }
                 };
-                let (invalidated, blind) = self
-                    .loads
-                    .get(&key)
-                    .map_or((None, true), |l| (l.invalidated, l.blind || l.past));
-                let next_serial = next_serial.or(invalidated.filter(|t| *t > serial));
+                let (invalidated, unknown, latest) =
+                    self.loads.get(&key).map_or((None, true, false), |l| {
+                        let above = l.invalidated.range((Excluded(serial), Unbounded)).next();
+                        // Nothing kept above it but some left out: its end is unknown.
+                        let unknown = l.blind || (above.is_none() && l.overflow);
+                        (above.copied(), unknown, l.latest)
+                    });
+                let next_serial = next_serial.or(invalidated);
                 let shared: Option<Arc<[u8]>> = data.as_deref().map(Arc::from);
-                if next_serial.is_some() || !blind {
+                if next_serial.is_some() || (latest && !unknown) {
                     self.with_cache(|c| c.store(oid, serial, next_serial, shared));
                 }
                 let loaded = Loaded {
@@ -1556,6 +1602,13 @@ impl Client {
         };
         let t = self.txns.remove(&txn).expect("above");
         self.inflight -= t.objects.values().map(|o| o.bytes).sum::<u64>();
+        // Our own commit invalidates what we wrote, as another client's would: a load in
+        // flight must not take its answer as current.
+        for (&oid, o) in &t.objects {
+            if !o.check_only {
+                self.load_invalidated(oid, tid);
+            }
+        }
         let last = self.last_tid.max(Some(tid));
         self.last_tid = last;
         self.with_cache(|c| {
@@ -1591,10 +1644,14 @@ impl Client {
     }
 
     fn ask_final_storage(&mut self, cx: &mut Ctx, txn: TxnRef) {
+        self.ask_final_storage_but(cx, txn, BTreeSet::new());
+    }
+
+    /// Ask a storage not in `tried`; none left: the tick asks again.
+    fn ask_final_storage_but(&mut self, cx: &mut Ctx, txn: TxnRef, mut tried: BTreeSet<Nid>) {
         let Some(ttid) = self.txns.get(&txn).map(|t| t.ttid) else {
             return;
         };
-        let mut tried = BTreeSet::new();
         while let Some(nid) = self.pick_readable(cx, ttid.0, &tried) {
             let asked = Asked::FinalTidStorage(txn, nid);
             if self.send_storage(cx, nid, Packet::AskFinalTID { ttid }, Some(asked)) {
@@ -1679,8 +1736,10 @@ impl Client {
                 self.oids_asked = false;
             }
             Asked::Begin(call) => {
-                let e = ClientError::Unavailable("the primary did not answer".into());
-                self.reply(cx, call, Err(e));
+                if self.begins.remove(&call).is_some() {
+                    let e = ClientError::Unavailable("the primary did not answer".into());
+                    self.reply(cx, call, Err(e));
+                }
             }
             Asked::Load(key, nid) => {
                 self.failed_at.insert(nid, cx.elapsed());
@@ -1743,6 +1802,18 @@ impl Client {
             } else {
                 self.parked.push_back((deadline, call));
             }
+        }
+        // A begin given up stays asked: its late answer is aborted (see `master_answer`).
+        let late: Vec<CallId> = self
+            .begins
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for call in late {
+            self.begins.remove(&call);
+            let e = ClientError::Unavailable("the primary did not answer".into());
+            self.reply(cx, call, Err(e));
         }
         let waiters = std::mem::take(&mut self.oid_waiters);
         for (call, count, deadline) in waiters {

@@ -516,6 +516,27 @@ fn a_load_below_our_snapshot_is_not_cached_as_current() {
     assert!(hit.is_none(), "{hit:?}");
 }
 
+#[test]
+fn a_load_learns_the_first_invalidation_above_its_answer() {
+    let mut w = World::new(config(false), None);
+    let oid = Oid(8);
+    let (c, out) = w.call(Op::Load {
+        oid,
+        at: Some(Tid(150)),
+        before: None,
+    });
+    let (nid, id, _) = w.storage_sends(&out)[0].clone();
+    for tid in [120, 160, 170] {
+        w.notify(Packet::InvalidateObjects {
+            tid: Tid(tid),
+            oids: vec![oid],
+        });
+    }
+    let out = w.answer(w.storages[&nid], id, object(oid, Tid(150), None, b"v"));
+    let l = loaded(World::reply_of(&out, c));
+    assert_eq!((l.serial, l.next_serial), (Tid(150), Some(Tid(160))));
+}
+
 /// Store `data` on `oid` in `txn`; returns the stores sent (they must be answered).
 fn store(
     w: &mut World,
@@ -765,6 +786,100 @@ fn a_deadlock_notification_relocks_and_a_relocked_conflict_is_resolved_at_vote()
     }
 }
 
+#[test]
+fn a_relocked_answer_without_a_conflict_serial_is_a_failure() {
+    let mut w = World::new(config(false), None);
+    let (txn, ttid) = w.begin();
+    let oid = Oid(2);
+    let sends = store(&mut w, txn, oid, Tid(50), Some(b"mine"));
+    for (nid, id, _) in &sends {
+        w.answer(
+            w.storages[nid],
+            *id,
+            Packet::AnswerStoreObject { conflict: None },
+        );
+    }
+    let s1 = w.storages[&S1];
+    let out = w.answer(s1, 77, Packet::NotifyDeadlock { ttid, oid });
+    let relock = msgs(&out, s1);
+    w.answer(
+        s1,
+        relock[0].0,
+        Packet::AnswerRelockObject {
+            conflict: Some(Relocked {
+                serial: Tid(50),
+                conflict: Tid::ZERO,
+                data: None,
+            }),
+        },
+    );
+    let t = &w.h.actor.txns[&txn];
+    assert!(t.lost.contains(&S1), "not taken as locked");
+    assert_eq!(t.objects[&oid].cells[&S1], Ans::Failed);
+}
+
+#[test]
+fn a_store_waiting_for_locks_has_no_deadline_of_its_own() {
+    let mut w = World::new(config(false), None);
+    let (txn, _) = w.begin();
+    let oid = Oid(2);
+    let sends = store(&mut w, txn, oid, Tid(50), Some(b"mine"));
+    assert_eq!(sends.len(), 2);
+    // The storages answer pings but hold the store (another transaction has the lock).
+    for _ in 0..60 {
+        w.h.elapsed += Duration::from_secs(1);
+        let out = w.h.tick();
+        let conns: Vec<ConnId> = w.storages.values().copied().chain([w.m]).collect();
+        for conn in conns {
+            for (id, p) in msgs(&out, conn) {
+                if p == Packet::Ping {
+                    w.answer(conn, id, Packet::Pong);
+                }
+            }
+        }
+        assert!(
+            !out.iter().any(|e| matches!(e, Effect::Close { .. })),
+            "{out:?}"
+        );
+    }
+    let t = &w.h.actor.txns[&txn];
+    assert!(t.lost.is_empty());
+    assert!(t.objects[&oid].cells.values().all(|a| *a == Ans::Pending));
+}
+
+#[test]
+fn a_begin_answered_after_its_call_timed_out_is_aborted() {
+    let mut w = World::new(config(false), None);
+    let (c, out) = w.call(Op::TpcBegin { tid: None });
+    let (mid, _) = msgs(&out, w.m).pop().expect("asks the master");
+    let mut replied = vec![];
+    for _ in 0..40 {
+        w.h.elapsed += Duration::from_secs(1);
+        let out = w.h.tick();
+        for (id, p) in msgs(&out, w.m) {
+            if p == Packet::Ping {
+                w.answer(w.m, id, Packet::Pong);
+            }
+        }
+        replied.extend(replies(&out));
+    }
+    assert!(
+        matches!(&replied[..], [Reply { id, result: Err(ClientError::Unavailable(_)) }] if *id == c),
+        "{replied:?}"
+    );
+    let ttid = Tid(201);
+    let out = w.answer(w.m, mid, Packet::AnswerBeginTransaction { ttid });
+    assert!(replies(&out).is_empty());
+    assert_eq!(
+        msgs(&out, w.m),
+        vec![(
+            msgs(&out, w.m)[0].0,
+            Packet::AbortTransaction { ttid, nids: vec![] }
+        )]
+    );
+    assert!(w.h.actor.txns.is_empty());
+}
+
 /// A voted transaction storing oid 2, finish requested; returns (txn, ttid, finish call).
 fn finishing(w: &mut World) -> (TxnRef, Tid, CallId) {
     let (txn, vc, out) = voted_with(w, Oid(2), None);
@@ -785,6 +900,80 @@ fn finishing(w: &mut World) -> (TxnRef, Tid, CallId) {
         Some((_, Packet::AskFinishTransaction { .. }))
     ));
     (txn, ttid, fc)
+}
+
+#[test]
+fn a_load_racing_our_own_commit_is_not_taken_as_current() {
+    let mut w = World::new(config(false), None);
+    let oid = Oid(2);
+    let (txn, vc, out) = voted_with(&mut w, oid, None);
+    let mut out2 = vec![];
+    for (nid, id, p) in &w.storage_sends(&out) {
+        let a = match p {
+            Packet::AskStoreTransaction { .. } => Packet::AnswerStoreTransaction,
+            _ => Packet::AnswerVoteTransaction,
+        };
+        out2.extend(w.answer(w.storages[nid], *id, a));
+    }
+    assert_eq!(World::reply_of(&out2, vc), Ok(Outcome::Done));
+    let (lc, out) = w.call(Op::Load {
+        oid,
+        at: None,
+        before: None,
+    });
+    let (nid, lid, _) = w.storage_sends(&out)[0].clone();
+    let (fc, out) = w.call(Op::Finish { txn });
+    let (mid, _) = msgs(&out, w.m).pop().unwrap();
+    let ttid = w.h.actor.txns[&txn].ttid;
+    let tid = Tid(203);
+    let out = w.answer(w.m, mid, Packet::AnswerTransactionFinished { ttid, tid });
+    assert_eq!(World::reply_of(&out, fc), Ok(Outcome::Tid(Some(tid))));
+    // The storage answers the load as of before our commit.
+    let out = w.answer(w.storages[&nid], lid, object(oid, Tid(50), None, b"old"));
+    let l = loaded(World::reply_of(&out, lc));
+    assert_eq!((l.serial, l.next_serial), (Tid(50), Some(tid)));
+}
+
+#[test]
+fn a_final_tid_refused_by_a_non_readable_cell_is_asked_elsewhere() {
+    let mut w = World::new(config(false), None);
+    let (_, ttid, fc) = finishing(&mut w);
+    let out = reconnect(&mut w, Some(Tid(100)));
+    let (mid, _) = msgs(&out, w.m).pop().expect("asks the outcome");
+    w.notify(Packet::SendPartitionTable {
+        ptid: Some(Ptid(2)),
+        num_replicas: 1,
+        rows: vec![
+            vec![(S1, CellState::UpToDate), (S2, CellState::UpToDate)],
+            vec![(S1, CellState::UpToDate), (S2, CellState::UpToDate)],
+        ],
+    });
+    let out = w.answer(
+        w.m,
+        mid,
+        Packet::AnswerFinalTID {
+            tid: Some(Tid::MAX),
+        },
+    );
+    let (first, id, _) = w.storage_sends(&out)[0].clone();
+    let refused = Packet::error(ErrorCode::NonReadableCell, "not readable here");
+    let out = w.answer(w.storages[&first], id, refused);
+    let sends = w.storage_sends(&out);
+    let asked: Vec<_> = sends
+        .iter()
+        .filter(|(_, _, p)| *p == Packet::AskFinalTID { ttid })
+        .collect();
+    assert_eq!(asked.len(), 1, "{sends:?}");
+    let (other, id, _) = asked[0].clone();
+    assert_ne!(other, first);
+    let out = w.answer(
+        w.storages[&other],
+        id,
+        Packet::AnswerFinalTID {
+            tid: Some(Tid(205)),
+        },
+    );
+    assert_eq!(World::reply_of(&out, fc), Ok(Outcome::Tid(Some(Tid(205)))));
 }
 
 /// Lose the primary and identify to it again; returns what the client sent after the
@@ -1240,6 +1429,37 @@ fn a_load_across_a_lost_primary_is_not_cached_as_current() {
     assert!(cache::lock(&w.h.actor.cache())
         .get(oid, None, None)
         .is_none());
+}
+
+#[test]
+fn an_old_snapshot_answer_is_not_cached_as_current() {
+    let mut w = World::new(config(false), None);
+    let oid = Oid(2);
+    // Snapshot 100: a load before 80 or at 50 may miss an invalidation received earlier.
+    for (at, before) in [(None, Some(Tid(80))), (Some(Tid(50)), None)] {
+        let (c, out) = w.call(Op::Load { oid, at, before });
+        let (nid, id, _) = w.storage_sends(&out)[0].clone();
+        let out = w.answer(w.storages[&nid], id, object(oid, Tid(50), None, b"v"));
+        assert_eq!(loaded(World::reply_of(&out, c)).serial, Tid(50));
+        assert!(
+            cache::lock(&w.h.actor.cache())
+                .get(oid, None, None)
+                .is_none(),
+            "{at:?} {before:?}"
+        );
+    }
+    // A latest load's answer is current.
+    let (c, out) = w.call(Op::Load {
+        oid,
+        at: None,
+        before: None,
+    });
+    let (nid, id, _) = w.storage_sends(&out)[0].clone();
+    let out = w.answer(w.storages[&nid], id, object(oid, Tid(50), None, b"v"));
+    assert_eq!(loaded(World::reply_of(&out, c)).serial, Tid(50));
+    assert!(cache::lock(&w.h.actor.cache())
+        .get(oid, None, None)
+        .is_some());
 }
 
 #[test]

@@ -315,7 +315,8 @@ impl Master {
         true
     }
 
-    /// Nodes that keep a copy of the table: identified storages and admins.
+    /// Nodes that keep a copy of the table: identified storages, admins and clients
+    /// (which read from and write to the cells it names).
     fn pt_receivers(&self) -> Vec<ConnId> {
         self.links
             .iter()
@@ -323,7 +324,12 @@ impl Master {
                 Peer::Node(nid) => self
                     .nodes
                     .get(*nid)
-                    .filter(|n| matches!(n.node_type, NodeType::Storage | NodeType::Admin))
+                    .filter(|n| {
+                        matches!(
+                            n.node_type,
+                            NodeType::Storage | NodeType::Admin | NodeType::Client
+                        )
+                    })
                     .map(|_| c),
                 _ => None,
             })

@@ -203,6 +203,9 @@ impl Master {
             Peer::Node(nid) => self.nodes.get(*nid).map(|n| n.node_type),
             _ => None,
         };
+        // Any error from a node but an admin closes it. A storage refusing a lock is no
+        // exception: it may hold readable cells the transaction wrote to, so it must not
+        // stay UP_TO_DATE without the commit; lost, its cells are outdated.
         if let Packet::Error { code, message } = &msg.packet {
             if node_type != Some(NodeType::Admin) {
                 warn!("{}: {peer:?} answered {code}: {message}", self.me());

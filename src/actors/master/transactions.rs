@@ -540,10 +540,10 @@ impl Master {
         }
         let Some(tm) = self.tm_mut() else { return };
         // OID 0 is the root, which ZODB creates without asking for an OID.
-        let first = tm.last_oid.map_or(1, |o| o.0 + 1);
+        let first = tm.last_oid.map_or(Some(1), |o| o.0.checked_add(1));
         // OIDs are stored as signed 64-bit integers.
-        let last = first.checked_add(u64::from(count) - 1);
-        let Some(last) = last.filter(|l| *l <= i64::MAX as u64) else {
+        let range = first.and_then(|f| Some((f, f.checked_add(u64::from(count) - 1)?)));
+        let Some((first, last)) = range.filter(|(_, l)| *l <= i64::MAX as u64) else {
             let why = "no OID left";
             return self
                 .links
@@ -738,6 +738,12 @@ impl Master {
         }
         if let Some(p) = deleted.iter().chain(&checked).find(|p| **p >= np) {
             let why = format!("finish: no partition {p} (there are {np})");
+            return self.client_error(cx, conn, id, why);
+        }
+        // OIDs are stored as signed 64-bit integers. Not checked against what was handed
+        // out: a restore (copying another database) stores OIDs this master never gave.
+        if let Some(o) = oids.iter().find(|o| o.0 > i64::MAX as u64) {
+            let why = format!("finish: {o} is above the largest OID");
             return self.client_error(cx, conn, id, why);
         }
         // The storages that failed at vote are dropped first: their cells get outdated.
@@ -1119,6 +1125,22 @@ mod tests {
                 oids: vec![Oid(101)]
             }]
         );
+        // An OID beyond what the storages can hold is refused, and allocation goes on.
+        let ttid = begin(&mut h, C1, 6);
+        let got = ask(&mut h, C1, 7, finish_packet(ttid, &[u64::MAX]));
+        assert_eq!(error_code(&got), Some(ErrorCode::ProtocolError));
+        let got = ask(&mut h, C1, 8, Packet::AskNewOIDs { count: 1 });
+        assert_eq!(
+            got,
+            vec![Packet::AnswerNewOIDs {
+                oids: vec![Oid(102)]
+            }]
+        );
+        // The last OID there is: none left, no overflow.
+        let ttid = begin(&mut h, C1, 9);
+        recv(&mut h, C1, 10, finish_packet(ttid, &[i64::MAX as u64]));
+        let got = ask(&mut h, C1, 11, Packet::AskNewOIDs { count: 1 });
+        assert_eq!(error_code(&got), Some(ErrorCode::NotReady));
     }
 
     /// TTIDs and final TIDs strictly increase when the clock goes back, start above the
@@ -1470,6 +1492,12 @@ mod tests {
             to_locker.last(),
             Some(&Packet::NotifyUnlockInformation { ttid: t1 })
         );
+        // Clients are told too: they read from and write to the cells.
+        for c in [C1, C2] {
+            assert!(sent(&out, c)
+                .iter()
+                .any(|p| matches!(p, Packet::NotifyPartitionChanges { .. })));
+        }
     }
 
     /// Seed 794889413: the storages asked to lock were lost before answering; one had
@@ -1640,6 +1668,30 @@ mod tests {
             .iter()
             .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })));
         assert!(!sent(&out, ConnId(102)).contains(&Packet::NotifyUnlockInformation { ttid: t1 }));
+        h.actor.check_invariants().unwrap();
+    }
+
+    /// A storage that refuses a lock may hold readable cells the transaction wrote to: it
+    /// is lost (its cells outdated), and the commit goes on with the others.
+    #[test]
+    fn an_error_to_a_lock_loses_the_storage() {
+        let mut h = cluster(None);
+        let t1 = begin(&mut h, C1, 1);
+        let locks = lock_requests(&recv(&mut h, C1, 2, finish_packet(t1, &[1])));
+        assert_eq!(locks.len(), 2, "{locks:?}");
+        lock(&mut h, locks[0]);
+        let (c, id, _, _) = locks[1];
+        let out = recv(
+            &mut h,
+            c,
+            id,
+            Packet::error(ErrorCode::ProtocolError, "unknown"),
+        );
+        assert!(closed(&out, c), "{out:?}");
+        assert!(sent(&out, C1)
+            .iter()
+            .any(|p| matches!(p, Packet::AnswerTransactionFinished { .. })));
+        assert!(!sent(&out, c).contains(&Packet::NotifyUnlockInformation { ttid: t1 }));
         h.actor.check_invariants().unwrap();
     }
 

@@ -361,6 +361,19 @@ impl Storage {
                 ),
             },
             Packet::AskFinalTID { ttid } => {
+                // Only a readable cell of the TTID's partition surely has the metadata.
+                let refused = match self.cell_mode(ttid.0) {
+                    Err(e) => Some(e),
+                    Ok(CellMode::Locking) => None,
+                    Ok(_) => Some((
+                        ErrorCode::NonReadableCell,
+                        format!("no readable cell here for {ttid}"),
+                    )),
+                };
+                if let Some(e) = refused {
+                    error(out, e);
+                    return Ok(());
+                }
                 let tid = self.db.final_tid(ttid)?;
                 out.push(Out::Answer {
                     conn: o.conn,

@@ -1460,7 +1460,8 @@ pub(super) mod serving_tests {
             }),
             vec![Packet::AnswerInformationLocked { ttid: Tid(200) }]
         );
-        // The latest revision waits for the unlock; an older snapshot does not.
+        // The latest revision waits for the unlock, and so does an older snapshot (its next
+        // serial, 210, is not final here until the unlock).
         let latest = Packet::AskObject {
             oid: Oid(1),
             at: None,
@@ -1472,21 +1473,14 @@ pub(super) mod serving_tests {
             at: None,
             before: Some(Tid(210)),
         });
-        assert!(
-            // (Its next serial is not known yet: 210 is not final here until the unlock.)
-            matches!(
-                &old[..],
-                [Packet::AnswerObject {
-                    serial: Tid(110),
-                    ..
-                }]
-            ),
-            "{old:?}"
-        );
+        assert!(old.is_empty(), "{old:?}");
         let out = s.master_says_id(9, Packet::NotifyUnlockInformation { ttid: Tid(200) });
         let answered = sent(&out, CLIENT);
         assert!(
-            matches!(&answered[..], [Packet::AnswerObject { serial: Tid(210), data: Some(d), .. }] if d.0 == b"w"),
+            matches!(&answered[..], [
+                Packet::AnswerObject { serial: Tid(210), data: Some(d), .. },
+                Packet::AnswerObject { serial: Tid(110), next_serial: Some(Tid(210)), .. },
+            ] if d.0 == b"w"),
             "{answered:?}"
         );
         // The final TID is known where the metadata is (100's, not 200's).
@@ -1544,7 +1538,18 @@ pub(super) mod serving_tests {
                 before: None,
             });
             assert_eq!(error_code(&got), Some(ErrorCode::NonReadableCell));
+            // Nor may it say a transaction there is unknown: it may not have its metadata.
+            let got = s.ask(Packet::AskFinalTID {
+                ttid: Tid(300 + oid),
+            });
+            assert_eq!(error_code(&got), Some(ErrorCode::NonReadableCell));
         }
+        assert_eq!(
+            s.ask(Packet::AskFinalTID { ttid: Tid(99) }),
+            vec![Packet::AnswerFinalTID {
+                tid: Some(Tid(100))
+            }]
+        );
         // The metadata of a transaction whose partition is not ours does not belong here.
         assert_eq!(
             error_code(&s.ask(meta(302, &[]))),

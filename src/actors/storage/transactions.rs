@@ -478,6 +478,12 @@ impl Transactions {
                 {
                     return Ok(());
                 }
+                // The data a store would hold counts against its client's cap, as when
+                // it waits or is accepted lockless.
+                if self.usage(origin.client).bytes + write.bytes() > MAX_CLIENT_BYTES {
+                    Self::over_limit(out, origin, "bytes of held data");
+                    return Ok(());
+                }
                 let check = match write {
                     Write::Check => !self.mutants.readcurrent_unchecked,
                     _ => !self.mutants.conflict_check_skipped,
@@ -896,8 +902,11 @@ impl Transactions {
 
     // ---- loads ----
 
-    /// AskObject on a readable cell: the revision, or wait while a transaction that would
-    /// be in the requested snapshot is being finished.
+    /// AskObject on a readable cell: the revision, or wait while a transaction writing the
+    /// object is being finished. Every load waits, not only those whose snapshot includes
+    /// the locked TID: the database does not know that TID yet, so an older revision
+    /// would be answered with no next serial and the client would cache it as current
+    /// after the invalidation already passed.
     pub fn load(
         &mut self,
         db: &mut dyn Backend,
@@ -907,27 +916,20 @@ impl Transactions {
         at: Option<Tid>,
         before: Option<Tid>,
     ) -> DbResult {
-        if let Some(&(_, tid)) = self.read_locks.get(&oid) {
-            let wait = match (at, before) {
-                (Some(a), _) => tid <= a,
-                (None, Some(b)) => tid < b,
-                (None, None) => true,
-            };
-            if wait {
-                let u = self.usage(origin.client);
-                if u.pending >= MAX_PENDING {
-                    Self::over_limit(out, origin, "requests waiting for locks");
-                    return Ok(());
-                }
-                u.pending += 1;
-                self.loads.entry(oid).or_default().push(PendingLoad {
-                    origin,
-                    oid,
-                    at,
-                    before,
-                });
+        if self.read_locks.contains_key(&oid) {
+            let u = self.usage(origin.client);
+            if u.pending >= MAX_PENDING {
+                Self::over_limit(out, origin, "requests waiting for locks");
                 return Ok(());
             }
+            u.pending += 1;
+            self.loads.entry(oid).or_default().push(PendingLoad {
+                origin,
+                oid,
+                at,
+                before,
+            });
+            return Ok(());
         }
         let packet = match db.load(oid, at, before) {
             Ok(Load::Found(l)) => Packet::AnswerObject {
@@ -1529,7 +1531,7 @@ mod tests {
     }
 
     #[test]
-    fn loads_wait_for_the_unlock_of_what_their_snapshot_includes() {
+    fn every_load_of_a_read_locked_object_waits_for_the_unlock() {
         let mut db = db("tm-read-lock");
         let mut tm = Transactions::default();
         let mut out = Vec::new();
@@ -1549,28 +1551,18 @@ mod tests {
             .unwrap();
         tm.lock(&mut db, Tid(200), Tid(210)).unwrap().unwrap();
         answers(&mut out);
-        // Latest, and before a TID above 210: wait. Before 210: served at once.
+        // Every load waits, even one whose snapshot excludes 210: answered now, it would
+        // say 110 has no next serial, and be cached as current.
         tm.load(&mut db, &mut out, from(2, 2), Oid(1), None, None)
             .unwrap();
         tm.load(&mut db, &mut out, from(2, 3), Oid(1), None, Some(Tid(211)))
             .unwrap();
         tm.load(&mut db, &mut out, from(2, 4), Oid(1), None, Some(Tid(210)))
             .unwrap();
-        let served = answers(&mut out);
-        assert!(
-            matches!(
-                &served[..],
-                [(
-                    4,
-                    Packet::AnswerObject {
-                        serial: Tid(110),
-                        ..
-                    }
-                )]
-            ),
-            "{served:?}"
-        );
-        assert_eq!(tm.waiting(), 2);
+        tm.load(&mut db, &mut out, from(2, 7), Oid(1), Some(Tid(110)), None)
+            .unwrap();
+        assert_eq!(answers(&mut out), vec![]);
+        assert_eq!(tm.waiting(), 4);
         tm.check_invariants().unwrap();
         tm.unlock(&mut db, &mut out, Tid(200)).unwrap();
         let served = answers(&mut out);
@@ -1589,6 +1581,22 @@ mod tests {
                         3,
                         Packet::AnswerObject {
                             serial: Tid(210),
+                            ..
+                        }
+                    ),
+                    (
+                        4,
+                        Packet::AnswerObject {
+                            serial: Tid(110),
+                            next_serial: Some(Tid(210)),
+                            ..
+                        }
+                    ),
+                    (
+                        7,
+                        Packet::AnswerObject {
+                            serial: Tid(110),
+                            next_serial: Some(Tid(210)),
                             ..
                         }
                     )
@@ -1616,6 +1624,34 @@ mod tests {
                 Some(ErrorCode::OidNotFound)
             ]
         );
+    }
+
+    #[test]
+    fn a_locked_store_counts_against_the_client_cap() {
+        let mut db = db("tm-cap-locked");
+        let mut tm = Transactions::default();
+        let mut out = Vec::new();
+        let o = from(1, 1);
+        tm.store(&mut db, &mut out, o, Tid(10), Oid(1), Tid::ZERO, data(b"a"))
+            .unwrap();
+        assert_eq!(answers(&mut out), vec![(1, stored(None))]);
+        // Near the cap: the next store is refused and the connection closed.
+        tm.usage(client(1)).bytes = MAX_CLIENT_BYTES - 2;
+        tm.store(
+            &mut db,
+            &mut out,
+            from(1, 2),
+            Tid(10),
+            Oid(2),
+            Tid::ZERO,
+            data(b"bbbb"),
+        )
+        .unwrap();
+        assert!(
+            out.iter().any(|o| matches!(o, Out::Close { .. })),
+            "{out:?}"
+        );
+        assert_eq!(tm.write_locker(Oid(2)), None);
     }
 
     #[test]
