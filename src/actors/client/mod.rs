@@ -1283,6 +1283,20 @@ impl Client {
         let Some(o) = t.objects.get_mut(&oid).filter(|o| o.gen == gen) else {
             return;
         };
+        // A "conflict" with a serial older than the one we stored on is no conflict: that
+        // storage missed a commit (dropped at a failed vote, not told yet) and its check is
+        // worthless. Resolving it would rebase our data on the older revision, and the
+        // storages that really hold our lock take a second store unchecked.
+        let ans = match ans {
+            Ans::Conflict(c) if c < o.serial => {
+                warn!(
+                    "client: {nid} reports {oid} at {c}, older than our {}: stale",
+                    o.serial
+                );
+                Ans::Failed
+            }
+            a => a,
+        };
         match o.cells.get_mut(&nid) {
             Some(a) if *a == Ans::Pending => *a = ans,
             _ => return,

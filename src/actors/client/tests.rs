@@ -719,6 +719,29 @@ fn conflicts_are_returned_at_vote_and_resolved_by_storing_again() {
 }
 
 #[test]
+fn a_conflict_older_than_the_stored_serial_is_a_failed_storage_not_a_conflict() {
+    // Seed 212: a storage dropped at a failed vote (not told yet) still had the revision
+    // before ours; its "conflict" must not make us rebase on that older revision.
+    let mut w = World::new(config(false), None);
+    let oid = Oid(2);
+    let (txn, vc, out) = voted_with(&mut w, oid, Some(Tid(40)));
+    assert!(
+        replies(&out).iter().all(|r| r.id != vc),
+        "no conflict to resolve: votes"
+    );
+    assert!(!w.storage_sends(&out).is_empty());
+    let t = &w.h.actor.txns[&txn];
+    let stale = t.objects[&oid]
+        .cells
+        .iter()
+        .find(|(_, a)| **a != Ans::Locked)
+        .map(|(n, a)| (*n, *a));
+    let (nid, a) = stale.expect("the stale storage's answer");
+    assert_eq!(a, Ans::Failed);
+    assert!(t.lost.contains(&nid));
+}
+
+#[test]
 fn a_read_current_conflict_fails_the_vote() {
     let mut w = World::new(config(false), None);
     let (txn, _) = w.begin();
