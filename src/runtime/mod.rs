@@ -169,6 +169,8 @@ pub struct NodeHost<A: actors::Actor> {
     transport: Transport,
     conns: BTreeMap<ConnId, Conn>,
     timers: BTreeMap<TimerId, SpawnHandle>,
+    /// Timers due at once, sent to ourselves as `DueNow` (see there).
+    due_now: std::collections::BTreeSet<TimerId>,
     budget: Budget,
     /// Set when the node asked to exit.
     exited: bool,
@@ -198,6 +200,7 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
             transport,
             conns: BTreeMap::new(),
             timers: BTreeMap::new(),
+            due_now: std::collections::BTreeSet::new(),
             budget: Budget::default(),
             exited: false,
             process,
@@ -277,6 +280,10 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
                     self.forget(ctx, c, true);
                 }
             }
+            Effect::SetTimer { id, after, token } if after.is_zero() => {
+                self.due_now.insert(id);
+                ctx.notify(DueNow { id, token });
+            }
             Effect::SetTimer { id, after, token } => {
                 let handle = ctx.run_later(after, move |host, ctx| {
                     if host.timers.remove(&id).is_some() {
@@ -289,6 +296,7 @@ impl<A: actors::Actor + 'static> NodeHost<A> {
                 if let Some(h) = self.timers.remove(&id) {
                     ctx.cancel_future(h);
                 }
+                self.due_now.remove(&id);
             }
             Effect::Observe(_) => {}
             // Hosting the client role (the library) delivers these to the application.
@@ -460,6 +468,33 @@ impl<A: actors::Actor + 'static> Actor for NodeHost<A> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.run(ctx, |a, cx| a.start(cx));
+    }
+}
+
+/// A timer set to fire at once (a storage's group-commit flush): a message to ourselves,
+/// so it fires after what the mailbox already holds (the frames that arrived meanwhile share
+/// the flush) and without waiting for the timer wheel's next millisecond tick, which would
+/// add up to a millisecond to every phase of every commit.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DueNow {
+    id: TimerId,
+    token: u64,
+}
+
+impl<A: actors::Actor + 'static> Handler<DueNow> for NodeHost<A> {
+    type Result = ();
+
+    fn handle(&mut self, due: DueNow, ctx: &mut Context<Self>) {
+        if self.due_now.remove(&due.id) {
+            self.dispatch(
+                ctx,
+                Event::Timer {
+                    id: due.id,
+                    token: due.token,
+                },
+            );
+        }
     }
 }
 
