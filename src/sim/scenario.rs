@@ -236,9 +236,6 @@ pub fn plan(opts: &RunOptions) -> Plan {
             hostile,
         };
     }
-    if opts.scenario == Scenario::Commits {
-        return scenarios::commits::plan(opts, swarm, hostile);
-    }
     if opts.scenario == Scenario::Failover {
         let masters = opts
             .masters
@@ -260,9 +257,14 @@ pub fn plan(opts: &RunOptions) -> Plan {
     let masters = opts
         .masters
         .unwrap_or_else(|| rng::between(&mut rng, 1, 3) as usize);
+    // The commits scenario needs two storages for its faults to leave a cluster to write to.
+    let (fewest, most) = match opts.scenario {
+        Scenario::Commits => (2, 4),
+        _ => (1, 6),
+    };
     let storages = opts
         .storages
-        .unwrap_or_else(|| rng::between(&mut rng, 1, 6) as usize);
+        .unwrap_or_else(|| rng::between(&mut rng, fewest, most) as usize);
     let replicas = rng::between(&mut rng, 0, (storages as u64 - 1).min(2)) as u32;
     let partitions = rng::between(&mut rng, 1, 12) as u32;
     Plan {

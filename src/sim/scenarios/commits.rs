@@ -38,27 +38,6 @@ fn client_actor() -> MakeClient {
     Rc::new(|cfg| Box::new(crate::actors::client::Client::new(cfg)) as Box<dyn Actor>)
 }
 
-/// The plan of a commits seed: 1-3 masters, 2-4 storages, replicas 0-2.
-pub fn plan(opts: &RunOptions, swarm: crate::sim::faults::Swarm, hostile: bool) -> Plan {
-    let mut rng = rng::stream(opts.seed, 1);
-    let masters = opts
-        .masters
-        .unwrap_or_else(|| rng::between(&mut rng, 1, 3) as usize);
-    let storages = opts
-        .storages
-        .unwrap_or_else(|| rng::between(&mut rng, 2, 4) as usize);
-    let replicas = rng::between(&mut rng, 0, (storages as u64 - 1).min(2)) as u32;
-    let partitions = rng::between(&mut rng, 1, 12) as u32;
-    Plan {
-        masters,
-        storages,
-        replicas,
-        partitions,
-        swarm,
-        hostile,
-    }
-}
-
 /// Run the world and the workload together until `done`, the deadline, or a failure.
 fn drive(
     w: &mut World,
