@@ -550,6 +550,7 @@ impl Client {
             oid,
             serial,
             data,
+            data_serial: None,
         };
         self.done("store", op)
     }
@@ -717,6 +718,7 @@ mod tests {
                             data: revs[i].1.clone(),
                             serial: revs[i].0,
                             next_serial: revs.get(i + 1).map(|r| r.0),
+                            data_serial: None,
                         })),
                     }
                 }
@@ -740,6 +742,7 @@ mod tests {
                     oid,
                     serial,
                     data,
+                    ..
                 } => match self.txns.get_mut(&txn) {
                     Some(stores) => {
                         stores.retain(|s| s.0 != oid);
@@ -784,6 +787,7 @@ mod tests {
                     lock(&self.aborted).push(txn);
                     Ok(Outcome::Done)
                 }
+                op => Err(ClientError::Invalid(format!("the fake does not do {op:?}"))),
             })
         }
     }

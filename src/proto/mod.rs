@@ -8,5 +8,7 @@ pub mod packet;
 pub mod states;
 
 pub use ids::{Address, Nid, Oid, Ptid, Tid, WallTime};
-pub use packet::{Data, IdentificationExtra, Kind, Message, NodeInfo, Packet, Relocked};
+pub use packet::{
+    Data, IdentificationExtra, Kind, Message, NodeInfo, Packet, Relocked, UndoSerial,
+};
 pub use states::{CellState, ClusterState, ErrorCode, NodeState, NodeType};

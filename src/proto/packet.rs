@@ -231,6 +231,54 @@ packets! {
         data: Option<Data>,
         data_serial: Option<Tid>,
     },
+
+    // ---- the rest of the storage API: undo, history, iteration, pack (neo-spec 6.13-6.15) ----
+    /// Client to a readable cell of partition(tid): a committed transaction's metadata and
+    /// the oids it wrote. `TID_NOT_FOUND` if it has none by that TID.
+    Request AskTransactionInformation { tid: Tid },
+    Answer AnswerTransactionInformation {
+        tid: Tid,
+        user: Data,
+        description: Data,
+        extension: Data,
+        packed: bool,
+        oids: Vec<Oid>,
+    },
+    /// Client to one readable cell per partition of `oids`: how to undo `undone_tid` in
+    /// transaction `ttid`, whose snapshot is everything before `ltid`.
+    Request AskObjectUndoSerial { ttid: Tid, ltid: Tid, undone_tid: Tid, oids: Vec<Oid> },
+    /// One entry per asked oid that has a revision at `undone_tid` (in the asked order).
+    Answer AnswerObjectUndoSerial { serials: Vec<(Oid, UndoSerial)> },
+    /// Client to a readable cell of partition(oid): revisions newest first, skipping
+    /// `first`, up to (excluding) `last`. OID_DOES_NOT_EXIST if it has none.
+    Request AskObjectHistory { oid: Oid, first: u64, last: u64 },
+    Answer AnswerObjectHistory { oid: Oid, history: Vec<(Tid, u64)> },
+    /// Client to every storage with readable cells: TIDs newest first, skipping `first`, up
+    /// to (excluding) `last`, of `partition` or (None) of every partition readable there.
+    Request AskTIDs { first: u64, last: u64, partition: Option<u32> },
+    Answer AnswerTIDs { tids: Vec<Tid> },
+    /// Client to a readable cell of `partition`: its TIDs in `min_tid..=max_tid`, ascending,
+    /// at most `length`.
+    Request AskTIDsFrom { min_tid: Tid, max_tid: Tid, length: u32, partition: u32 },
+    Answer AnswerTIDsFrom { tids: Vec<Tid> },
+    /// Client to primary, and primary to every storage with readable cells: remove the
+    /// revisions that are not current as of `tid`. Answered once done everywhere.
+    Request AskPack { tid: Tid },
+    Answer AnswerPack { status: bool },
+}
+
+/// `AnswerObjectUndoSerial`'s entry for one oid (see `db::UndoInfo`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct UndoSerial {
+    /// The serial visible to the undoing transaction.
+    pub current: Tid,
+    /// The serial whose data the undo restores; None if the undone revision created the
+    /// object (the undo deletes it).
+    pub undo: Option<Tid>,
+    /// Whether the undone revision's data is still current (the undo is a plain
+    /// backpointer store; otherwise it must be resolved against the current data).
+    pub is_current: bool,
 }
 
 /// Opaque bytes (object data, transaction text), encoded as one length-prefixed block

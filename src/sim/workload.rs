@@ -696,6 +696,7 @@ impl Workload {
                         oid: c.oid,
                         serial: c.committed,
                         data: Some(encode(&list)),
+                        data_serial: None,
                     },
                 );
                 Next::Continue
@@ -827,6 +828,7 @@ impl Workload {
                     oid,
                     serial,
                     data: Some(encode(&list)),
+                    data_serial: None,
                 },
             );
             return Next::Continue;

@@ -10,7 +10,7 @@
 //! Object data crosses this boundary uncompressed: the client compresses (zlib, when
 //! smaller) and checksums on the way out, and verifies and decompresses on the way in.
 
-use crate::proto::{Address, Oid, Tid};
+use crate::proto::{Address, Oid, Tid, UndoSerial};
 
 /// Pairs a reply with its call; chosen by the caller, unique among its pending calls.
 pub type CallId = u64;
@@ -75,12 +75,15 @@ pub enum Op {
     /// Start a transaction; `tid` imposes its final TID (restore, copyTransactionsFrom).
     TpcBegin { tid: Option<Tid> },
     /// Store a revision of `oid` based on `serial` (`Tid::ZERO` for a new object). `data`
-    /// None deletes the object. Answered at once; conflicts come out of `Vote`.
+    /// None deletes the object, or with `data_serial` makes the revision a backpointer to
+    /// the data of `oid` at `data_serial` (undo, restore). Answered at once; conflicts come
+    /// out of `Vote`.
     Store {
         txn: TxnRef,
         oid: Oid,
         serial: Tid,
         data: Option<Vec<u8>>,
+        data_serial: Option<Tid>,
     },
     /// readCurrent: the transaction commits only if `serial` is still the current revision
     /// of `oid` when it does. Answered at once; a failure comes out of `Vote`.
@@ -98,6 +101,27 @@ pub enum Op {
     Finish { txn: TxnRef },
     /// Abort a transaction that has not been finished.
     Abort { txn: TxnRef },
+    /// A committed transaction's metadata and oids (`Outcome::Transaction`);
+    /// `ClientError::UnknownTransaction` if there is none by that TID.
+    TransactionInfo { tid: Tid },
+    /// The undo lookup of `oids` for undoing `undone` within `txn` (its snapshot is this
+    /// client's last TID): `Outcome::UndoSerials`, one entry per oid that `undone` wrote.
+    UndoSerials {
+        txn: TxnRef,
+        undone: Tid,
+        oids: Vec<Oid>,
+    },
+    /// Revisions of `oid`, newest first, at most `size`: `Outcome::History`.
+    History { oid: Oid, size: u32 },
+    /// Committed TIDs of every partition, newest first, skipping `first`, up to (excluding)
+    /// `last` (`undoLog`'s range): `Outcome::Tids`.
+    UndoLog { first: u64, last: u64 },
+    /// Committed TIDs in `min..=max`, ascending, at most `limit` (the iterator's chunks):
+    /// `Outcome::Tids`.
+    TidsFrom { min: Tid, max: Tid, limit: u32 },
+    /// Remove every revision that is not current as of `tid` (and deletions at or before
+    /// it) on every storage: answered `Done` once the cluster packed.
+    Pack { tid: Tid },
 }
 
 /// The answer to one call.
@@ -122,6 +146,24 @@ pub enum Outcome {
     },
     /// A Vote found stores that conflict: resolve each, or abort.
     Conflicts(Vec<Conflict>),
+    Transaction(TransactionInfo),
+    UndoSerials(Vec<(Oid, UndoSerial)>),
+    /// (serial, size of the data) newest first.
+    History(Vec<(Tid, u64)>),
+    Tids(Vec<Tid>),
+}
+
+/// A committed transaction as `TransactionInfo` describes it.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct TransactionInfo {
+    pub tid: Tid,
+    pub user: Vec<u8>,
+    pub description: Vec<u8>,
+    pub extension: Vec<u8>,
+    /// Packed: some revisions it wrote may be gone.
+    pub packed: bool,
+    /// Every oid it wrote (or checked with readCurrent), in the order the client gave.
+    pub oids: Vec<Oid>,
 }
 
 /// One revision, as loaded.
@@ -132,6 +174,8 @@ pub struct Loaded {
     pub serial: Tid,
     /// The serial of the next revision; None if this one is current.
     pub next_serial: Option<Tid>,
+    /// If this revision is a backpointer (undo, restore), the serial whose data it shares.
+    pub data_serial: Option<Tid>,
 }
 
 /// A store that found a newer committed revision than the one it was based on.
@@ -185,6 +229,13 @@ pub enum ClientError {
     /// The call does not fit the transaction's state (unknown txn, store after vote, ...).
     #[error("invalid call: {0}")]
     Invalid(String),
+    /// No committed transaction has that TID.
+    #[error("no transaction {0}")]
+    UnknownTransaction(Tid),
+    /// An undo that cannot be done: the revisions it needs were packed away, or its
+    /// changes conflict with later ones and could not be resolved.
+    #[error("undo failed: {0}")]
+    UndoFailed(String),
     /// The client is stopping or stopped.
     #[error("client closed")]
     Closed,

@@ -104,6 +104,7 @@ impl Cache {
                 data: data.map(|d| d.to_vec()),
                 serial,
                 next_serial,
+                data_serial: None,
             })
     }
 

@@ -379,6 +379,8 @@ impl Client {
                 | Op::CheckCurrentSerial { .. }
                 | Op::Vote { .. }
                 | Op::Finish { .. }
+                | Op::UndoSerials { .. }
+                | Op::Pack { .. }
         );
         if writes && self.cfg.read_only {
             return self.reply(cx, id, Err(ClientError::ReadOnly));
@@ -417,10 +419,19 @@ impl Client {
                 self.links.ask_waiting(cx, m, begin, Asked::Begin(id));
             }
             Op::Store {
+                data_serial: Some(_),
+                ..
+            } => self.reply(
+                cx,
+                id,
+                Err(ClientError::Invalid("backpointer stores: not yet".into())),
+            ),
+            Op::Store {
                 txn,
                 oid,
                 serial,
                 data,
+                data_serial: None,
             } => self.write(cx, id, txn, oid, serial, Some(data)),
             Op::CheckCurrentSerial { txn, oid, serial } => {
                 self.write(cx, id, txn, oid, serial, None)
@@ -440,6 +451,12 @@ impl Client {
             }
             Op::Finish { txn } => self.finish(cx, id, txn),
             Op::Abort { txn } => self.abort(cx, id, txn),
+            Op::TransactionInfo { .. }
+            | Op::UndoSerials { .. }
+            | Op::History { .. }
+            | Op::UndoLog { .. }
+            | Op::TidsFrom { .. }
+            | Op::Pack { .. } => self.reply(cx, id, Err(ClientError::Invalid("not yet".into()))),
         }
     }
 
@@ -1050,7 +1067,7 @@ impl Client {
                 compression,
                 checksum,
                 data,
-                ..
+                data_serial,
             } => {
                 let sane = aoid == oid
                     && key.at.is_none_or(|at| at == serial)
@@ -1094,13 +1111,15 @@ impl Client {
                     });
                 let next_serial = next_serial.or(invalidated);
                 let shared: Option<Arc<[u8]>> = data.as_deref().map(Arc::from);
-                if next_serial.is_some() || (latest && !unknown) {
+                // Backpointers are not cached, so that a hit never lacks its data_serial.
+                if data_serial.is_none() && (next_serial.is_some() || (latest && !unknown)) {
                     self.with_cache(|c| c.store(oid, serial, next_serial, shared));
                 }
                 let loaded = Loaded {
                     data,
                     serial,
                     next_serial,
+                    data_serial,
                 };
                 self.load_done(cx, key, Ok(Outcome::Loaded(loaded)));
             }

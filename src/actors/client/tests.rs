@@ -550,6 +550,7 @@ fn store(
         oid,
         serial,
         data: data.map(|d| d.to_vec()),
+        data_serial: None,
     });
     assert_eq!(
         World::reply_of(&out, c),
@@ -1129,6 +1130,7 @@ fn a_read_only_client_refuses_writes() {
             oid: Oid(1),
             serial: Tid::ZERO,
             data: None,
+            data_serial: None,
         },
     ] {
         let (c, out) = w.call(op);
@@ -1289,7 +1291,8 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
                 txn,
                 oid,
                 serial: Tid::ZERO,
-                data
+                data,
+                data_serial: None,
             }),
         (1u64..4, oid).prop_map(|(txn, oid)| Op::CheckCurrentSerial {
             txn,
@@ -1528,6 +1531,7 @@ fn stores_wait_while_too_many_bytes_are_in_flight() {
         oid: Oid(3),
         serial: Tid::ZERO,
         data: Some(big.clone()),
+        data_serial: None,
     });
     assert!(replies(&out).is_empty(), "held: over the cap");
     let (nid, id, _) = first[0].clone();
