@@ -205,8 +205,17 @@ fn run(cli: &Cli) -> Result<(), String> {
             free
         }
     };
+    // The first master on NEO's default port when it is free, so that a ZODB application's
+    // `master_nodes` stays the same from one start to the next; the others where they can.
     let masters: Vec<Address> = (0..cli.masters)
-        .map(|_| free_port().map(|p| Address::new("127.0.0.1", p)))
+        .map(|i| {
+            let default = neo::config::MASTER_PORT;
+            if i == 0 && std::net::TcpListener::bind(("127.0.0.1", default)).is_ok() {
+                Ok(Address::new("127.0.0.1", default))
+            } else {
+                free_port().map(|p| Address::new("127.0.0.1", p))
+            }
+        })
         .collect::<Result<_, _>>()?;
     let masters_arg = masters
         .iter()
@@ -270,7 +279,13 @@ fn run(cli: &Cli) -> Result<(), String> {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            rt.block_on(supervise(&mut nodes, &admin, &cli.cluster, &summary))
+            let reach = Reach {
+                admin: &admin,
+                masters: &masters_arg,
+                cluster: &cli.cluster,
+                summary: &summary,
+            };
+            rt.block_on(supervise(&mut nodes, &reach))
         }
         Err(e) => Err(e),
     };
@@ -294,12 +309,8 @@ fn run(cli: &Cli) -> Result<(), String> {
 
 /// Watch the nodes: progress until RUNNING, then wait until they have all exited (the
 /// cluster was stopped) or a signal comes.
-async fn supervise(
-    nodes: &mut [Node],
-    admin: &Address,
-    cluster: &str,
-    summary: &str,
-) -> Result<(), String> {
+async fn supervise(nodes: &mut [Node], reach: &Reach<'_>) -> Result<(), String> {
+    let admin = reach.admin;
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -358,7 +369,7 @@ async fn supervise(
         }
         if state == Some(ClusterState::Running) {
             running = true;
-            announce(admin, cluster, summary);
+            announce(reach);
         } else if started.elapsed() > START_TIMEOUT {
             return Err(format!(
                 "the cluster is not RUNNING after {} s; stopping",
@@ -368,8 +379,23 @@ async fn supervise(
     }
 }
 
+/// Where the running cluster is, for neoctl and for ZODB applications.
+struct Reach<'a> {
+    admin: &'a Address,
+    /// The masters, space-separated, as `master_nodes` takes them.
+    masters: &'a str,
+    cluster: &'a str,
+    summary: &'a str,
+}
+
 /// Say how to reach the running cluster.
-fn announce(admin: &Address, cluster: &str, summary: &str) {
+fn announce(reach: &Reach<'_>) {
+    let Reach {
+        admin,
+        masters,
+        cluster,
+        summary,
+    } = *reach;
     let port_arg = if admin.port == neo::config::ADMIN_PORT && admin.host == "127.0.0.1" {
         String::new()
     } else {
@@ -381,6 +407,9 @@ fn announce(admin: &Address, cluster: &str, summary: &str) {
     out(format!("      neoctl{port_arg} print pt"));
     out(format!(
         "stop: Ctrl-C (or neoctl{port_arg} set cluster STOPPING)"
+    ));
+    out(format!(
+        "ZODB (zope.conf, after %import neo.client): <NEOStorage> master_nodes {masters}  name {cluster} </NEOStorage>"
     ));
 }
 
