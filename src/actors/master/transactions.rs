@@ -108,6 +108,11 @@ impl Transactions {
         self.last_oid
     }
 
+    /// Whether the client on `conn` identified as read-only (or is not one of ours).
+    pub fn is_read_only(&self, conn: ConnId) -> bool {
+        self.clients.get(&conn).is_none_or(|c| c.read_only)
+    }
+
     /// Verification is over: the storages' last ids. The last TID is theirs (it goes back
     /// after a truncation); allocation stays above anything we handed out before, and OIDs
     /// never go back (handing out an OID twice is the one thing that must not happen).
@@ -261,6 +266,7 @@ impl Master {
         let Role::Primary(p) = &mut self.role else {
             return;
         };
+        p.packs.client_lost(conn);
         let tm = &mut p.tm;
         tm.clients.remove(&conn);
         tm.delayed.retain(|(c, _, _)| *c != conn);
@@ -320,6 +326,7 @@ impl Master {
             self.links.close(cx, conn);
             self.client_lost(cx, conn, nid);
         }
+        self.forget_packs();
         let Some(tm) = self.tm_mut() else { return };
         tm.txns.clear();
         tm.queue.clear();
@@ -522,6 +529,7 @@ impl Master {
             Packet::FailedVote { ttid, nids } => self.failed_vote(cx, conn, id, ttid, nids),
             Packet::AbortTransaction { ttid, nids } => self.abort(cx, conn, ttid, nids),
             Packet::AskFinalTID { ttid } => self.final_tid(cx, conn, id, ttid),
+            Packet::AskPack { tid } => self.pack_request(cx, conn, id, tid),
             other if other.kind() == crate::proto::Kind::Answer => {
                 debug!("{}: ignoring {} from {nid}", self.me(), other.name());
             }

@@ -3,8 +3,9 @@
 //! truncations and validations; persists every partition-table change it is sent; starts
 //! and stops operation when told. Told DOWN it stops; told UNKNOWN (dropped) it erases its
 //! database and stops. While operational it serves clients the primary announced
-//! (`client.rs`: stores, checks, votes, loads), with the locks of `transactions`, and takes
-//! the primary's lock / unlock / abort of transactions.
+//! (`client.rs`: stores, checks, votes, loads; `history.rs`: transaction metadata, undo
+//! lookups, object history, TID lists), with the locks of `transactions`, and takes the
+//! primary's lock / unlock / abort of transactions and its pack orders (`history.rs`).
 //!
 //! The database is a `Box<dyn Backend>` handed over at construction; it outlives the actor
 //! (a crash loses memory and uncommitted work, not what was committed). Database errors come
@@ -19,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 mod client;
 mod group;
+mod history;
 pub mod transactions;
 
 use std::time::Duration;
@@ -76,6 +78,8 @@ pub struct Storage {
     unannounced: std::collections::BTreeMap<ConnId, (u32, Nid, Duration)>,
     /// Answers waiting for the group commit (`group`).
     batch: group::Batch,
+    /// History requests waiting for unlocks; the pack in progress (`history`).
+    history: history::History,
 }
 
 /// How long a client's identification waits for the primary to announce it.
@@ -129,6 +133,7 @@ impl Storage {
             tm: Transactions::default(),
             unannounced: Default::default(),
             batch: Default::default(),
+            history: Default::default(),
         }
     }
 
@@ -471,6 +476,7 @@ impl Storage {
                 info!("{}: operational", self.me());
                 self.links.notify(cx, conn, Packet::NotifyReady);
             }
+            Packet::AskPack { tid } if self.operational => self.pack_request(cx, conn, id, tid),
             Packet::StopOperation => {
                 if self.operational {
                     info!("{}: operation stopped", self.me());
@@ -532,6 +538,8 @@ impl Node for Storage {
             Some(Peer::Master) => {
                 self.on_master_message(cx, conn, msg, asked.is_some());
                 self.after_master_message(cx);
+                // An unlock may be what waiting history requests wait for.
+                self.serve_waiting_reads(cx);
             }
             Some(Peer::Incoming) => self.on_incoming(cx, conn, msg),
             Some(Peer::Client(nid)) => {
@@ -571,6 +579,7 @@ impl Node for Storage {
 
     fn on_timer(&mut self, cx: &mut Ctx, id: TimerId, token: u64) {
         self.flush_timer(cx, id, token);
+        self.pack_timer(cx, id, token);
     }
 
     fn on_shutdown(&mut self, cx: &mut Ctx) {
