@@ -859,7 +859,7 @@ impl Master {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -868,12 +868,12 @@ mod tests {
     use crate::proto::{Address, IdentificationExtra, WallTime};
 
     const NP: u32 = 4;
-    const S1: ConnId = ConnId(100);
-    const S2: ConnId = ConnId(101);
-    const C1: ConnId = ConnId(200);
-    const C2: ConnId = ConnId(201);
+    pub(in crate::actors::master) const S1: ConnId = ConnId(100);
+    pub(in crate::actors::master) const S2: ConnId = ConnId(101);
+    pub(in crate::actors::master) const C1: ConnId = ConnId(200);
+    pub(in crate::actors::master) const C2: ConnId = ConnId(201);
 
-    fn config(replicas: u32) -> super::super::MasterConfig {
+    pub(in crate::actors::master) fn config(replicas: u32) -> super::super::MasterConfig {
         super::super::MasterConfig {
             cluster: "prod".into(),
             bind: Address::new("10.0.0.1", 1),
@@ -896,7 +896,7 @@ mod tests {
         }
     }
 
-    fn client(read_only: bool) -> Packet {
+    pub(in crate::actors::master) fn client(read_only: bool) -> Packet {
         Packet::RequestIdentification {
             node_type: NodeType::Client,
             nid: None,
@@ -910,7 +910,10 @@ mod tests {
         }
     }
 
-    fn messages(effects: &[Effect], conn: ConnId) -> Vec<(u32, Packet)> {
+    pub(in crate::actors::master) fn messages(
+        effects: &[Effect],
+        conn: ConnId,
+    ) -> Vec<(u32, Packet)> {
         effects
             .iter()
             .filter_map(|e| match e {
@@ -920,7 +923,12 @@ mod tests {
             .collect()
     }
 
-    fn recv(h: &mut Harness<Master>, conn: ConnId, id: u32, packet: Packet) -> Vec<Effect> {
+    pub(in crate::actors::master) fn recv(
+        h: &mut Harness<Master>,
+        conn: ConnId,
+        id: u32,
+        packet: Packet,
+    ) -> Vec<Effect> {
         h.handle(Event::Received {
             conn,
             msg: Message { id, packet },
@@ -928,7 +936,11 @@ mod tests {
     }
 
     /// A primary with two new storages, RUNNING with the storages' last ids, both ready.
-    fn running(h: &mut Harness<Master>, last_tid: Option<Tid>, last_oid: Option<Oid>) {
+    pub(in crate::actors::master) fn running(
+        h: &mut Harness<Master>,
+        last_tid: Option<Tid>,
+        last_oid: Option<Oid>,
+    ) {
         h.start();
         let mut out = h.incoming(S1, storage(30));
         out.extend(h.incoming(S2, storage(31)));
@@ -963,7 +975,12 @@ mod tests {
         }
     }
 
-    fn ask(h: &mut Harness<Master>, conn: ConnId, id: u32, packet: Packet) -> Vec<Packet> {
+    pub(in crate::actors::master) fn ask(
+        h: &mut Harness<Master>,
+        conn: ConnId,
+        id: u32,
+        packet: Packet,
+    ) -> Vec<Packet> {
         let out = recv(h, conn, id, packet);
         messages(&out, conn)
             .into_iter()
@@ -972,14 +989,14 @@ mod tests {
             .collect()
     }
 
-    fn begin(h: &mut Harness<Master>, conn: ConnId, id: u32) -> Tid {
+    pub(in crate::actors::master) fn begin(h: &mut Harness<Master>, conn: ConnId, id: u32) -> Tid {
         match &ask(h, conn, id, Packet::AskBeginTransaction { tid: None })[..] {
             [Packet::AnswerBeginTransaction { ttid }] => *ttid,
             other => panic!("begin: {other:?}"),
         }
     }
 
-    fn finish_packet(ttid: Tid, oids: &[u64]) -> Packet {
+    pub(in crate::actors::master) fn finish_packet(ttid: Tid, oids: &[u64]) -> Packet {
         Packet::AskFinishTransaction {
             ttid,
             oids: oids.iter().map(|o| Oid(*o)).collect(),
@@ -989,7 +1006,7 @@ mod tests {
     }
 
     /// The AskLockInformation requests in `out`: (storage connection, message id, ttid, tid).
-    fn lock_requests(out: &[Effect]) -> Vec<(ConnId, u32, Tid, Tid)> {
+    pub(in crate::actors::master) fn lock_requests(out: &[Effect]) -> Vec<(ConnId, u32, Tid, Tid)> {
         [S1, S2]
             .into_iter()
             .flat_map(|c| {
@@ -1003,7 +1020,10 @@ mod tests {
             .collect()
     }
 
-    fn lock(h: &mut Harness<Master>, req: (ConnId, u32, Tid, Tid)) -> Vec<Effect> {
+    pub(in crate::actors::master) fn lock(
+        h: &mut Harness<Master>,
+        req: (ConnId, u32, Tid, Tid),
+    ) -> Vec<Effect> {
         recv(
             h,
             req.0,
@@ -1012,7 +1032,7 @@ mod tests {
         )
     }
 
-    fn error_code(p: &[Packet]) -> Option<ErrorCode> {
+    pub(in crate::actors::master) fn error_code(p: &[Packet]) -> Option<ErrorCode> {
         match p {
             [Packet::Error { code, .. }] => Some(*code),
             _ => None,
@@ -1020,7 +1040,7 @@ mod tests {
     }
 
     /// A running cluster (replicas 1: both storages hold every partition) with clients C1, C2.
-    fn cluster(mutant: Option<&'static str>) -> Harness<Master> {
+    pub(in crate::actors::master) fn cluster(mutant: Option<&'static str>) -> Harness<Master> {
         let m = Master::new(config(1));
         let mut h = match mutant {
             Some(name) => Harness::with_mutant(m, name),

@@ -87,7 +87,10 @@ fn check_limits(packet: &Packet) -> Result<(), String> {
         if last < first {
             Err(format!("{what}: last {last} below first {first}"))
         } else if last - first > max {
-            Err(format!("{what}: at most {max} per request, {} asked", last - first))
+            Err(format!(
+                "{what}: at most {max} per request, {} asked",
+                last - first
+            ))
         } else {
             Ok(())
         }
@@ -101,9 +104,9 @@ fn check_limits(packet: &Packet) -> Result<(), String> {
             range(*first, *last, MAX_HISTORY_LENGTH, "AskObjectHistory")
         }
         Packet::AskTIDs { first, last, .. } => range(*first, *last, MAX_TIDS_LENGTH, "AskTIDs"),
-        Packet::AskTIDsFrom { length, .. } if u64::from(*length) > MAX_TIDS_LENGTH => Err(
-            format!("AskTIDsFrom: at most {MAX_TIDS_LENGTH} TIDs per request, {length} asked"),
-        ),
+        Packet::AskTIDsFrom { length, .. } if u64::from(*length) > MAX_TIDS_LENGTH => Err(format!(
+            "AskTIDsFrom: at most {MAX_TIDS_LENGTH} TIDs per request, {length} asked"
+        )),
         _ => Ok(()),
     }
 }
@@ -165,11 +168,10 @@ impl Storage {
             return;
         }
         let locked: BTreeMap<Tid, Tid> = self.tm.locked();
-        let (ready, still): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(
-            &mut self.history.waiting,
-        )
-        .into_iter()
-        .partition(|w| !w.after.iter().any(|t| locked.contains_key(t)));
+        let (ready, still): (Vec<Waiting>, Vec<Waiting>) =
+            std::mem::take(&mut self.history.waiting)
+                .into_iter()
+                .partition(|w| !w.after.iter().any(|t| locked.contains_key(t)));
         self.history.waiting = still;
         for w in ready {
             let packet = match self.history_answer(&w.packet) {
@@ -302,10 +304,9 @@ impl Storage {
                     return Ok(error(r));
                 }
                 match self.db.history(*oid, *first, last - first)? {
-                    None => Packet::error(
-                        ErrorCode::OidDoesNotExist,
-                        format!("{oid} does not exist"),
-                    ),
+                    None => {
+                        Packet::error(ErrorCode::OidDoesNotExist, format!("{oid} does not exist"))
+                    }
                     Some(history) => Packet::AnswerObjectHistory { oid: *oid, history },
                 }
             }
@@ -394,12 +395,7 @@ impl Storage {
         let Some(partition) = next else {
             let job = self.history.pack.take().expect("checked above");
             info!("{}: packed at {tid}", self.me());
-            self.answer(
-                cx,
-                job.conn,
-                job.id,
-                Packet::AnswerPack { status: true },
-            );
+            self.answer(cx, job.conn, job.id, Packet::AnswerPack { status: true });
             return;
         };
         if let Err(e) = self.db.pack(tid, &[partition]) {
@@ -408,12 +404,7 @@ impl Storage {
                 return self.db_failed(cx, "packing", e);
             }
             warn!("{}: packing partition {partition} at {tid}: {e}", self.me());
-            self.answer(
-                cx,
-                job.conn,
-                job.id,
-                Packet::AnswerPack { status: false },
-            );
+            self.answer(cx, job.conn, job.id, Packet::AnswerPack { status: false });
             return;
         }
         self.history.packed += 1;
@@ -441,5 +432,467 @@ fn answer(o: Origin, packet: Packet) -> Out {
         conn: o.conn,
         id: o.id,
         packet,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::serving_tests::{commit, error_code, meta, store, stored, Setup, CLIENT};
+    use super::*;
+    use crate::actors::testing::sent;
+    use crate::actors::{CloseReason, Effect, Event};
+    use crate::db::Load;
+    use crate::proto::{CellState, Oid};
+    use CellState::*;
+
+    fn info(tid: u64) -> Packet {
+        Packet::AskTransactionInformation { tid: Tid(tid) }
+    }
+
+    fn history(oid: u64, first: u64, last: u64) -> Packet {
+        Packet::AskObjectHistory {
+            oid: Oid(oid),
+            first,
+            last,
+        }
+    }
+
+    fn tids(first: u64, last: u64, partition: Option<u32>) -> Packet {
+        Packet::AskTIDs {
+            first,
+            last,
+            partition,
+        }
+    }
+
+    fn tids_from(min: u64, max: u64, length: u32, partition: u32) -> Packet {
+        Packet::AskTIDsFrom {
+            min_tid: Tid(min),
+            max_tid: Tid(max),
+            length,
+            partition,
+        }
+    }
+
+    fn undo(ltid: u64, undone: u64, oids: &[u64]) -> Packet {
+        Packet::AskObjectUndoSerial {
+            ttid: Tid(1000),
+            ltid: Tid(ltid),
+            undone_tid: Tid(undone),
+            oids: oids.iter().map(|o| Oid(*o)).collect(),
+        }
+    }
+
+    fn tid_list(t: &[u64]) -> Vec<Tid> {
+        t.iter().map(|t| Tid(*t)).collect()
+    }
+
+    /// Partitions: 0 ours and readable, 1 not ours. Objects 0 and 2 committed in 110, 120
+    /// (object 0) and 130 (object 2): every id is even, so everything is in partition 0.
+    fn committed(name: &str) -> Setup {
+        let mut s = Setup::new(name, None, &[Some(UpToDate), None]);
+        commit(&mut s, 100, 0, 0, 110);
+        commit(&mut s, 114, 0, 110, 120);
+        commit(&mut s, 124, 2, 0, 130);
+        s
+    }
+
+    #[test]
+    fn transaction_information_answers_readable_committed_transactions() {
+        let mut s = committed("hist-info");
+        assert_eq!(
+            s.ask(info(120)),
+            vec![Packet::AnswerTransactionInformation {
+                tid: Tid(120),
+                user: Data(b"u".to_vec()),
+                description: Data::default(),
+                extension: Data::default(),
+                packed: false,
+                oids: vec![Oid(0)],
+            }]
+        );
+        assert_eq!(error_code(&s.ask(info(122))), Some(ErrorCode::TidNotFound));
+        assert_eq!(
+            error_code(&s.ask(info(121))),
+            Some(ErrorCode::NonReadableCell)
+        );
+        // Ids no backend can hold are unknown, not errors of the node.
+        assert_eq!(
+            error_code(&s.ask(info(u64::MAX - 1))),
+            Some(ErrorCode::TidNotFound)
+        );
+        assert!(!s.h.actor.failed);
+    }
+
+    #[test]
+    fn object_history_is_newest_first_bounded_and_checked() {
+        let mut s = committed("hist-history");
+        assert_eq!(
+            s.ask(history(0, 0, 10)),
+            vec![Packet::AnswerObjectHistory {
+                oid: Oid(0),
+                history: vec![(Tid(120), 1), (Tid(110), 1)],
+            }]
+        );
+        assert_eq!(
+            s.ask(history(0, 1, 2)),
+            vec![Packet::AnswerObjectHistory {
+                oid: Oid(0),
+                history: vec![(Tid(110), 1)],
+            }]
+        );
+        assert_eq!(
+            s.ask(history(4, 0, 10)),
+            vec![Packet::error(
+                ErrorCode::OidDoesNotExist,
+                format!("{} does not exist", Oid(4))
+            )]
+        );
+        assert_eq!(
+            error_code(&s.ask(history(1, 0, 10))),
+            Some(ErrorCode::NonReadableCell)
+        );
+        for bad in [
+            history(0, 5, 4),
+            history(0, 0, MAX_HISTORY_LENGTH + 1),
+            history(0, u64::MAX - MAX_HISTORY_LENGTH - 1, u64::MAX),
+        ] {
+            assert_eq!(
+                error_code(&s.ask(bad.clone())),
+                Some(ErrorCode::ProtocolError),
+                "{bad:?}"
+            );
+        }
+        // At the limit, and far past the end: served.
+        assert!(matches!(
+            &s.ask(history(0, 0, MAX_HISTORY_LENGTH))[..],
+            [Packet::AnswerObjectHistory { history, .. }] if history.len() == 2
+        ));
+        assert_eq!(
+            s.ask(history(0, u64::MAX - 1, u64::MAX)),
+            vec![Packet::AnswerObjectHistory {
+                oid: Oid(0),
+                history: vec![],
+            }]
+        );
+        assert!(!s.h.actor.failed);
+    }
+
+    #[test]
+    fn tid_lists_cover_readable_partitions_only() {
+        let mut s = committed("hist-tids");
+        let answer = |t: &[u64]| vec![Packet::AnswerTIDs { tids: tid_list(t) }];
+        assert_eq!(s.ask(tids(0, 10, None)), answer(&[130, 120, 110]));
+        assert_eq!(s.ask(tids(1, 2, Some(0))), answer(&[120]));
+        assert_eq!(
+            error_code(&s.ask(tids(0, 10, Some(1)))),
+            Some(ErrorCode::NonReadableCell)
+        );
+        for bad in [
+            tids(0, 10, Some(2)),
+            tids(0, 10, Some(u32::MAX)),
+            tids(3, 2, None),
+            tids(0, MAX_TIDS_LENGTH + 1, None),
+            tids_from(0, 1000, MAX_TIDS_LENGTH as u32 + 1, 0),
+            tids_from(0, 1000, 10, 2),
+        ] {
+            assert_eq!(
+                error_code(&s.ask(bad.clone())),
+                Some(ErrorCode::ProtocolError),
+                "{bad:?}"
+            );
+        }
+        let from = |t: &[u64]| vec![Packet::AnswerTIDsFrom { tids: tid_list(t) }];
+        assert_eq!(s.ask(tids_from(0, u64::MAX, 10, 0)), from(&[110, 120, 130]));
+        assert_eq!(s.ask(tids_from(111, 130, 1, 0)), from(&[120]));
+        assert_eq!(s.ask(tids_from(131, 100, 10, 0)), from(&[]));
+        assert_eq!(
+            error_code(&s.ask(tids_from(0, 1000, 10, 1))),
+            Some(ErrorCode::NonReadableCell)
+        );
+        // A cell that is not readable any more (outdated) stops being listed.
+        s.master_says(Packet::NotifyPartitionChanges {
+            ptid: crate::proto::Ptid(2),
+            num_replicas: 0,
+            changes: vec![(0, s.h.actor.nid.unwrap(), OutOfDate)],
+        });
+        assert_eq!(s.ask(tids(0, 10, None)), answer(&[]));
+        assert_eq!(
+            error_code(&s.ask(tids_from(0, 1000, 10, 0))),
+            Some(ErrorCode::NonReadableCell)
+        );
+    }
+
+    #[test]
+    fn undo_lookups_follow_the_asked_order_and_refuse_what_cannot_be_undone() {
+        let mut s = committed("hist-undo");
+        let entry = |oid: u64, current: u64, undo: Option<u64>, is_current: bool| {
+            (
+                Oid(oid),
+                UndoSerial {
+                    current: Tid(current),
+                    undo: undo.map(Tid),
+                    is_current,
+                },
+            )
+        };
+        // Undo of 120 (current): back to 110's data.
+        assert_eq!(
+            s.ask(undo(200, 120, &[0])),
+            vec![Packet::AnswerObjectUndoSerial {
+                serials: vec![entry(0, 120, Some(110), true)],
+            }]
+        );
+        // Undo of 110 (the creation, no longer current), with a snapshot before 120.
+        assert_eq!(
+            s.ask(undo(200, 110, &[0])),
+            vec![Packet::AnswerObjectUndoSerial {
+                serials: vec![entry(0, 120, None, false)],
+            }]
+        );
+        assert_eq!(
+            s.ask(undo(115, 110, &[0])),
+            vec![Packet::AnswerObjectUndoSerial {
+                serials: vec![entry(0, 110, None, true)],
+            }]
+        );
+        // Two objects of one transaction, in the asked order.
+        assert_eq!(s.ask(store(144, 0, 120, b"w")), stored(None));
+        assert_eq!(s.ask(store(144, 2, 130, b"x")), stored(None));
+        s.ask(meta(144, &[0, 2]));
+        s.master_says(Packet::AskLockInformation {
+            ttid: Tid(144),
+            tid: Tid(150),
+        });
+        s.master_says(Packet::NotifyUnlockInformation { ttid: Tid(144) });
+        assert_eq!(
+            s.ask(undo(200, 150, &[2, 0])),
+            vec![Packet::AnswerObjectUndoSerial {
+                serials: vec![
+                    entry(2, 150, Some(130), true),
+                    entry(0, 150, Some(120), true)
+                ],
+            }]
+        );
+        // An object without a revision in the undone transaction (or packed away).
+        assert_eq!(
+            error_code(&s.ask(undo(200, 120, &[0, 2]))),
+            Some(ErrorCode::OidNotFound)
+        );
+        assert_eq!(
+            error_code(&s.ask(undo(200, 120, &[1]))),
+            Some(ErrorCode::NonReadableCell)
+        );
+        let huge = Packet::AskObjectUndoSerial {
+            ttid: Tid(1000),
+            ltid: Tid(200),
+            undone_tid: Tid(120),
+            oids: vec![Oid(0); MAX_UNDO_OIDS + 1],
+        };
+        assert_eq!(error_code(&s.ask(huge)), Some(ErrorCode::ProtocolError));
+        assert!(!s.h.actor.failed);
+    }
+
+    #[test]
+    fn requests_wait_for_the_transactions_locked_on_arrival_only() {
+        let mut s = committed("hist-wait");
+        // A voted transaction is not visible, and delays nothing.
+        assert_eq!(s.ask(store(200, 0, 120, b"w")), stored(None));
+        assert_eq!(s.ask(meta(200, &[0])), vec![Packet::AnswerStoreTransaction]);
+        assert_eq!(
+            s.ask(tids(0, 10, None)),
+            vec![Packet::AnswerTIDs {
+                tids: tid_list(&[130, 120, 110])
+            }]
+        );
+        assert_eq!(error_code(&s.ask(info(210))), Some(ErrorCode::TidNotFound));
+        // Locked as 210: the primary may have answered its client already, so requests
+        // wait for its unlock.
+        s.master_says(Packet::AskLockInformation {
+            ttid: Tid(200),
+            tid: Tid(210),
+        });
+        assert!(s.ask(tids(0, 10, None)).is_empty());
+        assert!(s.ask(info(210)).is_empty());
+        assert!(s.ask(history(0, 0, 10)).is_empty());
+        // Bad requests do not wait.
+        assert_eq!(
+            error_code(&s.ask(tids(0, u64::MAX, None))),
+            Some(ErrorCode::ProtocolError)
+        );
+        assert_eq!(s.h.actor.waiting_reads(), 3);
+        // Another transaction locked later does not delay them further.
+        assert_eq!(s.ask(store(300, 2, 130, b"x")), stored(None));
+        s.ask(meta(300, &[2]));
+        s.master_says(Packet::AskLockInformation {
+            ttid: Tid(300),
+            tid: Tid(310),
+        });
+        let out = s.h.handle(Event::Received {
+            conn: s.master,
+            msg: crate::proto::Message {
+                id: 7,
+                packet: Packet::NotifyUnlockInformation { ttid: Tid(200) },
+            },
+        });
+        let out = s.settle(out);
+        let answers = sent(&out, CLIENT);
+        assert_eq!(
+            answers,
+            vec![
+                Packet::AnswerTIDs {
+                    tids: tid_list(&[210, 130, 120, 110])
+                },
+                Packet::AnswerTransactionInformation {
+                    tid: Tid(210),
+                    user: Data(b"u".to_vec()),
+                    description: Data::default(),
+                    extension: Data::default(),
+                    packed: false,
+                    oids: vec![Oid(0)],
+                },
+                Packet::AnswerObjectHistory {
+                    oid: Oid(0),
+                    history: vec![(Tid(210), 1), (Tid(120), 1), (Tid(110), 1)],
+                },
+            ]
+        );
+        assert_eq!(s.h.actor.waiting_reads(), 0);
+        // A client that leaves takes its waiting requests with it.
+        assert!(s.ask(tids(0, 10, None)).is_empty());
+        assert_eq!(s.h.actor.waiting_reads(), 1);
+        s.h.handle(Event::Closed {
+            conn: CLIENT,
+            reason: CloseReason::PeerClosed,
+        });
+        assert_eq!(s.h.actor.waiting_reads(), 0);
+    }
+
+    #[test]
+    fn losing_operation_forgets_waiting_requests() {
+        let mut s = committed("hist-stop");
+        assert_eq!(s.ask(store(200, 0, 120, b"w")), stored(None));
+        s.ask(meta(200, &[0]));
+        s.master_says(Packet::AskLockInformation {
+            ttid: Tid(200),
+            tid: Tid(210),
+        });
+        assert!(s.ask(tids(0, 10, None)).is_empty());
+        s.master_says(Packet::StopOperation);
+        assert_eq!(s.h.actor.waiting_reads(), 0);
+    }
+
+    /// AskPack from the primary; the pack steps run (their timers fired); what the primary
+    /// got back.
+    fn pack(s: &mut Setup, tid: u64) -> Vec<Packet> {
+        let mut out = s.h.handle(Event::Received {
+            conn: s.master,
+            msg: crate::proto::Message {
+                id: 77,
+                packet: Packet::AskPack { tid: Tid(tid) },
+            },
+        });
+        let mut answers = Vec::new();
+        for _ in 0..100 {
+            answers.extend(sent(&out, s.master));
+            let timers: Vec<_> = out
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::SetTimer { id, token, .. } if *token == PACK_TOKEN => Some(*id),
+                    _ => None,
+                })
+                .collect();
+            let Some(id) = timers.first() else {
+                return answers;
+            };
+            out = s.h.handle(Event::Timer {
+                id: *id,
+                token: PACK_TOKEN,
+            });
+        }
+        panic!("the pack never ends");
+    }
+
+    #[test]
+    fn pack_removes_old_revisions_of_up_to_date_partitions_only() {
+        // Partitions: 0 ours UP_TO_DATE, 1 ours UP_TO_DATE, 2 ours OUT_OF_DATE.
+        let mut s = Setup::new("hist-pack", None, &[Some(UpToDate), Some(UpToDate), None]);
+        // Object 0 (partition 0) and 1 (partition 1) twice each (each transaction in the
+        // partition of its TTID, as the primary chooses).
+        commit(&mut s, 102, 0, 0, 111);
+        commit(&mut s, 103, 1, 0, 121);
+        commit(&mut s, 105, 0, 111, 132);
+        commit(&mut s, 106, 1, 121, 142);
+        assert_eq!(pack(&mut s, 135), vec![Packet::AnswerPack { status: true }]);
+        assert_eq!(s.h.actor.history.packed, 2);
+        // Object 0: 111 is gone (132 is its revision at 135); object 1: 121 stays (its
+        // only revision at 135), 142 too.
+        assert_eq!(
+            s.ask(history(0, 0, 10)),
+            vec![Packet::AnswerObjectHistory {
+                oid: Oid(0),
+                history: vec![(Tid(132), 1)],
+            }]
+        );
+        assert!(matches!(
+            s.db().load(Oid(1), Some(Tid(121)), None),
+            Ok(Load::Found(_))
+        ));
+        assert!(matches!(
+            s.db().load(Oid(0), Some(Tid(111)), None),
+            Ok(Load::NotFound)
+        ));
+        // Transactions at or before 135 are marked packed, and their undo is refused.
+        assert!(matches!(
+            &s.ask(info(111))[..],
+            [Packet::AnswerTransactionInformation { packed: true, .. }]
+        ));
+        assert!(matches!(
+            &s.ask(info(142))[..],
+            [Packet::AnswerTransactionInformation { packed: false, .. }]
+        ));
+        assert_eq!(
+            error_code(&s.ask(undo(200, 111, &[0]))),
+            Some(ErrorCode::OidNotFound)
+        );
+        // A cell out of date is not packed.
+        let mut s = Setup::new(
+            "hist-pack-ood",
+            None,
+            &[Some(UpToDate), Some(OutOfDate), None],
+        );
+        assert_eq!(pack(&mut s, 135), vec![Packet::AnswerPack { status: true }]);
+        assert_eq!(s.h.actor.history.packed, 1);
+    }
+
+    #[test]
+    fn a_pack_is_dropped_when_operation_stops() {
+        let mut s = committed("hist-pack-stop");
+        let out = s.h.handle(Event::Received {
+            conn: s.master,
+            msg: crate::proto::Message {
+                id: 77,
+                packet: Packet::AskPack { tid: Tid(120) },
+            },
+        });
+        let timer = out.iter().find_map(|e| match e {
+            Effect::SetTimer { id, token, .. } if *token == PACK_TOKEN => Some(*id),
+            _ => None,
+        });
+        // A second order while one runs is refused.
+        let again = s.master_says(Packet::AskPack { tid: Tid(120) });
+        assert_eq!(error_code(&again), Some(ErrorCode::ProtocolError));
+        s.master_says(Packet::StopOperation);
+        let out = s.h.handle(Event::Timer {
+            id: timer.unwrap(),
+            token: PACK_TOKEN,
+        });
+        assert!(sent(&out, s.master).is_empty());
+        assert_eq!(s.h.actor.history.packed, 0);
+    }
+
+    #[test]
+    fn the_undo_oid_limit_is_what_a_transaction_may_write() {
+        assert_eq!(MAX_UNDO_OIDS, crate::db::MAX_TXN_OIDS);
     }
 }

@@ -1021,11 +1021,11 @@ pub(super) mod serving_tests {
     fn C1() -> Nid {
         Nid::new(NodeType::Client, 1)
     }
-    const CLIENT: ConnId = ConnId(1000);
+    pub(super) const CLIENT: ConnId = ConnId(1000);
 
     pub(super) struct Setup {
         pub(super) h: Harness<Storage>,
-        master: ConnId,
+        pub(super) master: ConnId,
         next_id: u32,
         stamp: u64,
     }
@@ -1164,7 +1164,7 @@ pub(super) mod serving_tests {
         }
 
         /// A client request, its effects, the flush timer not fired.
-        fn ask_raw(&mut self, packet: Packet) -> Vec<Effect> {
+        pub(super) fn ask_raw(&mut self, packet: Packet) -> Vec<Effect> {
             self.next_id += 1;
             self.h.handle(Event::Received {
                 conn: CLIENT,
@@ -1193,7 +1193,7 @@ pub(super) mod serving_tests {
             sent(&out, CLIENT)
         }
 
-        fn db(&self) -> &dyn crate::db::Backend {
+        pub(super) fn db(&self) -> &dyn crate::db::Backend {
             self.h.actor.backend()
         }
     }
@@ -1331,7 +1331,7 @@ pub(super) mod serving_tests {
         }
     }
 
-    fn store(ttid: u64, oid: u64, serial: u64, bytes: &[u8]) -> Packet {
+    pub(super) fn store(ttid: u64, oid: u64, serial: u64, bytes: &[u8]) -> Packet {
         Packet::AskStoreObject {
             oid: Oid(oid),
             serial: Tid(serial),
@@ -1343,7 +1343,7 @@ pub(super) mod serving_tests {
         }
     }
 
-    fn meta(ttid: u64, oids: &[u64]) -> Packet {
+    pub(super) fn meta(ttid: u64, oids: &[u64]) -> Packet {
         Packet::AskStoreTransaction {
             ttid: Tid(ttid),
             user: Data(b"u".to_vec()),
@@ -1353,14 +1353,14 @@ pub(super) mod serving_tests {
         }
     }
 
-    fn stored(conflict: Option<u64>) -> Vec<Packet> {
+    pub(super) fn stored(conflict: Option<u64>) -> Vec<Packet> {
         vec![Packet::AnswerStoreObject {
             conflict: conflict.map(Tid),
         }]
     }
 
     /// The code of the one error among `p` (pings aside).
-    fn error_code(p: &[Packet]) -> Option<ErrorCode> {
+    pub(super) fn error_code(p: &[Packet]) -> Option<ErrorCode> {
         match p.iter().filter(|p| **p != Packet::Ping).collect::<Vec<_>>()[..] {
             [Packet::Error { code, .. }] => Some(*code),
             _ => None,
@@ -1369,7 +1369,7 @@ pub(super) mod serving_tests {
 
     /// Commit a transaction storing `oid` through the storage, as the client and the
     /// primary would.
-    fn commit(s: &mut Setup, ttid: u64, oid: u64, serial: u64, tid: u64) {
+    pub(super) fn commit(s: &mut Setup, ttid: u64, oid: u64, serial: u64, tid: u64) {
         assert_eq!(s.ask(store(ttid, oid, serial, b"v")), stored(None));
         assert_eq!(
             s.ask(meta(ttid, &[oid])),
