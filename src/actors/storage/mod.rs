@@ -1765,6 +1765,37 @@ mod hostile_client_tests {
             )
                 .prop_map(|(oid, at, before)| Packet::AskObject { oid, at, before }),
             ttid.clone().prop_map(|ttid| Packet::AskFinalTID { ttid }),
+            serial
+                .clone()
+                .prop_map(|tid| Packet::AskTransactionInformation { tid }),
+            (
+                serial.clone(),
+                serial.clone(),
+                proptest::collection::vec(oid.clone(), 0..3)
+            )
+                .prop_map(|(ltid, undone_tid, oids)| Packet::AskObjectUndoSerial {
+                    ttid: Tid(1),
+                    ltid,
+                    undone_tid,
+                    oids,
+                }),
+            (oid.clone(), 0u64..3, 0u64..4)
+                .prop_map(|(oid, first, last)| Packet::AskObjectHistory { oid, first, last }),
+            (0u64..3, 0u64..4, proptest::option::of(0u32..4)).prop_map(
+                |(first, last, partition)| Packet::AskTIDs {
+                    first,
+                    last,
+                    partition
+                }
+            ),
+            (serial.clone(), serial.clone(), 0u32..4, 0u32..4).prop_map(
+                |(min_tid, max_tid, length, partition)| Packet::AskTIDsFrom {
+                    min_tid,
+                    max_tid,
+                    length,
+                    partition,
+                }
+            ),
         ];
         let master = prop_oneof![
             (ttid.clone(), 1u64..100).prop_map(|(ttid, t)| Packet::AskLockInformation {
@@ -1774,6 +1805,7 @@ mod hostile_client_tests {
             ttid.clone()
                 .prop_map(|ttid| Packet::NotifyUnlockInformation { ttid }),
             ttid.prop_map(|ttid| Packet::AbortTransaction { ttid, nids: vec![] }),
+            (1u64..200).prop_map(|t| Packet::AskPack { tid: Tid(t) }),
         ];
         prop_oneof![
             4 => client.prop_map(|p| (false, p)),
@@ -1811,6 +1843,7 @@ mod hostile_client_tests {
             s.h.handle(Event::Closed { conn: ConnId(1000), reason: CloseReason::PeerClosed });
             s.h.actor.check_invariants().map_err(TestCaseError::fail)?;
             prop_assert_eq!(s.h.actor.tm.waiting(), 0);
+            prop_assert_eq!(s.h.actor.waiting_reads(), 0);
             prop_assert_eq!(s.h.actor.tm.unvoted(), 0);
             prop_assert!(s.h.actor.tm.clients().len() <= 1);
         }
