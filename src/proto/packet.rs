@@ -247,7 +247,8 @@ packets! {
     /// Client to one readable cell per partition of `oids`: how to undo `undone_tid` in
     /// transaction `ttid`, whose snapshot is everything before `ltid`.
     Request AskObjectUndoSerial { ttid: Tid, ltid: Tid, undone_tid: Tid, oids: Vec<Oid> },
-    /// One entry per asked oid that has a revision at `undone_tid` (in the asked order).
+    /// One entry per asked oid, in the asked order; OID_NOT_FOUND instead if one of them
+    /// has no revision at `undone_tid` (packed away: the transaction cannot be undone).
     Answer AnswerObjectUndoSerial { serials: Vec<(Oid, UndoSerial)> },
     /// Client to a readable cell of partition(oid): revisions newest first, skipping
     /// `first`, up to (excluding) `last`. OID_DOES_NOT_EXIST if it has none.
@@ -266,6 +267,14 @@ packets! {
     Request AskPack { tid: Tid },
     Answer AnswerPack { status: bool },
 }
+
+/// The most revisions one `AskObjectHistory` may ask for (`last - first`).
+pub const MAX_HISTORY_LENGTH: u64 = 10_000;
+/// The most TIDs one `AskTIDs` (`last - first`) or `AskTIDsFrom` (`length`) may ask for.
+pub const MAX_TIDS_LENGTH: u64 = 10_000;
+/// The most oids one `AskObjectUndoSerial` may carry: as many as one transaction may write
+/// (`db::MAX_TXN_OIDS`).
+pub const MAX_UNDO_OIDS: usize = 1 << 20;
 
 /// `AnswerObjectUndoSerial`'s entry for one oid (see `db::UndoInfo`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]

@@ -177,7 +177,35 @@ fn packet_kinds() -> u64 {
 /// A packet of a kind that carries ids, with ids at their limits.
 fn edge_packet(rng: &mut ChaCha8Rng) -> Packet {
     let r = rng;
-    match rng::below(r, 24) {
+    match rng::below(r, 30) {
+        24 => Packet::AskTransactionInformation {
+            tid: Tid(edge_u64(r)),
+        },
+        25 => Packet::AskObjectUndoSerial {
+            ttid: Tid(edge_u64(r)),
+            ltid: Tid(edge_u64(r)),
+            undone_tid: Tid(edge_u64(r)),
+            oids: (0..rng::below(r, 4)).map(|_| Oid(edge_u64(r))).collect(),
+        },
+        26 => Packet::AskObjectHistory {
+            oid: Oid(edge_u64(r)),
+            first: edge_u64(r),
+            last: edge_u64(r),
+        },
+        27 => Packet::AskTIDs {
+            first: edge_u64(r),
+            last: edge_u64(r),
+            partition: maybe(r, edge_u32),
+        },
+        28 => Packet::AskTIDsFrom {
+            min_tid: Tid(edge_u64(r)),
+            max_tid: Tid(edge_u64(r)),
+            length: edge_u32(r),
+            partition: edge_u32(r),
+        },
+        29 => Packet::AskPack {
+            tid: Tid(edge_u64(r)),
+        },
         17 => Packet::AskStoreObject {
             oid: Oid(edge_u64(r)),
             serial: Tid(edge_u64(r)),

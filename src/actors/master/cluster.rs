@@ -37,6 +37,8 @@ pub enum Asked {
     LastIds,
     /// AskLockInformation for this TTID.
     Lock(Tid),
+    /// AskPack (`pack`).
+    Pack,
 }
 
 /// A storage's AnswerRecovery: (ptid, truncate_tid, backup_tid).
@@ -92,6 +94,8 @@ pub struct Primary {
     pub auto_restart: bool,
     /// Clients and their transactions; the last TID and OID.
     pub tm: super::transactions::Transactions,
+    /// Pack orders (`pack`).
+    pub packs: super::pack::Packs,
     pub truncate_tid: Option<Tid>,
     pub backup_tid: Option<Tid>,
     recovery: Recovery,
@@ -112,6 +116,7 @@ impl Primary {
             startup_allowed: false,
             auto_restart: false,
             tm: Default::default(),
+            packs: Default::default(),
             truncate_tid: None,
             backup_tid: None,
             recovery: Recovery::default(),
@@ -138,7 +143,7 @@ fn next_ptid(cx: &Ctx, ptid: Ptid) -> Option<Ptid> {
 }
 
 impl Master {
-    fn primary(&self) -> Option<&Primary> {
+    pub(super) fn primary(&self) -> Option<&Primary> {
         match &self.role {
             super::Role::Primary(p) => Some(p),
             _ => None,
@@ -907,6 +912,7 @@ impl Master {
             (Some(Asked::Lock(ttid)), Packet::AnswerInformationLocked { ttid: t }) if t == ttid => {
                 self.on_locked(cx, nid, ttid)
             }
+            (Some(Asked::Pack), Packet::AnswerPack { status }) => self.on_packed(cx, nid, status),
             (None, other) if other.kind() == crate::proto::Kind::Answer => {
                 debug!("ignoring a late {} from {nid}", other.name());
             }
@@ -924,6 +930,7 @@ impl Master {
     pub(super) fn storage_lost(&mut self, cx: &mut Ctx, nid: Nid) {
         let keep_last = !cx.mutant("pt-outdate-last");
         let outdate_wrong = cx.mutant("pt-outdate-wrong");
+        self.pack_storage_lost(cx, nid);
         let Some(p) = self.primary_mut() else { return };
         // Its unanswered requests fail once its link is gone (see `storage_ask_failed`).
         p.starting.remove(&nid);

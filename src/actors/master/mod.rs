@@ -1,7 +1,7 @@
 //! The master role: identification of nodes, node ids, node and cluster notifications;
 //! the election of a primary and the secondary role (`election`); the primary's cluster
 //! lifecycle (`cluster`); operators' requests relayed by the admin (`admin`); clients and
-//! the commit coordination (`transactions`).
+//! the commit coordination (`transactions`); pack orders (`pack`).
 //!
 //! A master keeps nothing on disk. Its life is a loop: claim the primary role (RECOVERING,
 //! with an election timestamp); yield to an older claimant or follow a primary that accepts
@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod election;
+pub mod pack;
 pub mod transactions;
 
 use tracing::{debug, info, warn};

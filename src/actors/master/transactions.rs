@@ -108,6 +108,11 @@ impl Transactions {
         self.last_oid
     }
 
+    /// Whether the client on `conn` identified as read-only (or is not one of ours).
+    pub fn is_read_only(&self, conn: ConnId) -> bool {
+        self.clients.get(&conn).is_none_or(|c| c.read_only)
+    }
+
     /// Verification is over: the storages' last ids. The last TID is theirs (it goes back
     /// after a truncation); allocation stays above anything we handed out before, and OIDs
     /// never go back (handing out an OID twice is the one thing that must not happen).
@@ -261,6 +266,7 @@ impl Master {
         let Role::Primary(p) = &mut self.role else {
             return;
         };
+        p.packs.client_lost(conn);
         let tm = &mut p.tm;
         tm.clients.remove(&conn);
         tm.delayed.retain(|(c, _, _)| *c != conn);
@@ -320,6 +326,7 @@ impl Master {
             self.links.close(cx, conn);
             self.client_lost(cx, conn, nid);
         }
+        self.forget_packs();
         let Some(tm) = self.tm_mut() else { return };
         tm.txns.clear();
         tm.queue.clear();
@@ -522,6 +529,7 @@ impl Master {
             Packet::FailedVote { ttid, nids } => self.failed_vote(cx, conn, id, ttid, nids),
             Packet::AbortTransaction { ttid, nids } => self.abort(cx, conn, ttid, nids),
             Packet::AskFinalTID { ttid } => self.final_tid(cx, conn, id, ttid),
+            Packet::AskPack { tid } => self.pack_request(cx, conn, id, tid),
             other if other.kind() == crate::proto::Kind::Answer => {
                 debug!("{}: ignoring {} from {nid}", self.me(), other.name());
             }
@@ -851,7 +859,7 @@ impl Master {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -860,12 +868,12 @@ mod tests {
     use crate::proto::{Address, IdentificationExtra, WallTime};
 
     const NP: u32 = 4;
-    const S1: ConnId = ConnId(100);
-    const S2: ConnId = ConnId(101);
-    const C1: ConnId = ConnId(200);
-    const C2: ConnId = ConnId(201);
+    pub(in crate::actors::master) const S1: ConnId = ConnId(100);
+    pub(in crate::actors::master) const S2: ConnId = ConnId(101);
+    pub(in crate::actors::master) const C1: ConnId = ConnId(200);
+    pub(in crate::actors::master) const C2: ConnId = ConnId(201);
 
-    fn config(replicas: u32) -> super::super::MasterConfig {
+    pub(in crate::actors::master) fn config(replicas: u32) -> super::super::MasterConfig {
         super::super::MasterConfig {
             cluster: "prod".into(),
             bind: Address::new("10.0.0.1", 1),
@@ -888,7 +896,7 @@ mod tests {
         }
     }
 
-    fn client(read_only: bool) -> Packet {
+    pub(in crate::actors::master) fn client(read_only: bool) -> Packet {
         Packet::RequestIdentification {
             node_type: NodeType::Client,
             nid: None,
@@ -902,7 +910,10 @@ mod tests {
         }
     }
 
-    fn messages(effects: &[Effect], conn: ConnId) -> Vec<(u32, Packet)> {
+    pub(in crate::actors::master) fn messages(
+        effects: &[Effect],
+        conn: ConnId,
+    ) -> Vec<(u32, Packet)> {
         effects
             .iter()
             .filter_map(|e| match e {
@@ -912,7 +923,12 @@ mod tests {
             .collect()
     }
 
-    fn recv(h: &mut Harness<Master>, conn: ConnId, id: u32, packet: Packet) -> Vec<Effect> {
+    pub(in crate::actors::master) fn recv(
+        h: &mut Harness<Master>,
+        conn: ConnId,
+        id: u32,
+        packet: Packet,
+    ) -> Vec<Effect> {
         h.handle(Event::Received {
             conn,
             msg: Message { id, packet },
@@ -920,7 +936,11 @@ mod tests {
     }
 
     /// A primary with two new storages, RUNNING with the storages' last ids, both ready.
-    fn running(h: &mut Harness<Master>, last_tid: Option<Tid>, last_oid: Option<Oid>) {
+    pub(in crate::actors::master) fn running(
+        h: &mut Harness<Master>,
+        last_tid: Option<Tid>,
+        last_oid: Option<Oid>,
+    ) {
         h.start();
         let mut out = h.incoming(S1, storage(30));
         out.extend(h.incoming(S2, storage(31)));
@@ -955,7 +975,12 @@ mod tests {
         }
     }
 
-    fn ask(h: &mut Harness<Master>, conn: ConnId, id: u32, packet: Packet) -> Vec<Packet> {
+    pub(in crate::actors::master) fn ask(
+        h: &mut Harness<Master>,
+        conn: ConnId,
+        id: u32,
+        packet: Packet,
+    ) -> Vec<Packet> {
         let out = recv(h, conn, id, packet);
         messages(&out, conn)
             .into_iter()
@@ -964,14 +989,14 @@ mod tests {
             .collect()
     }
 
-    fn begin(h: &mut Harness<Master>, conn: ConnId, id: u32) -> Tid {
+    pub(in crate::actors::master) fn begin(h: &mut Harness<Master>, conn: ConnId, id: u32) -> Tid {
         match &ask(h, conn, id, Packet::AskBeginTransaction { tid: None })[..] {
             [Packet::AnswerBeginTransaction { ttid }] => *ttid,
             other => panic!("begin: {other:?}"),
         }
     }
 
-    fn finish_packet(ttid: Tid, oids: &[u64]) -> Packet {
+    pub(in crate::actors::master) fn finish_packet(ttid: Tid, oids: &[u64]) -> Packet {
         Packet::AskFinishTransaction {
             ttid,
             oids: oids.iter().map(|o| Oid(*o)).collect(),
@@ -981,7 +1006,7 @@ mod tests {
     }
 
     /// The AskLockInformation requests in `out`: (storage connection, message id, ttid, tid).
-    fn lock_requests(out: &[Effect]) -> Vec<(ConnId, u32, Tid, Tid)> {
+    pub(in crate::actors::master) fn lock_requests(out: &[Effect]) -> Vec<(ConnId, u32, Tid, Tid)> {
         [S1, S2]
             .into_iter()
             .flat_map(|c| {
@@ -995,7 +1020,10 @@ mod tests {
             .collect()
     }
 
-    fn lock(h: &mut Harness<Master>, req: (ConnId, u32, Tid, Tid)) -> Vec<Effect> {
+    pub(in crate::actors::master) fn lock(
+        h: &mut Harness<Master>,
+        req: (ConnId, u32, Tid, Tid),
+    ) -> Vec<Effect> {
         recv(
             h,
             req.0,
@@ -1004,7 +1032,7 @@ mod tests {
         )
     }
 
-    fn error_code(p: &[Packet]) -> Option<ErrorCode> {
+    pub(in crate::actors::master) fn error_code(p: &[Packet]) -> Option<ErrorCode> {
         match p {
             [Packet::Error { code, .. }] => Some(*code),
             _ => None,
@@ -1012,7 +1040,7 @@ mod tests {
     }
 
     /// A running cluster (replicas 1: both storages hold every partition) with clients C1, C2.
-    fn cluster(mutant: Option<&'static str>) -> Harness<Master> {
+    pub(in crate::actors::master) fn cluster(mutant: Option<&'static str>) -> Harness<Master> {
         let m = Master::new(config(1));
         let mut h = match mutant {
             Some(name) => Harness::with_mutant(m, name),

@@ -1,7 +1,8 @@
 //! The storage's client-facing side: identification of incoming connections (clients the
 //! primary announced as RUNNING; other storages are refused for now), the client requests
 //! (stores, readCurrent checks, relocks, votes, aborts, loads, final TIDs) validated here
-//! and served by the transaction manager, and what a client's departure aborts.
+//! and served by the transaction manager (history requests by `history`), and what a
+//! client's departure aborts.
 
 use sha1::{Digest, Sha1};
 use tracing::{debug, warn};
@@ -195,12 +196,15 @@ impl Storage {
             self.links.close(cx, conn);
         }
         self.unannounced.clear();
+        self.forget_waiting_reads(None);
+        self.drop_pack(cx);
         if let Err(e) = self.tm.stop_operation(self.db.as_mut()) {
             self.db_failed(cx, "dropping unvoted transactions", e);
         }
     }
 
     pub(super) fn client_closed(&mut self, cx: &mut Ctx, conn: ConnId) {
+        self.forget_waiting_reads(Some(conn));
         let mut out = Vec::new();
         let r = self.tm.connection_closed(self.db.as_mut(), &mut out, conn);
         self.flush(cx, out);
@@ -222,6 +226,7 @@ impl Storage {
                 Out::Notify { conn, packet } => self.links.notify(cx, conn, packet),
                 Out::Close { conn } => {
                     if let Some(Peer::Client(_)) = self.links.close(cx, conn) {
+                        self.forget_waiting_reads(Some(conn));
                         let mut more = Vec::new();
                         let r = self.tm.connection_closed(self.db.as_mut(), &mut more, conn);
                         queue.extend(more);
@@ -381,6 +386,7 @@ impl Storage {
                     packet: Packet::AnswerFinalTID { tid },
                 });
             }
+            p if super::history::is_history_request(&p) => self.history_request(o, p, out)?,
             other if other.kind() == crate::proto::Kind::Request => {
                 let why = format!("{} is not a request a storage serves clients", other.name());
                 error(out, (ErrorCode::ProtocolError, why));

@@ -3,8 +3,9 @@
 //! truncations and validations; persists every partition-table change it is sent; starts
 //! and stops operation when told. Told DOWN it stops; told UNKNOWN (dropped) it erases its
 //! database and stops. While operational it serves clients the primary announced
-//! (`client.rs`: stores, checks, votes, loads), with the locks of `transactions`, and takes
-//! the primary's lock / unlock / abort of transactions.
+//! (`client.rs`: stores, checks, votes, loads; `history.rs`: transaction metadata, undo
+//! lookups, object history, TID lists), with the locks of `transactions`, and takes the
+//! primary's lock / unlock / abort of transactions and its pack orders (`history.rs`).
 //!
 //! The database is a `Box<dyn Backend>` handed over at construction; it outlives the actor
 //! (a crash loses memory and uncommitted work, not what was committed). Database errors come
@@ -19,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 mod client;
 mod group;
+mod history;
 pub mod transactions;
 
 use std::time::Duration;
@@ -76,6 +78,8 @@ pub struct Storage {
     unannounced: std::collections::BTreeMap<ConnId, (u32, Nid, Duration)>,
     /// Answers waiting for the group commit (`group`).
     batch: group::Batch,
+    /// History requests waiting for unlocks; the pack in progress (`history`).
+    history: history::History,
 }
 
 /// How long a client's identification waits for the primary to announce it.
@@ -129,6 +133,7 @@ impl Storage {
             tm: Transactions::default(),
             unannounced: Default::default(),
             batch: Default::default(),
+            history: Default::default(),
         }
     }
 
@@ -471,6 +476,7 @@ impl Storage {
                 info!("{}: operational", self.me());
                 self.links.notify(cx, conn, Packet::NotifyReady);
             }
+            Packet::AskPack { tid } if self.operational => self.pack_request(cx, conn, id, tid),
             Packet::StopOperation => {
                 if self.operational {
                     info!("{}: operation stopped", self.me());
@@ -532,6 +538,8 @@ impl Node for Storage {
             Some(Peer::Master) => {
                 self.on_master_message(cx, conn, msg, asked.is_some());
                 self.after_master_message(cx);
+                // An unlock may be what waiting history requests wait for.
+                self.serve_waiting_reads(cx);
             }
             Some(Peer::Incoming) => self.on_incoming(cx, conn, msg),
             Some(Peer::Client(nid)) => {
@@ -571,6 +579,7 @@ impl Node for Storage {
 
     fn on_timer(&mut self, cx: &mut Ctx, id: TimerId, token: u64) {
         self.flush_timer(cx, id, token);
+        self.pack_timer(cx, id, token);
     }
 
     fn on_shutdown(&mut self, cx: &mut Ctx) {
@@ -1012,11 +1021,11 @@ pub(super) mod serving_tests {
     fn C1() -> Nid {
         Nid::new(NodeType::Client, 1)
     }
-    const CLIENT: ConnId = ConnId(1000);
+    pub(super) const CLIENT: ConnId = ConnId(1000);
 
     pub(super) struct Setup {
         pub(super) h: Harness<Storage>,
-        master: ConnId,
+        pub(super) master: ConnId,
         next_id: u32,
         stamp: u64,
     }
@@ -1155,7 +1164,7 @@ pub(super) mod serving_tests {
         }
 
         /// A client request, its effects, the flush timer not fired.
-        fn ask_raw(&mut self, packet: Packet) -> Vec<Effect> {
+        pub(super) fn ask_raw(&mut self, packet: Packet) -> Vec<Effect> {
             self.next_id += 1;
             self.h.handle(Event::Received {
                 conn: CLIENT,
@@ -1184,7 +1193,7 @@ pub(super) mod serving_tests {
             sent(&out, CLIENT)
         }
 
-        fn db(&self) -> &dyn crate::db::Backend {
+        pub(super) fn db(&self) -> &dyn crate::db::Backend {
             self.h.actor.backend()
         }
     }
@@ -1322,7 +1331,7 @@ pub(super) mod serving_tests {
         }
     }
 
-    fn store(ttid: u64, oid: u64, serial: u64, bytes: &[u8]) -> Packet {
+    pub(super) fn store(ttid: u64, oid: u64, serial: u64, bytes: &[u8]) -> Packet {
         Packet::AskStoreObject {
             oid: Oid(oid),
             serial: Tid(serial),
@@ -1334,7 +1343,7 @@ pub(super) mod serving_tests {
         }
     }
 
-    fn meta(ttid: u64, oids: &[u64]) -> Packet {
+    pub(super) fn meta(ttid: u64, oids: &[u64]) -> Packet {
         Packet::AskStoreTransaction {
             ttid: Tid(ttid),
             user: Data(b"u".to_vec()),
@@ -1344,14 +1353,14 @@ pub(super) mod serving_tests {
         }
     }
 
-    fn stored(conflict: Option<u64>) -> Vec<Packet> {
+    pub(super) fn stored(conflict: Option<u64>) -> Vec<Packet> {
         vec![Packet::AnswerStoreObject {
             conflict: conflict.map(Tid),
         }]
     }
 
     /// The code of the one error among `p` (pings aside).
-    fn error_code(p: &[Packet]) -> Option<ErrorCode> {
+    pub(super) fn error_code(p: &[Packet]) -> Option<ErrorCode> {
         match p.iter().filter(|p| **p != Packet::Ping).collect::<Vec<_>>()[..] {
             [Packet::Error { code, .. }] => Some(*code),
             _ => None,
@@ -1360,7 +1369,7 @@ pub(super) mod serving_tests {
 
     /// Commit a transaction storing `oid` through the storage, as the client and the
     /// primary would.
-    fn commit(s: &mut Setup, ttid: u64, oid: u64, serial: u64, tid: u64) {
+    pub(super) fn commit(s: &mut Setup, ttid: u64, oid: u64, serial: u64, tid: u64) {
         assert_eq!(s.ask(store(ttid, oid, serial, b"v")), stored(None));
         assert_eq!(
             s.ask(meta(ttid, &[oid])),
@@ -1756,6 +1765,37 @@ mod hostile_client_tests {
             )
                 .prop_map(|(oid, at, before)| Packet::AskObject { oid, at, before }),
             ttid.clone().prop_map(|ttid| Packet::AskFinalTID { ttid }),
+            serial
+                .clone()
+                .prop_map(|tid| Packet::AskTransactionInformation { tid }),
+            (
+                serial.clone(),
+                serial.clone(),
+                proptest::collection::vec(oid.clone(), 0..3)
+            )
+                .prop_map(|(ltid, undone_tid, oids)| Packet::AskObjectUndoSerial {
+                    ttid: Tid(1),
+                    ltid,
+                    undone_tid,
+                    oids,
+                }),
+            (oid.clone(), 0u64..3, 0u64..4)
+                .prop_map(|(oid, first, last)| Packet::AskObjectHistory { oid, first, last }),
+            (0u64..3, 0u64..4, proptest::option::of(0u32..4)).prop_map(
+                |(first, last, partition)| Packet::AskTIDs {
+                    first,
+                    last,
+                    partition
+                }
+            ),
+            (serial.clone(), serial.clone(), 0u32..4, 0u32..4).prop_map(
+                |(min_tid, max_tid, length, partition)| Packet::AskTIDsFrom {
+                    min_tid,
+                    max_tid,
+                    length,
+                    partition,
+                }
+            ),
         ];
         let master = prop_oneof![
             (ttid.clone(), 1u64..100).prop_map(|(ttid, t)| Packet::AskLockInformation {
@@ -1765,6 +1805,7 @@ mod hostile_client_tests {
             ttid.clone()
                 .prop_map(|ttid| Packet::NotifyUnlockInformation { ttid }),
             ttid.prop_map(|ttid| Packet::AbortTransaction { ttid, nids: vec![] }),
+            (1u64..200).prop_map(|t| Packet::AskPack { tid: Tid(t) }),
         ];
         prop_oneof![
             4 => client.prop_map(|p| (false, p)),
@@ -1802,6 +1843,7 @@ mod hostile_client_tests {
             s.h.handle(Event::Closed { conn: ConnId(1000), reason: CloseReason::PeerClosed });
             s.h.actor.check_invariants().map_err(TestCaseError::fail)?;
             prop_assert_eq!(s.h.actor.tm.waiting(), 0);
+            prop_assert_eq!(s.h.actor.waiting_reads(), 0);
             prop_assert_eq!(s.h.actor.tm.unvoted(), 0);
             prop_assert!(s.h.actor.tm.clients().len() <= 1);
         }

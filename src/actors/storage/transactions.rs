@@ -255,6 +255,14 @@ impl Transactions {
         self.txns.get(&ttid).and_then(|t| t.locked)
     }
 
+    /// The transactions locked here and not unlocked yet: ttid -> final TID.
+    pub fn locked(&self) -> BTreeMap<Tid, Tid> {
+        self.txns
+            .iter()
+            .filter_map(|(ttid, t)| t.locked.map(|tid| (*ttid, tid)))
+            .collect()
+    }
+
     /// Whether we know `ttid` wrote no object row here (only readCurrent checks and/or the
     /// metadata). Unknown after a restart.
     pub fn objectless(&self, ttid: Tid) -> bool {
