@@ -44,6 +44,9 @@ impl Transport {
     }
 }
 
+/// A burst of queued frames is gathered into one write up to this size.
+const COALESCE_BYTES: usize = 256 * 1024;
+
 /// Bytes queued for one peer past which it is disconnected (it does not read what we
 /// send); checked before each frame is queued, so one frame of any size still goes out.
 pub const CONN_QUEUE_LIMIT: usize = 32 * 1024 * 1024;
@@ -151,7 +154,15 @@ pub fn spawn<A: Actor + 'static>(
         let mut result = wr.write_all(&frame::handshake()).await;
         while result.is_ok() {
             match rx.recv().await {
-                Some(bytes) => {
+                Some(mut bytes) => {
+                    // Frames queued meanwhile go in the same write: one syscall (and, with
+                    // TCP_NODELAY, as few segments) per burst rather than per frame.
+                    while bytes.len() < COALESCE_BYTES {
+                        match rx.try_recv() {
+                            Ok(more) => bytes.extend_from_slice(&more),
+                            Err(_) => break,
+                        }
+                    }
                     result = wr.write_all(&bytes).await;
                     outgoing.set(outgoing.mine.get().saturating_sub(bytes.len()));
                 }

@@ -5,10 +5,12 @@
 //! armed by the first uncommitted call, so everything the host hands us before it fires
 //! shares it, or at once when the batch reaches its bound. Once an answer waits, every later
 //! answer or notification waits behind it, so a peer sees them in the order they were made.
-//! Unlocks need no answer: their commit rides the same flush (a crash that loses one leaves
-//! the transaction locked, and verification replays it); loads run on the same database
-//! session, so they see unlocked data at once. A failed commit is fatal: the node stops and
-//! nothing waiting is sent.
+//! Unlocks need no answer and no fsync of their own (as in NEO, whose unlock commit is
+//! deferred by a second): a crash that loses one leaves the transaction locked, and
+//! verification replays it. So an unlock rides the next commit that something durable
+//! needs, or a commit [`UNLOCK_DELAY`] later if nothing else commits; loads run on the same
+//! database session, so they see unlocked data at once. A failed commit is fatal: the node
+//! stops and nothing waiting is sent.
 
 use super::transactions::Out;
 use super::Storage;
@@ -23,6 +25,9 @@ const MAX_ANSWERS: usize = 256;
 /// ... or when these many deferred calls are uncommitted (bounds what a crash loses and
 /// the commit's size).
 const MAX_CALLS: usize = 256;
+/// How long an unlock may stay uncommitted when nothing durable commits meanwhile: bounds
+/// what verification may have to replay after a crash.
+pub(super) const UNLOCK_DELAY: Duration = Duration::from_secs(1);
 
 /// What waits for the next commit.
 #[derive(Default)]
@@ -32,6 +37,9 @@ pub(super) struct Batch {
     /// Deferred calls (votes, locks, unlocks) since the last commit.
     calls: usize,
     timer: Option<TimerId>,
+    /// Whether `timer` is the zero-delay one (something waits for durability), not the
+    /// unlocks' `UNLOCK_DELAY`.
+    urgent: bool,
     /// Commits done (for tests and tracing).
     pub(super) commits: u64,
 }
@@ -47,11 +55,27 @@ fn needs_commit(packet: &Packet) -> bool {
 }
 
 impl Storage {
-    /// A deferred write-path call (vote, lock, unlock) may have written: commit soon.
+    /// A deferred write-path call whose answer claims durability (vote, lock) may have
+    /// written: commit soon.
     pub(super) fn deferred_call(&mut self, cx: &mut Ctx) {
         self.batch.calls += 1;
-        if self.batch.timer.is_none() {
+        if !self.batch.urgent {
+            if let Some(id) = self.batch.timer.take() {
+                cx.cancel_timer(id);
+            }
             self.batch.timer = Some(cx.set_timer(Duration::ZERO, FLUSH_TOKEN));
+            self.batch.urgent = true;
+        }
+        if self.batch.calls >= MAX_CALLS {
+            self.commit_batch(cx);
+        }
+    }
+
+    /// An unlock wrote: commit with the next durable call, or within `UNLOCK_DELAY`.
+    pub(super) fn lazy_call(&mut self, cx: &mut Ctx) {
+        self.batch.calls += 1;
+        if self.batch.timer.is_none() {
+            self.batch.timer = Some(cx.set_timer(UNLOCK_DELAY, FLUSH_TOKEN));
         }
         if self.batch.calls >= MAX_CALLS {
             self.commit_batch(cx);
@@ -84,6 +108,7 @@ impl Storage {
     pub(super) fn flush_timer(&mut self, cx: &mut Ctx, id: TimerId, token: u64) {
         if token == FLUSH_TOKEN && self.batch.timer == Some(id) {
             self.batch.timer = None;
+            self.batch.urgent = false;
             self.commit_batch(cx);
         }
     }
@@ -93,6 +118,7 @@ impl Storage {
         if let Some(id) = self.batch.timer.take() {
             cx.cancel_timer(id);
         }
+        self.batch.urgent = false;
         if self.failed {
             return;
         }

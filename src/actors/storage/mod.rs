@@ -458,7 +458,7 @@ impl Storage {
             Packet::NotifyUnlockInformation { ttid } => {
                 let mut out = Vec::new();
                 let r = self.tm.unlock(self.db.as_mut(), &mut out, ttid);
-                self.deferred_call(cx);
+                self.lazy_call(cx);
                 self.flush(cx, out);
                 r?;
             }
@@ -1318,6 +1318,55 @@ pub(super) mod serving_tests {
         );
         fire(&mut s, timers[0]);
         assert_eq!(s.h.actor.batch.commits, before + 1);
+    }
+
+    /// The delays of the flush timers set among `out`.
+    fn out_delays(out: &[Effect]) -> Vec<Duration> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::SetTimer { after, token, .. } if *token == group::FLUSH_TOKEN => {
+                    Some(*after)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unlocks_ride_the_next_durable_commit() {
+        let mut s = Setup::new("group-unlock", None, &[Some(CellState::UpToDate)]);
+        let master = s.master;
+        assert_eq!(s.ask(store(10, 1, 0, b"a")), stored(None));
+        assert_eq!(s.ask(meta(10, &[1])), vec![Packet::AnswerStoreTransaction]);
+        let out = s.master_raw(Packet::AskLockInformation {
+            ttid: Tid(10),
+            tid: Tid(11),
+        });
+        fire(&mut s, flush_timers(&out)[0]);
+        let before = s.h.actor.batch.commits;
+        let out = s.master_raw(Packet::NotifyUnlockInformation { ttid: Tid(10) });
+        // No commit now, only one within UNLOCK_DELAY.
+        assert_eq!(out_delays(&out), vec![group::UNLOCK_DELAY]);
+        assert_eq!(s.h.actor.batch.commits, before);
+        let lazy = flush_timers(&out)[0];
+        // A vote needs a commit at once: the lazy timer gives way to a zero-delay one, and
+        // one commit makes both durable.
+        assert_eq!(s.ask(store(20, 2, 0, b"b")), stored(None));
+        let out = s.ask_raw(meta(20, &[2]));
+        assert!(sent(&out, CLIENT).is_empty(), "{out:?}");
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Effect::CancelTimer { id } if *id == lazy)),
+            "{out:?}"
+        );
+        assert_eq!(out_delays(&out), vec![Duration::ZERO]);
+        let out = fire(&mut s, flush_timers(&out)[0]);
+        assert_eq!(sent(&out, CLIENT), vec![Packet::AnswerStoreTransaction]);
+        assert_eq!(s.h.actor.batch.commits, before + 1);
+        // The cancelled lazy timer firing late commits nothing more.
+        fire(&mut s, lazy);
+        assert_eq!(s.h.actor.batch.commits, before + 1);
+        assert!(sent(&out, master).is_empty());
     }
 
     fn identify(node_type: NodeType, nid: Option<Nid>, cluster: &str) -> Packet {
