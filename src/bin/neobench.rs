@@ -4,7 +4,8 @@
 //! backend (a database it creates and drops) through the full commit path (store, vote,
 //! lock, unlock) with 1, 10 and 100 objects of 300 bytes per transaction, then loads (the
 //! latest revision, and the one before a TID), and measures the database size, extrapolated
-//! to a million objects. Rates are medians over several timed runs.
+//! to a million objects. Rates are medians over several timed runs; with both adapters,
+//! their commit runs alternate and the ratio of their rates is printed.
 //!
 //! `neobench cluster` starts a local cluster of node processes and measures commits and
 //! loads through the client library, beside the backend's direct figures (see
@@ -302,7 +303,11 @@ impl Writer {
         }
     }
 
-    fn commit<B: Backend>(&mut self, b: &mut B, oids: impl Iterator<Item = u64>) -> DbResult<Tid> {
+    fn commit<B: Backend + ?Sized>(
+        &mut self,
+        b: &mut B,
+        oids: impl Iterator<Item = u64>,
+    ) -> DbResult<Tid> {
         let (ttid, tid) = (Tid(self.next_tid), Tid(self.next_tid + 1));
         self.next_tid += 2;
         let mut meta = TxnMeta {
@@ -320,7 +325,7 @@ impl Writer {
     }
 }
 
-fn with_pt<B: Backend>(b: &mut B) -> DbResult<()> {
+fn with_pt<B: Backend + ?Sized>(b: &mut B) -> DbResult<()> {
     let cells: Vec<Cell> = (0..PARTITIONS)
         .map(|partition| Cell {
             partition,
@@ -361,28 +366,76 @@ fn timed(
     Ok(median(rates))
 }
 
+/// A [`Target`] whose backend is boxed, so that targets of both adapters run side by side.
+trait AnyTarget {
+    fn name(&self) -> &'static str;
+    fn fresh_boxed(&mut self) -> DbResult<Box<dyn Backend>>;
+}
+
+impl<T: Target> AnyTarget for T
+where
+    T::B: 'static,
+{
+    fn name(&self) -> &'static str {
+        Target::name(self)
+    }
+
+    fn fresh_boxed(&mut self) -> DbResult<Box<dyn Backend>> {
+        Ok(Box::new(self.fresh()?))
+    }
+}
+
+/// Commit rates of every target at 1, 10 and 100 objects per transaction. The targets take
+/// turns run by run, so that a machine whose load changes (other processes, the disk's
+/// other writers) weighs on each alike and the ratio between them means something.
+fn commit_rates(targets: &mut [&mut dyn AnyTarget], args: &BackendArgs) -> DbResult<()> {
+    let mut progress = Progress::new();
+    for per_txn in [1u64, 10, 100] {
+        let mut runs = Vec::new();
+        for target in targets.iter_mut() {
+            let mut b = target.fresh_boxed()?;
+            with_pt(&mut *b)?;
+            runs.push((target.name(), b, Writer::new(), Vec::new(), 0u64));
+        }
+        for run in 1..=args.runs {
+            for (name, b, writer, rates, i) in runs.iter_mut() {
+                let what = format!("{name}: commits of {per_txn} objects, run {run}");
+                let rate = timed(1, args.seconds, &mut progress, &what, |_| {
+                    *i += 1;
+                    writer
+                        .commit(&mut **b, (*i - 1) * per_txn..*i * per_txn)
+                        .map(drop)
+                })?;
+                rates.push(rate);
+            }
+        }
+        let mut objects_per_s = Vec::new();
+        for (name, _, _, rates, _) in runs {
+            let rate = median(rates);
+            objects_per_s.push((name, rate * per_txn as f64));
+            println!(
+                "{name}: {rate:8.1} commits/s with {per_txn:3} objects of {OBJECT_SIZE} bytes \
+                 ({:8.0} objects/s), median of {} runs of {}s",
+                rate * per_txn as f64,
+                args.runs,
+                args.seconds
+            );
+        }
+        if let [(first, a), (second, b)] = objects_per_s[..] {
+            println!(
+                "{second}/{first}: {:.2} at {per_txn} objects per commit (runs interleaved)",
+                b / a
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Database size and load rates of one target.
 fn bench<T: Target>(target: &mut T, args: &BackendArgs) -> DbResult<()> {
     let name = target.name();
     let mut progress = Progress::new();
     let mut writer = Writer::new();
-    for per_txn in [1u64, 10, 100] {
-        let mut b = target.fresh()?;
-        with_pt(&mut b)?;
-        let what = format!("{name}: commits of {per_txn} objects");
-        let rate = timed(args.runs, args.seconds, &mut progress, &what, |i| {
-            writer
-                .commit(&mut b, i * per_txn..(i + 1) * per_txn)
-                .map(drop)
-        })?;
-        println!(
-            "{name}: {rate:8.1} commits/s with {per_txn:3} objects of {OBJECT_SIZE} bytes \
-             ({:8.0} objects/s), median of {} runs of {}s",
-            rate * per_txn as f64,
-            args.runs,
-            args.seconds
-        );
-    }
-
     // A database of `objects` objects, 100 per transaction.
     let objects = args.objects.max(100);
     let mut b = target.fresh()?;
@@ -467,18 +520,38 @@ fn main() -> ExitCode {
             }
         }
     };
+    let mut sqlite = matches!(args.adapter, Adapter::Sqlite | Adapter::Both)
+        .then(|| Sqlite::new(args.dir.clone()));
+    let mut mysql = match args.adapter {
+        Adapter::Mysql | Adapter::Both => match Mysql::new(&args.mysql) {
+            Ok(target) => Some(target),
+            Err(e) => {
+                eprintln!("neobench: mysql: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Adapter::Sqlite => None,
+    };
+    let mut targets: Vec<&mut dyn AnyTarget> = Vec::new();
+    if let Some(t) = sqlite.as_mut() {
+        targets.push(t);
+    }
+    if let Some(t) = mysql.as_mut() {
+        targets.push(t);
+    }
+    if let Err(e) = commit_rates(&mut targets, &args) {
+        eprintln!("neobench: commits: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut failed = false;
-    if matches!(args.adapter, Adapter::Sqlite | Adapter::Both) {
-        if let Err(e) = bench(&mut Sqlite::new(args.dir.clone()), &args) {
+    if let Some(t) = sqlite.as_mut() {
+        if let Err(e) = bench(t, &args) {
             eprintln!("neobench: sqlite: {e}");
             failed = true;
         }
     }
-    if matches!(args.adapter, Adapter::Mysql | Adapter::Both) {
-        let result = Mysql::new(&args.mysql)
-            .map_err(neo::db::DbError::Unusable)
-            .and_then(|mut target| bench(&mut target, &args));
-        if let Err(e) = result {
+    if let Some(t) = mysql.as_mut() {
+        if let Err(e) = bench(t, &args) {
             eprintln!("neobench: mysql: {e}");
             failed = true;
         }

@@ -211,11 +211,17 @@ fn connect(target: &MysqlTarget) -> DbResult<Conn> {
     let mut conn = Conn::new(opts).map_err(|e| {
         DbError::Unusable(format!("cannot connect to MySQL at {}: {e}", target.server))
     })?;
+    // READ COMMITTED: the database is this session's alone (the lock below), so a
+    // snapshot older than the last commit would show nothing more; InnoDB then takes no
+    // gap locks and reads the source rows of the unlock's INSERT ... SELECT without locking
+    // them. Durability stays the server's (innodb_flush_log_at_trx_commit is global).
     conn.query_drop(
         "SET SESSION sql_mode = 'TRADITIONAL,NO_ENGINE_SUBSTITUTION', \
          autocommit = 0, wait_timeout = 2147483",
     )
     .map_err(err)?;
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .map_err(err)?;
     let db = &target.database;
     let lock: Option<Option<i64>> = conn
         .exec_first(

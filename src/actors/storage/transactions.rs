@@ -619,11 +619,10 @@ impl Transactions {
         serial: Tid,
         check: bool,
     ) -> Result<Attempt, DbError> {
-        if let Some(&locker) = self.write_locks.get(&oid) {
-            if locker == ttid {
-                // Stored again (a resolved conflict) or checked after a store.
-                return Ok(Attempt::Locked);
-            }
+        // Stored again (a resolved conflict) or checked after a store, the lock is already
+        // ttid's; the serial is still checked below: the lock keeps others from committing
+        // meanwhile, not the client from basing its new store on an older serial.
+        if let Some(&locker) = self.write_locks.get(&oid).filter(|&&l| l != ttid) {
             let Some(l) = self.txns.get_mut(&locker) else {
                 // Cannot happen: locks are released with their transaction.
                 self.write_locks.remove(&oid);
@@ -1212,6 +1211,60 @@ mod tests {
             assert_eq!(answers(&mut out), vec![(2, stored(None))]);
             assert_eq!(tm.write_locker(Oid(1)), Some(Tid(200)));
         }
+    }
+
+    #[test]
+    fn a_store_again_under_its_own_lock_is_still_checked() {
+        // Seed 212 of the commits scenario: the client re-stores, under the lock it
+        // holds, on a serial older than the committed one; the storage must say so.
+        let mut db = db("tm-restore-checked");
+        let mut tm = Transactions::default();
+        commit(&mut tm, &mut db, 100, 1, 110);
+        let mut out = Vec::new();
+        let mut store = |tm: &mut Transactions, id, serial, write| {
+            tm.store(
+                &mut db,
+                &mut out,
+                from(1, id),
+                Tid(200),
+                Oid(1),
+                serial,
+                write,
+            )
+            .unwrap();
+            answers(&mut out)
+        };
+        assert_eq!(
+            store(&mut tm, 1, Tid(110), data(b"y")),
+            vec![(1, stored(None))]
+        );
+        assert_eq!(tm.write_locker(Oid(1)), Some(Tid(200)));
+        // Again, on the serial before the committed one: a conflict, the lock kept.
+        assert_eq!(
+            store(&mut tm, 2, Tid(105), data(b"z")),
+            vec![(2, stored(Some(Tid(110))))]
+        );
+        assert_eq!(tm.write_locker(Oid(1)), Some(Tid(200)));
+        // A readCurrent check after the store, on an old serial: a conflict too.
+        assert_eq!(
+            store(&mut tm, 3, Tid(105), Write::Check),
+            vec![(
+                3,
+                Packet::AnswerCheckCurrentSerial {
+                    conflict: Some(Tid(110))
+                }
+            )]
+        );
+        // On the committed serial, both pass.
+        assert_eq!(
+            store(&mut tm, 4, Tid(110), data(b"w")),
+            vec![(4, stored(None))]
+        );
+        assert_eq!(
+            store(&mut tm, 5, Tid(110), Write::Check),
+            vec![(5, Packet::AnswerCheckCurrentSerial { conflict: None })]
+        );
+        tm.check_invariants().unwrap();
     }
 
     #[test]

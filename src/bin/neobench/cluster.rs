@@ -1,30 +1,43 @@
 //! `neobench cluster`: a local cluster of node processes (1 master, 2 storages, replicas 1,
-//! 12 partitions; SQLite files, or MariaDB databases with `--mysql`) measured through the
+//! 12 partitions; SQLite files, or MariaDB databases with `--backend mysql`, or one cluster
+//! of each, one after the other, with `--backend both`) measured through the
 //! client library with 1, 4 and 16 concurrent clients (each its own `Client`, its own
 //! connections): commits per second and commit latency (median, p99) at 1, 10 and 100
 //! objects of 300 bytes per transaction, and loads per second cold (clients without a cache)
 //! and warm (everything cached). Beside each figure: the backend's direct single-writer
-//! figure for the same object count, measured in the same run, and the ratio.
+//! figure for the same object count, measured in the same run, and the ratio. With both
+//! backends, a last table sets the MySQL cluster's commit rates beside the SQLite one's.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use neo::client::{Address, Client, Oid, Options, Tid, TransactionMeta};
 use neo::db::conformance::TempDir;
-use neo::db::mysql::parse_database;
+use neo::db::mysql::{parse_database, MysqlTarget, Server};
 use neo::db::{Backend, DbResult};
 
 use super::abuse::{free_port, program, Node};
 use super::{median, timed, with_pt, Mysql, Progress, Sqlite, Target, Writer, OBJECT_SIZE};
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageBackend {
+    Sqlite,
+    Mysql,
+    Both,
+}
+
 #[derive(Args)]
 pub struct ClusterArgs {
-    /// Storages on MariaDB/MySQL: the database in the storage node's syntax; two databases
-    /// named after it (suffixes _s0, _s1) are created and dropped.
-    #[arg(long)]
-    mysql: Option<String>,
+    /// The storages' backend (both: a SQLite cluster, then a MySQL one).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    backend: StorageBackend,
+    /// MySQL databases: a database in the storage node's syntax whose name is a prefix;
+    /// each storage gets its own (suffixes _s0, _s1; _direct for the backend alone),
+    /// created empty and dropped at the end.
+    #[arg(long, default_value = "root@neobench@127.0.0.1:3306")]
+    mysql: String,
     /// Length of each timed run, in seconds.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
@@ -53,7 +66,8 @@ struct LocalCluster {
 }
 
 impl LocalCluster {
-    fn start(args: &ClusterArgs, dir: &std::path::Path) -> Result<LocalCluster, String> {
+    /// Start the nodes; the storages on MySQL databases named after `mysql` if given.
+    fn start(mysql: Option<&str>, dir: &std::path::Path) -> Result<LocalCluster, String> {
         let port = free_port()?;
         let master = format!("127.0.0.1:{port}");
         let common = ["--cluster", CLUSTER, "--masters", master.as_str()];
@@ -78,12 +92,9 @@ impl LocalCluster {
         )?];
         let mut dbs = Vec::new();
         for (i, name) in ["storage1", "storage2"].into_iter().enumerate() {
-            let (adapter, database) = match &args.mysql {
+            let (adapter, database) = match mysql {
                 Some(url) => {
-                    let target = parse_database(url)?;
-                    let from = format!("@{}@", target.database);
-                    let to = format!("@{}_s{i}@", target.database);
-                    let url = url.replacen(&from, &to, 1);
+                    let url = suffixed(url, &format!("_s{i}"))?;
                     // Made empty now, dropped at the end.
                     let mut db = Mysql::new(&url)?;
                     db.drop_database().map_err(|e| e.to_string())?;
@@ -128,6 +139,40 @@ impl LocalCluster {
         options.connect_timeout = Duration::from_secs(60);
         Client::connect(options).map_err(|e| format!("cannot connect to the cluster: {e}"))
     }
+}
+
+/// The MySQL database string `url` with `suffix` appended to its database name, written
+/// in the explicit form (`user[:password]@database@host:port`, or `...database/socket`).
+fn suffixed(url: &str, suffix: &str) -> Result<String, String> {
+    let MysqlTarget {
+        user,
+        password,
+        database,
+        server,
+    } = parse_database(url)?;
+    let escape = |s: &str| {
+        s.replace('%', "%25")
+            .replace('@', "%40")
+            .replace(':', "%3A")
+    };
+    let credentials = match password {
+        Some(p) => format!(
+            "{}:{}",
+            escape(&user),
+            p.replace('%', "%25").replace('@', "%40")
+        ),
+        None => escape(&user),
+    };
+    let url = match server {
+        Server::Tcp { host, port } => {
+            let address = Address::new(host, port);
+            format!("{credentials}@{database}{suffix}@{address}")
+        }
+        Server::Socket(path) => format!("{credentials}@{database}{suffix}{path}"),
+    };
+    // The name must stay valid (at most 64 characters).
+    parse_database(&url)?;
+    Ok(url)
 }
 
 /// Distinct object values (as the backend's: incompressible).
@@ -349,25 +394,52 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
             .unwrap_or_default()
     });
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mysql = Some(args.mysql.as_str());
+    match args.backend {
+        StorageBackend::Sqlite => run_one(args, None, &dir).map(drop),
+        StorageBackend::Mysql => run_one(args, mysql, &dir).map(drop),
+        StorageBackend::Both => {
+            let sqlite = run_one(args, None, &dir)?;
+            println!();
+            let mysql = run_one(args, mysql, &dir)?;
+            println!();
+            println!(
+                "{:>7} {:>6} {:>16} {:>16} {:>7}",
+                "clients", "objs", "sqlite commits/s", "mysql commits/s", "ratio"
+            );
+            for (s, m) in sqlite.iter().zip(&mysql) {
+                println!(
+                    "{:>7} {:>6} {:>16.1} {:>16.1} {:>6.2}x",
+                    s.0,
+                    s.1,
+                    s.2,
+                    m.2,
+                    m.2 / s.2
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One cluster's figures, its storages on SQLite files in `dir` or on MySQL databases named
+/// after `mysql`; returns (clients, objects per commit, commits/s) of each commit figure.
+fn run_one(
+    args: &ClusterArgs,
+    mysql: Option<&str>,
+    dir: &std::path::Path,
+) -> Result<Vec<(usize, u64, f64)>, String> {
     let mut progress = Progress::new();
-    let name = if args.mysql.is_some() {
-        "mysql"
-    } else {
-        "sqlite"
-    };
+    let name = if mysql.is_some() { "mysql" } else { "sqlite" };
 
     // The backend alone first, so that the nodes do not compete with it.
-    let (direct_rates, direct_load) = match &args.mysql {
-        Some(url) => {
-            let target = parse_database(url)?;
-            let url = url.replacen(
-                &format!("@{}@", target.database),
-                &format!("@{}_direct@", target.database),
-                1,
-            );
-            direct(&mut Mysql::new(&url)?, args, &mut progress)
-        }
-        None => direct(&mut Sqlite::new(Some(dir.clone())), args, &mut progress),
+    let (direct_rates, direct_load) = match mysql {
+        Some(url) => direct(
+            &mut Mysql::new(&suffixed(url, "_direct")?)?,
+            args,
+            &mut progress,
+        ),
+        None => direct(&mut Sqlite::new(Some(dir.to_owned())), args, &mut progress),
     }
     .map_err(|e| format!("backend: {e}"))?;
     for (per_txn, rate) in PER_TXN.iter().zip(&direct_rates) {
@@ -378,7 +450,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
     println!("{name} backend direct: {direct_load:8.0} loads/s");
 
     progress.show(|| "starting the cluster".into());
-    let cluster = LocalCluster::start(args, &dir)?;
+    let cluster = LocalCluster::start(mysql, dir)?;
     let most = args.clients.iter().copied().max().unwrap_or(1);
     let clients: Vec<Arc<Client>> = (0..most)
         .map(|_| {
@@ -394,9 +466,11 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         "clients", "objs", "commits/s", "median", "p99", "direct/s", "ratio"
     );
     let mut summary = Vec::new();
+    let mut rates = Vec::new();
     for &n in &args.clients {
         for (k, per_txn) in PER_TXN.into_iter().enumerate() {
             let f = commits(args, &clients[..n], per_txn, &mut progress)?;
+            rates.push((n, per_txn, f.rate));
             let ratio = f.rate / direct_rates[k];
             println!(
                 "{n:>7} {per_txn:>6} {:>10.1} {:>7.2}ms {:>7.2}ms {:>10.1} {:>6.2}x",
@@ -473,5 +547,5 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         c.close();
     }
     println!("neobench cluster ({name}): {}", summary.join("; "));
-    Ok(())
+    Ok(rates)
 }
