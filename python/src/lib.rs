@@ -113,7 +113,10 @@ struct Txn {
 
 impl Txn {
     /// Run `f` on the open transaction; a finished or aborted one is an error.
-    fn with<T>(&self, f: impl FnOnce(&Transaction) -> Result<T, ClientError>) -> Result<T, ClientError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Transaction) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
         match lock(&self.inner).as_ref() {
             Some(t) => f(t),
             None => Err(ClientError::Invalid("the transaction is over".into())),
@@ -235,7 +238,12 @@ impl Client {
     }
 
     /// The revision committed by `serial`.
-    fn load_serial<'py>(&self, py: Python<'py>, oid: &[u8], serial: &[u8]) -> PyResult<LoadedPy<'py>> {
+    fn load_serial<'py>(
+        &self,
+        py: Python<'py>,
+        oid: &[u8],
+        serial: &[u8],
+    ) -> PyResult<LoadedPy<'py>> {
         let (oid, serial) = (oid_of(oid)?, tid_of(serial)?);
         let l = py
             .detach(|| self.inner.load_serial(oid, serial))
@@ -254,9 +262,7 @@ impl Client {
     /// Ask the cluster for its last TID; returns once the invalidation callback went
     /// through every invalidation up to it.
     fn sync<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let t = py
-            .detach(|| self.inner.sync())
-            .map_err(|e| py_err(py, e))?;
+        let t = py.detach(|| self.inner.sync()).map_err(|e| py_err(py, e))?;
         Ok(t.map(|t| p64(py, t.0)))
     }
 
@@ -286,7 +292,13 @@ impl Client {
             .map_err(|e| py_err(py, e))
     }
 
-    fn check_current_serial(&self, py: Python<'_>, txn: &Txn, oid: &[u8], serial: &[u8]) -> PyResult<()> {
+    fn check_current_serial(
+        &self,
+        py: Python<'_>,
+        txn: &Txn,
+        oid: &[u8],
+        serial: &[u8],
+    ) -> PyResult<()> {
         let (oid, serial) = (oid_of(oid)?, tid_of(serial)?);
         py.detach(|| txn.with(|t| self.inner.check_current_serial(t, oid, serial)))
             .map_err(|e| py_err(py, e))
@@ -319,10 +331,14 @@ impl Client {
                             p64(py, c.serial.0),
                             data(py, c.data.clone()),
                         );
-                        match resolver
-                            .call1(py, args)
-                            .and_then(|r| r.extract::<Option<Vec<u8>>>(py).map_err(PyErr::from))
-                        {
+                        match resolver.call1(py, args).and_then(|r| {
+                            let r = r.into_bound(py);
+                            if r.is_none() {
+                                return Ok(None);
+                            }
+                            let data = r.cast::<PyBytes>().map_err(PyErr::from)?;
+                            Ok(Some(data.as_bytes().to_vec()))
+                        }) {
                             Ok(r) => r,
                             Err(e) => {
                                 raised = Some(e);
@@ -350,41 +366,48 @@ impl Client {
 
     /// Abort; a transaction already over is left alone.
     fn tpc_abort(&self, py: Python<'_>, txn: &Txn) -> PyResult<()> {
-        let Some(t) = lock(&txn.inner).take() else {
-            return Ok(());
-        };
-        py.detach(|| self.inner.tpc_abort(t))
-            .map_err(|e| py_err(py, e))
+        // The transaction's lock may be held by a vote waiting for the GIL (resolving).
+        py.detach(|| match lock(&txn.inner).take() {
+            Some(t) => self.inner.tpc_abort(t),
+            None => Ok(()),
+        })
+        .map_err(|e| py_err(py, e))
     }
 
     /// Call `callback(tid, oids)` for each invalidation, in commit order, from the
     /// library's invalidation thread; `callback(tid, None)` when every cached object may be
     /// stale. None removes the callback.
-    fn on_invalidation(&self, callback: Option<Py<PyAny>>) {
+    fn on_invalidation(&self, py: Python<'_>, callback: Option<Py<PyAny>>) {
+        // Replacing the callback waits for the one running, which may be waiting for the
+        // GIL: release it meanwhile.
         let Some(cb) = callback else {
-            self.inner.on_invalidation(|_| {});
+            py.detach(|| self.inner.on_invalidation(|_| {}));
             return;
         };
-        self.inner.on_invalidation(move |n| {
-            Python::attach(|py| {
-                let args = match n {
-                    Notice::Invalidate { tid, oids } => (
-                        Some(p64(py, tid.0)),
-                        Some(oids.iter().map(|o| p64(py, o.0)).collect::<Vec<_>>()),
-                    ),
-                    Notice::InvalidateAll { tid } => (tid.map(|t| p64(py, t.0)), None),
-                };
-                if let Err(e) = cb.call1(py, args) {
-                    e.write_unraisable(py, Some(cb.bind(py)));
-                }
+        py.detach(|| {
+            self.inner.on_invalidation(move |n| {
+                Python::attach(|py| {
+                    let args = match n {
+                        Notice::Invalidate { tid, oids } => (
+                            Some(p64(py, tid.0)),
+                            Some(oids.iter().map(|o| p64(py, o.0)).collect::<Vec<_>>()),
+                        ),
+                        Notice::InvalidateAll { tid } => (tid.map(|t| p64(py, t.0)), None),
+                    };
+                    if let Err(e) = cb.call1(py, args) {
+                        e.write_unraisable(py, Some(cb.bind(py)));
+                    }
+                })
             })
         });
     }
 
     /// Stop the client; every later call fails.
     fn close(&self, py: Python<'_>) {
-        self.inner.on_invalidation(|_| {});
-        py.detach(|| self.inner.close());
+        py.detach(|| {
+            self.inner.on_invalidation(|_| {});
+            self.inner.close()
+        });
     }
 }
 

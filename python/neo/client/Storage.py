@@ -118,6 +118,9 @@ class Storage(ConflictResolvingStorage):
         self._oids = []
         self._oid_lock = threading.Lock()
         self._db = None
+        # With a DB: the last TID whose invalidations reached it (see lastTransaction).
+        self._last_tid = self._client.last_transaction() or z64
+        self._last_lock = threading.Lock()
         self._closed = False
 
     # -- the storage as a whole -------------------------------------------
@@ -148,16 +151,29 @@ class Storage(ConflictResolvingStorage):
         return False
 
     def lastTransaction(self):
-        return self._client.last_transaction() or z64
+        # With a DB, only a TID whose invalidations the DB already has: ZODB starts a
+        # connection's snapshot after it, and a snapshot ahead of the invalidations
+        # would keep stale objects in the connection's cache.
+        if self._db is None:
+            return self._client.last_transaction() or z64
+        return self._last_tid
+
+    def _advance(self, tid):
+        with self._last_lock:
+            if tid > self._last_tid:
+                self._last_tid = tid
 
     def sync(self, force=True):
         """Catch up with the cluster: invalidations up to its last transaction are
         delivered to the DB before this returns."""
         if force:
-            self._client.sync()
+            tid = self._client.sync()
+            if tid is not None:
+                self._advance(tid)
 
     def registerDB(self, db):
         super().registerDB(db)
+        self._last_tid = self._client.last_transaction() or z64
         self._db = db
         self._client.on_invalidation(self._invalidate)
 
@@ -169,8 +185,12 @@ class Storage(ConflictResolvingStorage):
             return
         if oids is None:
             db.invalidateCache()
+            if tid is not None:
+                with self._last_lock:
+                    self._last_tid = tid
         else:
             db.invalidate(tid, set(oids))
+            self._advance(tid)
 
     def close(self):
         if self._closed:
@@ -240,10 +260,9 @@ class Storage(ConflictResolvingStorage):
                 % (transaction,)) from None
 
     def tpc_begin(self, transaction, tid=None, status=' '):
+        """Begin; ``tid`` imposes the transaction's TID (restore, copying a database),
+        which must be above every committed one."""
         self._check_writable()
-        if tid is not None:
-            raise POSException.Unsupported(
-                'restoring a transaction (tpc_begin with a tid) is not offered yet')
         with self._lock:
             if transaction in self._txns:
                 raise POSException.StorageTransactionError(
@@ -251,7 +270,7 @@ class Storage(ConflictResolvingStorage):
             # Claim the slot so that two threads cannot begin it twice.
             self._txns[transaction] = None
         try:
-            txn = self._client.tpc_begin()
+            txn = self._client.tpc_begin(tid)
         except BaseException:
             with self._lock:
                 self._txns.pop(transaction, None)
@@ -318,6 +337,7 @@ class Storage(ConflictResolvingStorage):
                 self._txns.pop(transaction, None)
         if f is not None:
             f(tid)
+        self._advance(tid)
         return tid
 
     def tpc_abort(self, transaction):
@@ -325,6 +345,10 @@ class Storage(ConflictResolvingStorage):
             txn = self._txns.pop(transaction, None)
         if txn is not None:
             self._client.tpc_abort(txn.txn)
+
+    def undo(self, transaction_id, transaction):
+        self._check_writable()
+        raise POSException.Unsupported('undo is not offered by this client yet')
 
     def tpc_transaction(self):
         # Several transactions may be in progress at once: there is no single one.
