@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Python package (python/: neo.client) on a fresh machine: a virtualenv in target/py
 # with ZODB, maturin and the test tools from the package index (once; again only when
-# the list below changes), the node programs (profile ci), the abi3 wheel (built into
+# the list below changes), the abi3 wheel (built into
 # target/python, a target folder of its own), installed into the virtualenv, then the
 # Python tests against real local clusters. Quick when already set up.
 set -euo pipefail
@@ -19,8 +19,13 @@ if [ "$(cat "$venv/.requirements" 2>/dev/null)" != "$requirements" ]; then
     echo "$requirements" > "$venv/.requirements"
 fi
 
-echo "== node programs for the Python tests (cargo build --profile ci)"
-cargo build --profile ci --bin neomaster --bin neostorage --bin neoadmin
+# The node programs: those `cargo test --profile ci` built (scripts/test.sh runs it first,
+# with the mutants feature its tests enable); built the same way only when missing, so
+# that the two never rebuild the core crate for each other.
+if ! [ -x target/ci/neomaster ] || ! [ -x target/ci/neostorage ] || ! [ -x target/ci/neoadmin ]; then
+    echo "== node programs for the Python tests (cargo build --profile ci)"
+    cargo build --profile ci --features mutants --bin neomaster --bin neostorage --bin neoadmin
+fi
 
 export CARGO_TARGET_DIR=$root/target/python
 echo "== python/: cargo fmt --check, clippy"
