@@ -177,7 +177,15 @@ fn packet_kinds() -> u64 {
 /// A packet of a kind that carries ids, with ids at their limits.
 fn edge_packet(rng: &mut ChaCha8Rng) -> Packet {
     let r = rng;
-    match rng::below(r, 30) {
+    match rng::below(r, 31) {
+        30 => Packet::AnswerTransactionInformation {
+            tid: Tid(edge_u64(r)),
+            user: Data(noise(r, 4)),
+            description: Data(noise(r, 4)),
+            extension: Data(noise(r, 4)),
+            packed: rng::chance(r, 0.5),
+            oids: (0..rng::below(r, 4)).map(|_| Oid(edge_u64(r))).collect(),
+        },
         24 => Packet::AskTransactionInformation {
             tid: Tid(edge_u64(r)),
         },
