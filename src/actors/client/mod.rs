@@ -1764,9 +1764,12 @@ impl Client {
                 if checked_in_oids {
                     oids.push(oid);
                 }
-            } else if o.data.is_none() && o.data_serial.is_none() {
-                deleted.insert(part(self, oid));
             } else {
+                // A deletion is a change other clients must hear of like any other (their
+                // caches hold the revision it ends).
+                if o.data.is_none() && o.data_serial.is_none() {
+                    deleted.insert(part(self, oid));
+                }
                 oids.push(oid);
             }
         }
