@@ -823,8 +823,7 @@ impl Master {
     fn provide_service(&mut self, cx: &mut Ctx) {
         let Some(p) = self.primary_mut() else { return };
         let v = &p.verification;
-        p.tm
-            .running(v.last_tid, v.last_oid, v.reserved_oid, v.reserved_tid);
+        p.tm.running(v.last_tid, v.last_oid, v.reserved_oid, v.reserved_tid);
         p.truncate_tid = None;
         p.startup_allowed = false;
         p.auto_restart = false;
@@ -877,7 +876,8 @@ impl Master {
                 crate::pt::check_table(*ptid, rows).err()
             }
             Packet::AnswerReserveIDs { oid, tid }
-                if oid.is_some_and(|o| o.0 > i64::MAX as u64) || tid.is_some_and(|t| t > Tid::MAX) =>
+                if oid.is_some_and(|o| o.0 > i64::MAX as u64)
+                    || tid.is_some_and(|t| t > Tid::MAX) =>
             {
                 Some(format!("impossible reservation {oid:?}, {tid:?}"))
             }

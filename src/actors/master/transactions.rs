@@ -274,7 +274,9 @@ impl Transactions {
                 return Err(format!("transaction {ttid:?} of a client that is gone"));
             }
         }
-        if let Some((c, _, _)) = (self.reserve.oid_waiters.iter()).find(|w| !self.clients.contains_key(&w.0)) {
+        if let Some((c, _, _)) =
+            (self.reserve.oid_waiters.iter()).find(|w| !self.clients.contains_key(&w.0))
+        {
             return Err(format!("AskNewOIDs waiting from {c:?}, not a client"));
         }
         if self.queue.len() > self.txns.len() {
@@ -493,7 +495,11 @@ impl Master {
     /// A storage answered a reservation with what it holds now (`Some`), or is not waited
     /// for any more (`None`, lost): once none is left to answer, the ids are ours to hand
     /// out.
-    pub(super) fn reserve_answered(&mut self, cx: &mut Ctx, from: Option<(Nid, Option<Oid>, Option<Tid>)>) {
+    pub(super) fn reserve_answered(
+        &mut self,
+        cx: &mut Ctx,
+        from: Option<(Nid, Option<Oid>, Option<Tid>)>,
+    ) {
         let Some(tm) = self.tm_mut() else { return };
         let Some((oid, tid, waiting)) = &mut tm.reserve.asked else {
             return;
@@ -797,9 +803,7 @@ impl Master {
         }
         // Begins wait in order: none overtakes one waiting for the reservation.
         let candidate = tm.ttid_candidate(now, tid);
-        if !unreserved
-            && (!tm.delayed.is_empty() || tm.reserve.tid.is_none_or(|r| candidate > r))
-        {
+        if !unreserved && (!tm.delayed.is_empty() || tm.reserve.tid.is_none_or(|r| candidate > r)) {
             tm.delayed.push_back((conn, id, tid));
             if let Some(c) = tm.clients.get_mut(&conn) {
                 c.in_progress += 1;
@@ -1140,6 +1144,16 @@ mod tests {
 
     /// A primary with two new storages, RUNNING with the storages' last ids, both ready.
     fn running(h: &mut Harness<Master>, last_tid: Option<Tid>, last_oid: Option<Oid>) {
+        running_with(h, last_tid, last_oid, (None, None))
+    }
+
+    /// `running`, the storages holding `reserved` (answering every reservation at once).
+    fn running_with(
+        h: &mut Harness<Master>,
+        last_tid: Option<Tid>,
+        last_oid: Option<Oid>,
+        reserved: (Option<Oid>, Option<Tid>),
+    ) {
         h.start();
         let mut out = h.incoming(S1, storage(30));
         out.extend(h.incoming(S2, storage(31)));
@@ -1156,9 +1170,10 @@ mod tests {
                         Packet::AskLockedTransactions => Packet::AnswerLockedTransactions {
                             transactions: vec![],
                         },
-                        Packet::AskReserveIDs { oid, tid } => {
-                            Packet::AnswerReserveIDs { oid, tid }
-                        }
+                        Packet::AskReserveIDs { oid, tid } => Packet::AnswerReserveIDs {
+                            oid: oid.max(reserved.0),
+                            tid: tid.max(reserved.1),
+                        },
                         Packet::AskLastIDs => Packet::AnswerLastIDs {
                             last_tid,
                             last_oid,
@@ -1941,6 +1956,90 @@ mod tests {
         );
         assert_eq!(got, vec![Packet::AnswerFinalTID { tid: None }]);
         let got = ask(&mut h, C2, 4, Packet::AskFinalTID { ttid: Tid(5) });
+        assert_eq!(
+            got,
+            vec![Packet::AnswerFinalTID {
+                tid: Some(Tid::MAX)
+            }]
+        );
+    }
+
+    /// The AskReserveIDs requests in `out`: (storage connection, message id, oid, tid).
+    fn reserve_requests(out: &[Effect]) -> Vec<(ConnId, u32, Option<Oid>, Option<Tid>)> {
+        [S1, S2]
+            .into_iter()
+            .flat_map(|c| {
+                messages(out, c)
+                    .into_iter()
+                    .filter_map(move |(id, p)| match p {
+                        Packet::AskReserveIDs { oid, tid } => Some((c, id, oid, tid)),
+                        _ => None,
+                    })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn oids_wait_for_every_running_storage_to_persist_their_reservation() {
+        let mut h = Harness::new(Master::new(config(1)));
+        running(&mut h, None, None);
+        assert_eq!(h.actor.tm().unwrap().reserved().0, Some(Oid(OID_BLOCK)));
+        h.incoming(C1, client(false));
+        // The block is handed out without waiting; past half of it, the next is asked.
+        let mut asked = Vec::new();
+        let per = u64::from(MAX_NEW_OIDS);
+        for i in 0..OID_BLOCK / per {
+            let out = recv(
+                &mut h,
+                C1,
+                i as u32,
+                Packet::AskNewOIDs {
+                    count: MAX_NEW_OIDS,
+                },
+            );
+            assert_eq!(messages(&out, C1).len(), 1, "answered at once");
+            asked.extend(reserve_requests(&out));
+        }
+        assert_eq!(asked.len(), 2, "one reservation on each storage: {asked:?}");
+        // Beyond the block, a request waits for both storages.
+        let out = recv(&mut h, C1, 99, Packet::AskNewOIDs { count: 1 });
+        assert!(messages(&out, C1).is_empty());
+        let answer = |(c, id, oid, tid): (ConnId, u32, Option<Oid>, Option<Tid>)| {
+            (c, id, Packet::AnswerReserveIDs { oid, tid })
+        };
+        let (c, id, p) = answer(asked[0]);
+        assert!(messages(&recv(&mut h, c, id, p), C1).is_empty());
+        let (c, id, p) = answer(asked[1]);
+        let out = recv(&mut h, c, id, p);
+        assert_eq!(
+            messages(&out, C1),
+            vec![(
+                99,
+                Packet::AnswerNewOIDs {
+                    oids: vec![Oid(OID_BLOCK + 1)]
+                }
+            )]
+        );
+        h.actor.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_new_primary_hands_out_ids_above_the_reservations_it_read() {
+        let mut h = Harness::new(Master::new(config(1)));
+        // A previous primary, its clock an hour ahead of ours, reserved these.
+        let ahead = Tid::from_wall(h.now.saturating_add(Duration::from_secs(3600)));
+        running_with(&mut h, None, Some(Oid(7)), (Some(Oid(5000)), Some(ahead)));
+        h.incoming(C1, client(false));
+        let got = ask(&mut h, C1, 1, Packet::AskNewOIDs { count: 1 });
+        assert_eq!(
+            got,
+            vec![Packet::AnswerNewOIDs {
+                oids: vec![Oid(5001)]
+            }]
+        );
+        assert!(begin(&mut h, C1, 2) > ahead);
+        // A late AskFinalTID for the previous primary's transaction is not ours.
+        let got = ask(&mut h, C1, 3, Packet::AskFinalTID { ttid: ahead });
         assert_eq!(
             got,
             vec![Packet::AnswerFinalTID {
