@@ -376,6 +376,10 @@ impl Answers {
             "AskLastIDs" => self.last_ids.clone(),
             "AskLockedTransactions" => self.locked.clone(),
             "AskFinalTID" => self.final_tid.clone(),
+            "AskReserveIDs" => Packet::AnswerReserveIDs {
+                oid: None,
+                tid: None,
+            },
             "RequestIdentification" => self.identification.clone(),
             "Ping" => Packet::Pong,
             _ => self.other.clone(),

@@ -183,6 +183,12 @@ pub enum Observation {
         missing: Vec<crate::proto::Nid>,
         startup_allowed: bool,
     },
+    /// A primary handed out these OIDs (first, last) or this TTID (not one a restore
+    /// chose): none may ever be handed out again.
+    HandedOut {
+        oids: Option<(crate::proto::Oid, crate::proto::Oid)>,
+        ttid: Option<crate::proto::Tid>,
+    },
 }
 
 /// A node role.

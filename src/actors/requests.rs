@@ -163,6 +163,7 @@ fn expected_answer(request: &str) -> &'static str {
         "AskNodeList" => "AnswerNodeList",
         "TweakPartitionTable" => "AnswerTweakPartitionTable",
         "AskLastTransaction" => "AnswerLastTransaction",
+        "AskReserveIDs" => "AnswerReserveIDs",
         // Truncate, SetNodeState, AddPendingNodes, SetNumReplicas, SetClusterState.
         _ => "Error",
     }

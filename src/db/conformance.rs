@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
             transactions_and_tid_listings,
             oids_from_skips_deleted_objects,
             truncate_is_persistent_and_atomic,
+            id_reservations_only_grow_and_are_durable,
             pack_keeps_the_newest_revision,
             drop_partitions_releases_data,
             replication_writes_and_ranges,
@@ -251,6 +252,29 @@ pub fn identity_is_stamped_and_kept<F: Fixture>(f: &F) {
     assert_eq!((c.truncate_tid, c.backup_tid), (Some(Tid(0xabcd)), None));
     b.set_truncate_tid(None).unwrap();
     assert_eq!(b.config().unwrap().truncate_tid, None);
+}
+
+/// The ids a primary reserved (`AskReserveIDs`) are on disk when `reserve_ids` returns,
+/// are only ever raised, and go with an erased database.
+pub fn id_reservations_only_grow_and_are_durable<F: Fixture>(f: &F) {
+    let mut b = f.open(&identity()).unwrap();
+    let reserved = |b: &F::Backend| {
+        let c = b.config().unwrap();
+        (c.reserved_oid, c.reserved_tid)
+    };
+    assert_eq!(reserved(&b), (None, None));
+    b.reserve_ids(Some(Oid(100)), Some(Tid(0x500))).unwrap();
+    let mut b = crash(f, b);
+    assert_eq!(reserved(&b), (Some(Oid(100)), Some(Tid(0x500))));
+    // Lower or absent values leave each as it was.
+    b.reserve_ids(Some(Oid(50)), None).unwrap();
+    assert_eq!(reserved(&b), (Some(Oid(100)), Some(Tid(0x500))));
+    b.reserve_ids(None, Some(Tid(0x600))).unwrap();
+    b.reserve_ids(Some(Oid(1 << 62)), Some(Tid(0x400))).unwrap();
+    let mut b = crash(f, b);
+    assert_eq!(reserved(&b), (Some(Oid(1 << 62)), Some(Tid(0x600))));
+    b.erase().unwrap();
+    assert_eq!(reserved(&b), (None, None));
 }
 
 pub fn refused_databases_are_left_untouched<F: Fixture>(f: &F) {

@@ -201,6 +201,9 @@ impl Backend for FaultyBackend {
     fn set_backup_tid(&mut self, tid: Option<Tid>) -> DbResult<()> {
         self.write("set_backup_tid", false, |b| b.set_backup_tid(tid))
     }
+    fn reserve_ids(&mut self, oid: Option<Oid>, tid: Option<Tid>) -> DbResult<()> {
+        self.write("reserve_ids", true, |b| b.reserve_ids(oid, tid))
+    }
     fn partition_table(&self) -> DbResult<Vec<Cell>> {
         self.read("partition_table", |b| b.partition_table())
     }

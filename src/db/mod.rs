@@ -159,6 +159,10 @@ pub struct DbConfig {
     pub replicas: Option<u32>,
     pub truncate_tid: Option<Tid>,
     pub backup_tid: Option<Tid>,
+    /// The greatest OID and TID a primary reserved here (`AskReserveIDs`): ids it may have
+    /// handed out, which the next primary must start above.
+    pub reserved_oid: Option<Oid>,
+    pub reserved_tid: Option<Tid>,
 }
 
 /// One cell of the partition table as the storage keeps it.
@@ -299,6 +303,9 @@ pub trait Backend {
     fn set_truncate_tid(&mut self, tid: Option<Tid>) -> DbResult<()>;
     /// Record how far a backup cluster is complete. Committed by `commit`.
     fn set_backup_tid(&mut self, tid: Option<Tid>) -> DbResult<()>;
+    /// Raise the id reservation to `oid` and `tid` (each kept if already higher or None).
+    /// Commits.
+    fn reserve_ids(&mut self, oid: Option<Oid>, tid: Option<Tid>) -> DbResult<()>;
 
     /// Every cell, ordered by (partition, nid).
     fn partition_table(&self) -> DbResult<Vec<Cell>>;

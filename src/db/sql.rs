@@ -330,6 +330,8 @@ fn parse_config(map: &BTreeMap<String, String>) -> DbResult<DbConfig> {
         replicas: num(map, "replicas")?,
         truncate_tid: tid(map, "truncate_tid")?,
         backup_tid: tid(map, "backup_tid")?,
+        reserved_oid: num(map, "reserved_oid")?.map(Oid),
+        reserved_tid: tid(map, "reserved_tid")?,
     })
 }
 
@@ -1071,6 +1073,17 @@ impl<E: Engine> Backend for SqlBackend<E> {
         self.set_config("backup_tid", tid.map(hex_tid))
     }
 
+    fn reserve_ids(&mut self, oid: Option<Oid>, tid: Option<Tid>) -> DbResult<()> {
+        let c = self.config()?;
+        if oid > c.reserved_oid {
+            self.set_config("reserved_oid", oid.map(|o| o.0.to_string()))?;
+        }
+        if tid > c.reserved_tid {
+            self.set_config("reserved_tid", tid.map(hex_tid))?;
+        }
+        self.engine.commit()
+    }
+
     fn partition_table(&self) -> DbResult<Vec<Cell>> {
         self.engine
             .query(
@@ -1768,7 +1781,15 @@ impl<E: Engine> Backend for SqlBackend<E> {
         }
         let ids = self.ids("SELECT id FROM data", &[])?;
         self.engine.delete_data(&ids)?;
-        for key in ["nid", "ptid", "replicas", "truncate_tid", "backup_tid"] {
+        for key in [
+            "nid",
+            "ptid",
+            "replicas",
+            "truncate_tid",
+            "backup_tid",
+            "reserved_oid",
+            "reserved_tid",
+        ] {
             self.set_config(key, None)?;
         }
         self.partitions = None;

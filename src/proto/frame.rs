@@ -13,7 +13,7 @@ use super::packet::{Message, Packet};
 /// NEO's msgpack handshake (0x92), so either mistake is recognised and named.
 pub const MAGIC: [u8; 6] = *b"NEOrs\0";
 /// Bumped whenever the packet list or a packet's fields change.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 pub const HANDSHAKE_LEN: usize = MAGIC.len() + 2;
 /// The largest frame: a 64 MiB object plus room for its packet's other fields.
 pub const MAX_FRAME_SIZE: usize = 64 * 1024 * 1024 + 64 * 1024;

@@ -266,6 +266,14 @@ packets! {
     /// revisions that are not current as of `tid`. Answered once done everywhere.
     Request AskPack { tid: Tid },
     Answer AnswerPack { status: bool },
+
+    // ---- id reservations (primary <-> storage; not in NEO) ----
+    /// Primary to every running storage: persist these as the greatest OID and TID a primary
+    /// may have handed out (each only raised, never lowered), then answer. Both None: only
+    /// read them (verification).
+    Request AskReserveIDs { oid: Option<Oid>, tid: Option<Tid> },
+    /// The storage's reservation after the request, committed to disk.
+    Answer AnswerReserveIDs { oid: Option<Oid>, tid: Option<Tid> },
 }
 
 /// The most revisions one `AskObjectHistory` may ask for (`last - first`).

@@ -6,7 +6,9 @@ use super::net::NodeIdx;
 use super::world::World;
 use crate::actors::master::election::Role;
 use crate::actors::Observation;
-use crate::proto::{ClusterState, NodeState};
+use std::collections::BTreeMap;
+
+use crate::proto::{ClusterState, NodeState, Tid};
 
 /// Judge one reported decision.
 pub fn judge(o: &Observation) -> Result<(), String> {
@@ -28,6 +30,67 @@ pub fn judge(o: &Observation) -> Result<(), String> {
             Err(format!("election: the claim {own:?} yielded to the younger claim {to:?}"))
         }
         _ => Ok(()),
+    }
+}
+
+/// The ids primaries handed out (`Observation::HandedOut`): none twice, and each above
+/// every id handed out anywhere before its primary started the cluster (a new primary
+/// starts above the reservations of the previous ones). A primary cut off from its
+/// storages may still hand out ids it reserved while a new one serves: those are below
+/// the new primary's, never equal.
+#[derive(Default, Debug)]
+pub struct HandedOut {
+    /// OID ranges: first -> (last, node).
+    oids: BTreeMap<u64, (u64, NodeIdx)>,
+    ttids: BTreeMap<Tid, NodeIdx>,
+    /// Per node, the greatest OID and TTID handed out when it last started the cluster.
+    floors: BTreeMap<NodeIdx, (Option<u64>, Option<Tid>)>,
+}
+
+impl HandedOut {
+    pub fn observe(&mut self, node: NodeIdx, o: &Observation) -> Result<(), String> {
+        match o {
+            Observation::ClusterStarted { ptid: None, .. } => {
+                // A new database (every disk empty): ids start over.
+                *self = HandedOut::default();
+            }
+            Observation::ClusterStarted { .. } => {
+                let oid = self.oids.values().map(|(l, _)| *l).max();
+                let ttid = self.ttids.keys().next_back().copied();
+                self.floors.insert(node, (oid, ttid));
+            }
+            Observation::HandedOut { oids, ttid } => {
+                let floor = self.floors.get(&node).copied().unwrap_or_default();
+                if let Some((first, last)) = oids.map(|(f, l)| (f.0, l.0)) {
+                    if floor.0.is_some_and(|f| first <= f) {
+                        return Err(format!(
+                            "OIDs {first}..={last} handed out, not above {} handed out before this primary started",
+                            floor.0.unwrap_or_default()
+                        ));
+                    }
+                    let before = self.oids.range(..=last).next_back();
+                    if let Some((f, (l, who))) = before.filter(|(_, (l, _))| *l >= first) {
+                        return Err(format!(
+                            "OIDs {first}..={last} handed out, overlapping {f}..={l} handed out by node {who}"
+                        ));
+                    }
+                    self.oids.insert(first, (last, node));
+                }
+                if let Some(t) = ttid {
+                    if floor.1.is_some_and(|f| *t <= f) {
+                        return Err(format!(
+                            "TTID {t:?} handed out, not above {:?} handed out before this primary started",
+                            floor.1.unwrap_or_default()
+                        ));
+                    }
+                    if let Some(who) = self.ttids.insert(*t, node) {
+                        return Err(format!("TTID {t:?} handed out again (first by node {who})"));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 

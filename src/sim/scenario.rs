@@ -35,6 +35,8 @@ pub const MUTANTS: &[(&str, Scenario, &str)] = &[
     ("readcurrent-invalidates", Scenario::Commits, "invalidations name readCurrent-only objects (NEO 1.5.1)"),
     ("abort-after-lock", Scenario::Commits, "a client that disconnects after the lock gets its transaction aborted"),
     ("readcurrent-unchecked", Scenario::Commits, "readCurrent is accepted without checking the serial"),
+    ("oid-not-reserved", Scenario::Commits, "the primary hands out OIDs without reserving them on the storages (a new primary starts at the last stored OID)"),
+    ("ttid-not-reserved", Scenario::Commits, "the primary hands out TTIDs without reserving them on the storages (a new primary starts at the last committed TID)"),
     (
         "election-no-yield",
         Scenario::Election,

@@ -14,7 +14,7 @@
 //! new process when it comes back: its pending calls are lost (a finish sent is an unknown
 //! outcome, anything earlier a failure, since nothing commits without a finish).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::isolation::{Read, Status, TxnRecord, Val};
@@ -120,6 +120,8 @@ pub enum Strike {
 enum Stage {
     /// Waiting to start (think time).
     Idle,
+    /// Taking OIDs before the transaction starts.
+    Oids,
     Snapshot,
     /// Reading `plan[i]`.
     Reading(usize),
@@ -201,12 +203,26 @@ pub struct Workload {
     targeted: Targeted,
     /// Targeted faults drawn and not applied yet: (when, what).
     strikes: Vec<(Duration, Strike)>,
+    /// Which transactions first ask for OIDs (a stream of its own: the other draws stay).
+    oid_rng: ChaCha8Rng,
+    /// Every OID and TTID a client got (NewOids, Began), with the client that got it.
+    got_oids: BTreeMap<Oid, usize>,
+    got_ttids: BTreeMap<Tid, usize>,
+    /// Ids a client got that another call had got before.
+    duplicates: Vec<String>,
 }
 
 impl Workload {
     pub fn new(cfg: WorkloadConfig, rng: ChaCha8Rng, clients: &[NodeIdx]) -> Workload {
         let per = cfg.per_client;
+        let mut oid_rng = rng.clone();
+        // Unlike any `rng::stream` number.
+        oid_rng.set_stream(0x0071_d000);
         Workload {
+            oid_rng,
+            got_oids: BTreeMap::new(),
+            got_ttids: BTreeMap::new(),
+            duplicates: Vec::new(),
             cfg,
             rng,
             clients: clients
@@ -277,6 +293,27 @@ impl Workload {
     /// The objects of the key space (allocated once the cluster first ran).
     pub fn keys(&self) -> &[Oid] {
         &self.keys
+    }
+
+    /// Ids clients got twice (NewOids, Began): each should be new.
+    pub fn duplicates(&self) -> &[String] {
+        &self.duplicates
+    }
+
+    /// Record ids a client got.
+    fn got(&mut self, ci: usize, oids: &[Oid], ttid: Option<Tid>) {
+        for oid in oids {
+            if let Some(c) = self.got_oids.insert(*oid, ci) {
+                let d = format!("client {ci} got {oid} from NewOids, which client {c} had got");
+                self.duplicates.push(d);
+            }
+        }
+        if let Some(t) = ttid {
+            if let Some(c) = self.got_ttids.insert(t, ci) {
+                let d = format!("client {ci} began with TTID {t:?}, which client {c} had got");
+                self.duplicates.push(d);
+            }
+        }
     }
 
     /// Calls made so far.
@@ -462,7 +499,14 @@ impl Workload {
             }
             let t = self.plan_txn(w, ci);
             self.clients[ci].slots[si].txn = Some(t);
-            self.send(w, ci, si, Stage::Snapshot, Op::LastTransaction);
+            // Some take OIDs first, as a ZODB connection does for new objects (they are
+            // not stored: only handing them out is checked).
+            if rng::chance(&mut self.oid_rng, 0.3) {
+                let count = rng::between(&mut self.oid_rng, 1, 3) as u32;
+                self.send(w, ci, si, Stage::Oids, Op::NewOids { count });
+            } else {
+                self.send(w, ci, si, Stage::Snapshot, Op::LastTransaction);
+            }
             started = true;
         }
         started
@@ -533,6 +577,7 @@ impl Workload {
         if self.allocating == Some((ci, id)) {
             self.allocating = None;
             if let Ok(Outcome::Oids(oids)) = result {
+                self.got(ci, &oids, None);
                 if !oids.is_empty() {
                     self.keys = oids;
                 }
@@ -587,6 +632,13 @@ impl Workload {
     ) -> Next {
         match stage {
             Stage::Idle => Next::Continue,
+            Stage::Oids => {
+                if let Ok(Outcome::Oids(oids)) = &result {
+                    self.got(ci, oids, None);
+                }
+                self.send(w, ci, si, Stage::Snapshot, Op::LastTransaction);
+                Next::Continue
+            }
             Stage::Snapshot => {
                 let Ok(Outcome::Tid(snapshot)) = result else {
                     return Next::End(Status::Failed);
@@ -622,9 +674,10 @@ impl Workload {
                 self.read_next(w, ci, si, t, i + 1)
             }
             Stage::Begin => {
-                let Ok(Outcome::Began { txn, .. }) = result else {
+                let Ok(Outcome::Began { txn, ttid }) = result else {
                     return Next::End(Status::Failed);
                 };
+                self.got(ci, &[], Some(ttid));
                 t.txn = Some(txn);
                 self.check_next(w, ci, si, t, 0)
             }

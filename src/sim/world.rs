@@ -225,6 +225,8 @@ pub struct World {
     failed: BTreeSet<NodeIdx>,
     /// Client replies and notices not yet taken by the workload, in emission order.
     client_out: Vec<ClientOutput>,
+    /// The ids primaries handed out (`check::HandedOut`).
+    handed: check::HandedOut,
 }
 
 impl World {
@@ -260,6 +262,7 @@ impl World {
             disk_events: Vec::new(),
             pending_swaps: BTreeMap::new(),
             failed: BTreeSet::new(),
+            handed: check::HandedOut::default(),
             client_out: Vec::new(),
         }
     }
@@ -652,7 +655,8 @@ impl World {
                     let label = &self.nodes[node].label;
                     self.trace
                         .step(self.now, (node, &o), || format!("{label} observed {o:?}"));
-                    if let Err(e) = check::judge(&o) {
+                    let judged = check::judge(&o).and_then(|()| self.handed.observe(node, &o));
+                    if let Err(e) = judged {
                         let what = format!("{label}: {e}");
                         self.fail(what);
                     }

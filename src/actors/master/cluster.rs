@@ -39,6 +39,10 @@ pub enum Asked {
     Lock(Tid),
     /// AskPack (`pack`).
     Pack,
+    /// AskReserveIDs reading a storage's reservation (verification).
+    ReadReserved,
+    /// AskReserveIDs raising it to these (running).
+    Reserve(Option<Oid>, Option<Tid>),
 }
 
 /// A storage's AnswerRecovery: (ptid, truncate_tid, backup_tid).
@@ -77,6 +81,10 @@ struct Verification {
     locked: BTreeMap<Tid, Tid>,
     last_tid: Option<Tid>,
     last_oid: Option<Oid>,
+    /// The greatest reservation a storage holds (what a previous primary may have handed
+    /// out).
+    reserved_oid: Option<Oid>,
+    reserved_tid: Option<Tid>,
 }
 
 /// The primary's state.
@@ -242,7 +250,7 @@ impl Master {
             .is_some_and(|n| n.state == NodeState::Running)
     }
 
-    fn ask_storage(&mut self, cx: &mut Ctx, nid: Nid, packet: Packet, kind: Asked) {
+    pub(super) fn ask_storage(&mut self, cx: &mut Ctx, nid: Nid, packet: Packet, kind: Asked) {
         let Some(conn) = self.conn_of(nid) else {
             return;
         };
@@ -808,13 +816,19 @@ impl Master {
             .collect();
         for nid in &running {
             self.ask_storage(cx, *nid, Packet::AskLastIDs, Asked::LastIds);
+            let read = Packet::AskReserveIDs {
+                oid: None,
+                tid: None,
+            };
+            self.ask_storage(cx, *nid, read, Asked::ReadReserved);
         }
     }
 
     /// Verification is over: RUNNING.
     fn provide_service(&mut self, cx: &mut Ctx) {
         let Some(p) = self.primary_mut() else { return };
-        p.tm.running(p.verification.last_tid, p.verification.last_oid);
+        let v = &p.verification;
+        p.tm.running(v.last_tid, v.last_oid, v.reserved_oid, v.reserved_tid);
         p.truncate_tid = None;
         p.startup_allowed = false;
         p.auto_restart = false;
@@ -833,6 +847,8 @@ impl Master {
         for nid in running {
             self.start_operation(cx, nid);
         }
+        // Nothing is free after verification: reserve before the first client asks.
+        self.reserve_ids(cx);
     }
 
     pub(super) fn start_operation(&mut self, cx: &mut Ctx, nid: Nid) {
@@ -863,6 +879,12 @@ impl Master {
             }
             Packet::AnswerPartitionTable { ptid, rows, .. } if ptid.is_some() => {
                 crate::pt::check_table(*ptid, rows).err()
+            }
+            Packet::AnswerReserveIDs { oid, tid }
+                if oid.is_some_and(|o| o.0 > i64::MAX as u64)
+                    || tid.is_some_and(|t| t > Tid::MAX) =>
+            {
+                Some(format!("impossible reservation {oid:?}, {tid:?}"))
             }
             _ => None,
         };
@@ -903,6 +925,24 @@ impl Master {
                     last_tid, last_oid, ..
                 },
             ) => self.on_last_ids(cx, last_tid, last_oid),
+            (Some(Asked::ReadReserved), Packet::AnswerReserveIDs { oid, tid }) => {
+                if let Some(p) = self.primary_mut() {
+                    let v = &mut p.verification;
+                    v.reserved_oid = v.reserved_oid.max(oid);
+                    v.reserved_tid = v.reserved_tid.max(tid);
+                }
+                self.verification_progress(cx);
+            }
+            (Some(Asked::Reserve(o, t)), Packet::AnswerReserveIDs { oid, tid }) => {
+                if oid < o || tid < t {
+                    // It did not keep what it was asked to: it cannot be counted on.
+                    let why = format!("reservation {oid:?}, {tid:?} below {o:?}, {t:?}");
+                    self.protocol_error(cx, conn, msg.id, why);
+                    self.storage_lost(cx, nid);
+                } else {
+                    self.reserve_answered(cx, Some((nid, oid, tid)))
+                }
+            }
             (None, Packet::NotifyReady) => {
                 let started = self.primary_mut().is_some_and(|p| p.starting.remove(&nid));
                 if started {

@@ -1090,6 +1090,7 @@ mod tests {
                         Packet::AskLockedTransactions => Packet::AnswerLockedTransactions {
                             transactions: vec![],
                         },
+                        Packet::AskReserveIDs { oid, tid } => Packet::AnswerReserveIDs { oid, tid },
                         Packet::AskLastIDs => Packet::AnswerLastIDs {
                             last_tid: None,
                             last_oid: None,

@@ -9,6 +9,22 @@
 //! TID the storages know. Commits complete in the order of their final TIDs: a transaction
 //! every storage locked waits for those queued before it.
 //!
+//! Reservations: an id is handed out only once every running storage persisted a
+//! reservation at or above it (`AskReserveIDs`), and verification reads the reservations
+//! back (a new primary starts above them), so that neither an OID nor a TTID is handed out
+//! twice across a failover, whatever the clocks do. OIDs are reserved in blocks of
+//! `OID_BLOCK` ahead of demand, TIDs as a lease of `TID_LEASE` ahead of the clock, so that
+//! most AskNewOIDs and begins are answered at once; the others wait for the next
+//! reservation. Every running storage suffices: a future primary starts only with a
+//! readable cell of every partition on the storages it reads at verification, and while
+//! RUNNING every storage holding a readable cell is running (a lost one gets its cells
+//! outdated, or the cluster goes back to recovery before handing anything out), so one of
+//! them acknowledged every reservation; a storage lost while we wait is not waited for, as
+//! for locks. A storage that gets readable cells later (replication, not yet built) must
+//! have acknowledged the reservation first: a storage that becomes ready gets it at once.
+//! Final TIDs need none: one is seen by a client only once committed, and committed TIDs
+//! are the storages' last TID.
+//!
 //! Clients exist only while the cluster is RUNNING: when it leaves RUNNING their connections
 //! are closed and the transactions dropped; verification then commits what was locked
 //! anywhere and drops the rest, and clients learn the outcome with `AskFinalTID`.
@@ -19,7 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use super::cluster::Asked;
 use super::{Identification, Master, Role};
-use crate::actors::{ConnId, Ctx};
+use crate::actors::{ConnId, Ctx, Observation};
 use crate::db::partition_of;
 use crate::proto::{
     ClusterState, ErrorCode, Message, Nid, NodeInfo, NodeState, NodeType, Oid, Packet, Tid,
@@ -35,6 +51,24 @@ pub const MAX_FINISH_OIDS: usize = 1 << 20;
 pub const RECENT_OUTCOMES: usize = 100_000;
 /// AskFinalTID requests one transaction may have waiting.
 const MAX_FINAL_WAITERS: usize = 16;
+/// AskNewOIDs that may wait for a reservation (from every client together).
+const MAX_OID_WAITERS: usize = 10_000;
+/// OIDs reserved ahead of the last one handed out (a failover skips at most this many).
+pub const OID_BLOCK: u64 = 10_000;
+/// How far ahead of the clock (or of the last TID handed out) TIDs are reserved.
+pub const TID_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The id reservation (see the module's doc).
+#[derive(Clone, Debug, Default)]
+struct Reservation {
+    /// What every running storage persisted: OIDs and TIDs up to these may be handed out.
+    oid: Option<Oid>,
+    tid: Option<Tid>,
+    /// The reservation asked and not acknowledged yet: (oid, tid, storages to answer).
+    asked: Option<(Option<Oid>, Option<Tid>, BTreeSet<Nid>)>,
+    /// AskNewOIDs waiting for a reservation: (connection, message id, count).
+    oid_waiters: VecDeque<(ConnId, u32, u32)>,
+}
 
 /// An identified client.
 #[derive(Clone, Debug)]
@@ -95,8 +129,10 @@ pub struct Transactions {
     /// Ready storages (between NotifyReady and their loss), each with its readiness number.
     ready: BTreeMap<Nid, u64>,
     readiness: u64,
-    /// Begins delayed while a storage is starting: (connection, message id, user TID).
+    /// Begins delayed while a storage is starting or for a reservation: (connection,
+    /// message id, user TID).
     delayed: VecDeque<(ConnId, u32, Option<Tid>)>,
+    reserve: Reservation,
 }
 
 impl Transactions {
@@ -113,13 +149,70 @@ impl Transactions {
         self.clients.get(&conn).is_none_or(|c| c.read_only)
     }
 
-    /// Verification is over: the storages' last ids. The last TID is theirs (it goes back
-    /// after a truncation); allocation stays above anything we handed out before, and OIDs
-    /// never go back (handing out an OID twice is the one thing that must not happen).
-    pub fn running(&mut self, last_tid: Option<Tid>, last_oid: Option<Oid>) {
+    /// Verification is over: the storages' last ids and reservations. The last TID is
+    /// theirs (it goes back after a truncation); allocation stays above anything we or a
+    /// previous primary may have handed out, and nothing is free until we reserve again.
+    pub fn running(
+        &mut self,
+        last_tid: Option<Tid>,
+        last_oid: Option<Oid>,
+        reserved_oid: Option<Oid>,
+        reserved_tid: Option<Tid>,
+    ) {
         self.last_tid = last_tid;
-        self.allocated = self.allocated.max(last_tid);
-        self.last_oid = self.last_oid.max(last_oid);
+        self.allocated = self.allocated.max(last_tid).max(reserved_tid);
+        self.last_oid = self.last_oid.max(last_oid).max(reserved_oid);
+        self.reserve = Reservation {
+            oid: self.last_oid,
+            tid: self.allocated,
+            ..Default::default()
+        };
+    }
+
+    /// The reservation every running storage acknowledged: (oid, tid).
+    pub fn reserved(&self) -> (Option<Oid>, Option<Tid>) {
+        (self.reserve.oid, self.reserve.tid)
+    }
+
+    /// The next TTID, if the reservation covers it: the clock's TID, above everything
+    /// handed out (`user`: the TID a restore asked for, checked already).
+    fn ttid_candidate(&self, now: Tid, user: Option<Tid>) -> Tid {
+        user.unwrap_or(match self.allocated {
+            Some(a) => now.later_than(a),
+            None => now,
+        })
+    }
+
+    /// What to reserve now, if anything: (oid, tid), each None if that kind needs nothing.
+    /// Needed when a request waits, or ahead of demand when less than half a block (half
+    /// a lease) is left. `oids`/`tids` false: that kind is not reserved (the mutants).
+    fn reservation_wanted(&self, now: Tid, oids: bool, tids: bool) -> (Option<Oid>, Option<Tid>) {
+        let r = &self.reserve;
+        let mut oid = None;
+        if oids {
+            let waiting: u64 = r.oid_waiters.iter().map(|w| u64::from(w.2)).sum();
+            let base = self.last_oid.map_or(0, |o| o.0).saturating_add(waiting);
+            let left = r.oid.map_or(0, |o| o.0).saturating_sub(base);
+            if waiting > 0 || left < OID_BLOCK / 2 {
+                oid = Some(Oid(base.saturating_add(OID_BLOCK).min(i64::MAX as u64)));
+            }
+        }
+        let mut tid = None;
+        if tids {
+            let mut base = self.ttid_candidate(now, None);
+            for (_, _, user) in &self.delayed {
+                base = base.max(user.unwrap_or(base));
+            }
+            // Begins also wait while a storage starts: only those above the reservation
+            // wait for it.
+            let waiting = !self.delayed.is_empty() && r.tid.is_none_or(|t| base > t);
+            let half = Tid::from_wall(base.to_wall().saturating_add(TID_LEASE / 2));
+            if waiting || r.tid.is_none_or(|t| t < half) {
+                let lease = Tid::from_wall(base.to_wall().saturating_add(TID_LEASE));
+                tid = Some(lease.later_than(base).min(Tid::MAX));
+            }
+        }
+        (oid, tid)
     }
 
     /// Whether `nid` was ready when the transaction began.
@@ -185,6 +278,11 @@ impl Transactions {
             if !self.clients.contains_key(&txn.client) && txn.finish.is_none() {
                 return Err(format!("transaction {ttid:?} of a client that is gone"));
             }
+        }
+        if let Some((c, _, _)) =
+            (self.reserve.oid_waiters.iter()).find(|w| !self.clients.contains_key(&w.0))
+        {
+            return Err(format!("AskNewOIDs waiting from {c:?}, not a client"));
         }
         if self.queue.len() > self.txns.len() {
             return Err("commit queue longer than the transactions".into());
@@ -270,6 +368,7 @@ impl Master {
         let tm = &mut p.tm;
         tm.clients.remove(&conn);
         tm.delayed.retain(|(c, _, _)| *c != conn);
+        tm.reserve.oid_waiters.retain(|(c, _, _)| *c != conn);
         for txn in tm.txns.values_mut() {
             if let Some(f) = &mut txn.finish {
                 f.final_waiters.retain(|(c, _)| *c != conn);
@@ -332,6 +431,9 @@ impl Master {
         tm.queue.clear();
         tm.delayed.clear();
         tm.ready.clear();
+        // Its answers will not come (the asks are forgotten); verification reads anew.
+        tm.reserve.asked = None;
+        tm.reserve.oid_waiters.clear();
     }
 
     /// Connections of the RUNNING storages, those in `among` if given.
@@ -350,7 +452,83 @@ impl Master {
         tm.readiness += 1;
         let r = tm.readiness;
         tm.ready.insert(nid, r);
+        // Not waited for (it holds no readable cell yet), but a storage must hold the
+        // reservation before it gets readable cells (see the module's doc).
+        let (oid, tid) = match &tm.reserve.asked {
+            Some((o, t, _)) => (tm.reserve.oid.max(*o), tm.reserve.tid.max(*t)),
+            None => (tm.reserve.oid, tm.reserve.tid),
+        };
+        if oid.is_some() || tid.is_some() {
+            let packet = Packet::AskReserveIDs { oid, tid };
+            self.ask_storage(cx, nid, packet, Asked::Reserve(oid, tid));
+        }
         self.run_delayed_begins(cx);
+    }
+
+    /// Ask every running storage to persist the reservation wanted now, unless one is on
+    /// its way (its acknowledgement looks again).
+    pub(super) fn reserve_ids(&mut self, cx: &mut Ctx) {
+        if self.cluster_state() != Some(ClusterState::Running) {
+            return;
+        }
+        let now = Tid::from_wall(cx.now());
+        let oids = !cx.mutant("oid-not-reserved");
+        let tids = !cx.mutant("ttid-not-reserved");
+        let running: BTreeSet<Nid> = self
+            .storages()
+            .into_iter()
+            .filter(|(_, _, s)| *s == NodeState::Running)
+            .map(|(_, n, _)| n)
+            .collect();
+        let Some(tm) = self.tm_mut() else { return };
+        if tm.reserve.asked.is_some() {
+            return;
+        }
+        let (oid, tid) = tm.reservation_wanted(now, oids, tids);
+        if oid.is_none() && tid.is_none() {
+            return;
+        }
+        debug!("reserving ids up to {oid:?} and {tid:?} on {running:?}");
+        tm.reserve.asked = Some((oid, tid, running.clone()));
+        for nid in &running {
+            let packet = Packet::AskReserveIDs { oid, tid };
+            self.ask_storage(cx, *nid, packet, Asked::Reserve(oid, tid));
+        }
+        if running.is_empty() {
+            self.reserve_answered(cx, None);
+        }
+    }
+
+    /// A storage answered a reservation with what it holds now (`Some`), or is not waited
+    /// for any more (`None`, lost): once none is left to answer, the ids are ours to hand
+    /// out.
+    pub(super) fn reserve_answered(
+        &mut self,
+        cx: &mut Ctx,
+        from: Option<(Nid, Option<Oid>, Option<Tid>)>,
+    ) {
+        let Some(tm) = self.tm_mut() else { return };
+        let Some((oid, tid, waiting)) = &mut tm.reserve.asked else {
+            return;
+        };
+        if let Some((nid, has_oid, has_tid)) = from {
+            // An answer to an older ask (a storage made ready) counts if it covers this one.
+            if has_oid >= *oid && has_tid >= *tid {
+                waiting.remove(&nid);
+            }
+        }
+        if !waiting.is_empty() {
+            return;
+        }
+        let (oid, tid) = (*oid, *tid);
+        tm.reserve.asked = None;
+        tm.reserve.oid = tm.reserve.oid.max(oid);
+        tm.reserve.tid = tm.reserve.tid.max(tid);
+        for (conn, id, count) in std::mem::take(&mut tm.reserve.oid_waiters) {
+            self.new_oids(cx, conn, id, count);
+        }
+        self.run_delayed_begins(cx);
+        self.reserve_ids(cx);
     }
 
     /// A storage is lost: it is not waited for any more, and its cells' outdating made the
@@ -363,6 +541,10 @@ impl Master {
                 f.waiting.remove(&nid);
                 f.locked_by.remove(&nid);
             }
+        }
+        if let Some((_, _, waiting)) = &mut tm.reserve.asked {
+            waiting.remove(&nid);
+            self.reserve_answered(cx, None);
         }
         self.try_commit(cx);
         self.run_delayed_begins(cx);
@@ -482,16 +664,17 @@ impl Master {
         }
     }
 
-    /// Begins wait while a storage is starting (between StartOperation and NotifyReady).
+    /// Begins wait while a storage is starting (between StartOperation and NotifyReady),
+    /// and for a reservation of their TTID: each is tried again once, in order.
     fn run_delayed_begins(&mut self, cx: &mut Ctx) {
-        loop {
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        if !p.starting.is_empty() {
+            return;
+        }
+        for (conn, id, tid) in std::mem::take(&mut p.tm.delayed) {
             let Role::Primary(p) = &mut self.role else {
-                return;
-            };
-            if !p.starting.is_empty() {
-                return;
-            }
-            let Some((conn, id, tid)) = p.tm.delayed.pop_front() else {
                 return;
             };
             if let Some(c) = p.tm.clients.get_mut(&conn) {
@@ -546,6 +729,7 @@ impl Master {
             let why = format!("AskNewOIDs: {count} OIDs asked (1 to {MAX_NEW_OIDS})");
             return self.client_error(cx, conn, id, why);
         }
+        let unreserved = cx.mutant("oid-not-reserved");
         let Some(tm) = self.tm_mut() else { return };
         // OID 0 is the root, which ZODB creates without asking for an OID.
         let first = tm.last_oid.map_or(Some(1), |o| o.0.checked_add(1));
@@ -557,14 +741,31 @@ impl Master {
                 .links
                 .answer(cx, conn, id, Packet::error(ErrorCode::NotReady, why));
         };
+        let waiting = !tm.reserve.oid_waiters.is_empty();
+        if !unreserved && (waiting || tm.reserve.oid.is_none_or(|r| last > r.0)) {
+            if tm.reserve.oid_waiters.len() >= MAX_OID_WAITERS {
+                let why = "too many AskNewOIDs waiting for a reservation";
+                return self
+                    .links
+                    .answer(cx, conn, id, Packet::error(ErrorCode::NotReady, why));
+            }
+            tm.reserve.oid_waiters.push_back((conn, id, count));
+            return self.reserve_ids(cx);
+        }
         tm.last_oid = Some(Oid(last));
+        cx.observe(Observation::HandedOut {
+            oids: Some((Oid(first), Oid(last))),
+            ttid: None,
+        });
         let oids = (first..=last).map(Oid).collect();
         self.links
             .answer(cx, conn, id, Packet::AnswerNewOIDs { oids });
+        self.reserve_ids(cx);
     }
 
     fn begin(&mut self, cx: &mut Ctx, conn: ConnId, id: u32, tid: Option<Tid>) {
         let now = Tid::from_wall(cx.now());
+        let unreserved = cx.mutant("ttid-not-reserved");
         let Role::Primary(p) = &mut self.role else {
             return;
         };
@@ -590,7 +791,7 @@ impl Master {
             return;
         }
         let concurrent = "there can't be concurrent transactions when a TID is specified";
-        let ttid = match tid {
+        match tid {
             Some(t) => {
                 if !tm.txns.is_empty() {
                     return self.client_error(cx, conn, id, concurrent.into());
@@ -602,13 +803,34 @@ impl Master {
                     );
                     return self.client_error(cx, conn, id, why);
                 }
-                tm.allocated = tm.allocated.max(Some(t));
-                t
             }
             None if tm.txns.values().any(|t| t.user_tid) => {
                 return self.client_error(cx, conn, id, concurrent.into());
             }
-            None => tm.next_ttid(now),
+            None => {}
+        }
+        // Begins wait in order: none overtakes one waiting for the reservation.
+        let candidate = tm.ttid_candidate(now, tid);
+        if !unreserved && (!tm.delayed.is_empty() || tm.reserve.tid.is_none_or(|r| candidate > r)) {
+            tm.delayed.push_back((conn, id, tid));
+            if let Some(c) = tm.clients.get_mut(&conn) {
+                c.in_progress += 1;
+            }
+            return self.reserve_ids(cx);
+        }
+        let ttid = match tid {
+            Some(t) => {
+                tm.allocated = tm.allocated.max(Some(t));
+                t
+            }
+            None => {
+                let ttid = tm.next_ttid(now);
+                cx.observe(Observation::HandedOut {
+                    oids: None,
+                    ttid: Some(ttid),
+                });
+                ttid
+            }
         };
         if let Some(c) = tm.clients.get_mut(&conn) {
             c.in_progress += 1;
@@ -626,6 +848,7 @@ impl Master {
         );
         self.links
             .answer(cx, conn, id, Packet::AnswerBeginTransaction { ttid });
+        self.reserve_ids(cx);
     }
 
     /// The transaction `ttid` of the client on `conn` that has not asked to finish, or why
@@ -941,6 +1164,16 @@ pub(super) mod tests {
         last_tid: Option<Tid>,
         last_oid: Option<Oid>,
     ) {
+        running_with(h, last_tid, last_oid, (None, None))
+    }
+
+    /// `running`, the storages holding `reserved` (answering every reservation at once).
+    fn running_with(
+        h: &mut Harness<Master>,
+        last_tid: Option<Tid>,
+        last_oid: Option<Oid>,
+        reserved: (Option<Oid>, Option<Tid>),
+    ) {
         h.start();
         let mut out = h.incoming(S1, storage(30));
         out.extend(h.incoming(S2, storage(31)));
@@ -956,6 +1189,10 @@ pub(super) mod tests {
                         },
                         Packet::AskLockedTransactions => Packet::AnswerLockedTransactions {
                             transactions: vec![],
+                        },
+                        Packet::AskReserveIDs { oid, tid } => Packet::AnswerReserveIDs {
+                            oid: oid.max(reserved.0),
+                            tid: tid.max(reserved.1),
                         },
                         Packet::AskLastIDs => Packet::AnswerLastIDs {
                             last_tid,
@@ -1747,6 +1984,90 @@ pub(super) mod tests {
         );
         assert_eq!(got, vec![Packet::AnswerFinalTID { tid: None }]);
         let got = ask(&mut h, C2, 4, Packet::AskFinalTID { ttid: Tid(5) });
+        assert_eq!(
+            got,
+            vec![Packet::AnswerFinalTID {
+                tid: Some(Tid::MAX)
+            }]
+        );
+    }
+
+    /// The AskReserveIDs requests in `out`: (storage connection, message id, oid, tid).
+    fn reserve_requests(out: &[Effect]) -> Vec<(ConnId, u32, Option<Oid>, Option<Tid>)> {
+        [S1, S2]
+            .into_iter()
+            .flat_map(|c| {
+                messages(out, c)
+                    .into_iter()
+                    .filter_map(move |(id, p)| match p {
+                        Packet::AskReserveIDs { oid, tid } => Some((c, id, oid, tid)),
+                        _ => None,
+                    })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn oids_wait_for_every_running_storage_to_persist_their_reservation() {
+        let mut h = Harness::new(Master::new(config(1)));
+        running(&mut h, None, None);
+        assert_eq!(h.actor.tm().unwrap().reserved().0, Some(Oid(OID_BLOCK)));
+        h.incoming(C1, client(false));
+        // The block is handed out without waiting; past half of it, the next is asked.
+        let mut asked = Vec::new();
+        let per = u64::from(MAX_NEW_OIDS);
+        for i in 0..OID_BLOCK / per {
+            let out = recv(
+                &mut h,
+                C1,
+                i as u32,
+                Packet::AskNewOIDs {
+                    count: MAX_NEW_OIDS,
+                },
+            );
+            assert_eq!(messages(&out, C1).len(), 1, "answered at once");
+            asked.extend(reserve_requests(&out));
+        }
+        assert_eq!(asked.len(), 2, "one reservation on each storage: {asked:?}");
+        // Beyond the block, a request waits for both storages.
+        let out = recv(&mut h, C1, 99, Packet::AskNewOIDs { count: 1 });
+        assert!(messages(&out, C1).is_empty());
+        let answer = |(c, id, oid, tid): (ConnId, u32, Option<Oid>, Option<Tid>)| {
+            (c, id, Packet::AnswerReserveIDs { oid, tid })
+        };
+        let (c, id, p) = answer(asked[0]);
+        assert!(messages(&recv(&mut h, c, id, p), C1).is_empty());
+        let (c, id, p) = answer(asked[1]);
+        let out = recv(&mut h, c, id, p);
+        assert_eq!(
+            messages(&out, C1),
+            vec![(
+                99,
+                Packet::AnswerNewOIDs {
+                    oids: vec![Oid(OID_BLOCK + 1)]
+                }
+            )]
+        );
+        h.actor.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_new_primary_hands_out_ids_above_the_reservations_it_read() {
+        let mut h = Harness::new(Master::new(config(1)));
+        // A previous primary, its clock an hour ahead of ours, reserved these.
+        let ahead = Tid::from_wall(h.now.saturating_add(Duration::from_secs(3600)));
+        running_with(&mut h, None, Some(Oid(7)), (Some(Oid(5000)), Some(ahead)));
+        h.incoming(C1, client(false));
+        let got = ask(&mut h, C1, 1, Packet::AskNewOIDs { count: 1 });
+        assert_eq!(
+            got,
+            vec![Packet::AnswerNewOIDs {
+                oids: vec![Oid(5001)]
+            }]
+        );
+        assert!(begin(&mut h, C1, 2) > ahead);
+        // A late AskFinalTID for the previous primary's transaction is not ours.
+        let got = ask(&mut h, C1, 3, Packet::AskFinalTID { ttid: ahead });
         assert_eq!(
             got,
             vec![Packet::AnswerFinalTID {

@@ -34,7 +34,7 @@ use super::{CloseReason, ConnId, Ctx, Ticker, TimerId};
 use crate::db::{Backend, Cell, DbError};
 use crate::proto::{
     Address, ClusterState, ErrorCode, IdentificationExtra, Message, Nid, NodeState, NodeType,
-    Packet,
+    Packet, Tid,
 };
 use crate::pt::PartitionTable;
 
@@ -364,6 +364,24 @@ impl Storage {
                     last_tid: ids.last_tid,
                     last_oid: ids.last_oid,
                     first_tid: ids.first_tid,
+                };
+                self.answer(cx, conn, id, answer);
+            }
+            Packet::AskReserveIDs { oid, tid } => {
+                // Kept forever (only raised): an impossible one would leave no id to use.
+                if oid.is_some_and(|o| o.0 > i64::MAX as u64) || tid.is_some_and(|t| t > Tid::MAX) {
+                    let why = format!("impossible reservation {oid:?}, {tid:?}");
+                    self.master_protocol_error(cx, conn, Some(id), why);
+                    return Ok(());
+                }
+                // On disk before the answer: the primary hands these ids out on it.
+                if oid.is_some() || tid.is_some() {
+                    self.db.reserve_ids(oid, tid)?;
+                }
+                let c = self.db.config()?;
+                let answer = Packet::AnswerReserveIDs {
+                    oid: c.reserved_oid,
+                    tid: c.reserved_tid,
                 };
                 self.answer(cx, conn, id, answer);
             }

@@ -280,6 +280,12 @@ fn final_checks(w: &World, wl: &Workload, summary: &mut String) -> Result<(), Fa
         *summary = format!("history not checked: {why}");
         return Ok(());
     }
+    if let Some(first) = wl.duplicates().first() {
+        return Err(fail(format!(
+            "ids given twice: {} times; first: {first}",
+            wl.duplicates().len()
+        )));
+    }
     let (finals, tids) = read_finals(w, wl.keys()).map_err(|e| fail(format!("final read: {e}")))?;
     let verdict = isolation::check(&wl.records, &finals, &tids);
     let notices: usize = wl.notices.iter().map(Vec::len).sum();
