@@ -468,6 +468,10 @@ impl Engine for Mysql {
     }
 
     fn delete_data(&self, ids: &[u64]) -> DbResult<()> {
+        // `IN ()` is a syntax error: erasing a database without data rows failed.
+        if ids.is_empty() {
+            return Ok(());
+        }
         let list: Vec<String> = ids.iter().map(u64::to_string).collect();
         let list = list.join(",");
         self.text(&format!("DELETE FROM bigdata WHERE id IN ({list})"))?;
