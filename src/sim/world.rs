@@ -143,8 +143,12 @@ pub struct Failure {
 
 #[derive(Debug)]
 enum Ev {
+    /// Start `node` if it has not been started since this was scheduled (its incarnation
+    /// is still `inc`): a restart planned for a crash is void once the node came back and,
+    /// say, exited cleanly (no service manager restarts that).
     Start {
         node: NodeIdx,
+        inc: u32,
     },
     Timer {
         node: NodeIdx,
@@ -357,7 +361,7 @@ impl World {
             timers: BTreeSet::new(),
         });
         self.by_address.insert(address, idx);
-        self.schedule(start_at, Ev::Start { node: idx });
+        self.schedule(start_at, Ev::Start { node: idx, inc: 0 });
         idx
     }
 
@@ -433,7 +437,12 @@ impl World {
         debug_assert!(s.at >= self.now, "time went backwards");
         self.now = s.at;
         match s.ev {
-            Ev::Start { node } => self.start(node),
+            Ev::Start { node, inc } => {
+                if self.nodes[node].incarnation != inc {
+                    return false;
+                }
+                self.start(node)
+            }
             Ev::Timer {
                 node,
                 inc,
@@ -939,7 +948,8 @@ impl World {
 
     /// Start a crashed node again after `after`.
     pub fn restart_after(&mut self, node: NodeIdx, after: Duration) {
-        self.schedule(self.now + after, Ev::Start { node });
+        let inc = self.nodes[node].incarnation;
+        self.schedule(self.now + after, Ev::Start { node, inc });
     }
 
     /// Stall a node's process: nothing reaches it until `until` (its timers fire late).
@@ -1159,7 +1169,8 @@ impl World {
         for i in 0..self.nodes.len() {
             let down = self.nodes[i].proc == Proc::Down || self.failed.contains(&i);
             if down && !self.keep_down.contains(&i) {
-                self.schedule(self.now, Ev::Start { node: i });
+                let inc = self.nodes[i].incarnation;
+                self.schedule(self.now, Ev::Start { node: i, inc });
             }
         }
         let paused = self.nodes.iter().filter_map(|n| n.paused_until).max();
