@@ -36,6 +36,8 @@ struct Slot {
     serial: Tid,
     next_serial: Option<Tid>,
     data: Option<Arc<[u8]>>,
+    /// A backpointer revision's (undo, restore) serial whose data it shares.
+    data_serial: Option<Tid>,
     /// LRU neighbours: `prev` is more recently used.
     prev: u32,
     next: u32,
@@ -99,13 +101,15 @@ impl Cache {
     /// The revision a load asks for, if cached: `at` that serial, `before` the last one
     /// before it, neither the current one as of `last_tid`.
     pub fn get(&mut self, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> Option<Loaded> {
-        self.get_shared(oid, at, before)
-            .map(|(data, serial, next_serial)| Loaded {
-                data: data.map(|d| d.to_vec()),
-                serial,
-                next_serial,
-                data_serial: None,
-            })
+        let i = self.find(oid, at, before)?;
+        self.touch(i);
+        let s = &self.slots[i as usize];
+        Some(Loaded {
+            data: s.data.as_deref().map(<[u8]>::to_vec),
+            serial: s.serial,
+            next_serial: s.next_serial,
+            data_serial: s.data_serial,
+        })
     }
 
     /// As `get`, handing out the shared data: (data, serial, next_serial).
@@ -136,14 +140,16 @@ impl Cache {
         }
     }
 
-    /// Record a revision. A current one (`next_serial` None) replaces an older current
-    /// entry of the oid, and is dropped if a newer one is cached.
+    /// Record a revision (`data_serial`: the serial whose data a backpointer revision
+    /// shares). A current one (`next_serial` None) replaces an older current entry of the
+    /// oid, and is dropped if a newer one is cached.
     pub fn store(
         &mut self,
         oid: Oid,
         serial: Tid,
         next_serial: Option<Tid>,
         data: Option<Arc<[u8]>>,
+        data_serial: Option<Tid>,
     ) {
         if next_serial.is_some_and(|n| n <= serial) {
             return;
@@ -175,6 +181,7 @@ impl Cache {
             serial,
             next_serial,
             data,
+            data_serial,
             prev: NIL,
             next: NIL,
         };
@@ -338,8 +345,8 @@ mod tests {
         let mut c = Cache::new(1 << 20);
         let o = Oid(1);
         c.set_last_tid(Some(Tid(10)));
-        c.store(o, Tid(3), Some(Tid(7)), d(b"a"));
-        c.store(o, Tid(7), None, d(b"b"));
+        c.store(o, Tid(3), Some(Tid(7)), d(b"a"), None);
+        c.store(o, Tid(7), None, d(b"b"), None);
         assert_eq!(
             c.get(o, Some(Tid(3)), None).unwrap().data,
             Some(b"a".to_vec())
@@ -367,10 +374,10 @@ mod tests {
         c.set_last_tid(Some(Tid(100)));
         let v = vec![0u8; 100];
         for k in 1..=3 {
-            c.store(Oid(k), Tid(1), None, d(&v));
+            c.store(Oid(k), Tid(1), None, d(&v), None);
         }
         assert!(c.get(Oid(1), None, None).is_some()); // 1 is now the most recent
-        c.store(Oid(4), Tid(1), None, d(&v));
+        c.store(Oid(4), Tid(1), None, d(&v), None);
         assert!(
             c.get(Oid(2), None, None).is_none(),
             "2 was the least recent"
@@ -378,7 +385,7 @@ mod tests {
         assert!(c.get(Oid(1), None, None).is_some());
         assert!(c.get(Oid(3), None, None).is_some());
         assert!(c.get(Oid(4), None, None).is_some());
-        c.store(Oid(5), Tid(1), None, d(&vec![0u8; 10_000]));
+        c.store(Oid(5), Tid(1), None, d(&vec![0u8; 10_000]), None);
         assert!(c.get(Oid(5), None, None).is_none(), "bigger than the cache");
         c.check().unwrap();
         c.drop_current();
@@ -390,12 +397,25 @@ mod tests {
     fn a_stale_current_revision_does_not_replace_a_newer_one() {
         let mut c = Cache::new(1 << 20);
         c.set_last_tid(Some(Tid(10)));
-        c.store(Oid(1), Tid(8), None, d(b"new"));
-        c.store(Oid(1), Tid(5), None, d(b"old"));
+        c.store(Oid(1), Tid(8), None, d(b"new"), None);
+        c.store(Oid(1), Tid(5), None, d(b"old"), None);
         assert_eq!(c.get(Oid(1), None, None).unwrap().serial, Tid(8));
-        c.store(Oid(1), Tid(9), None, d(b"newer"));
+        c.store(Oid(1), Tid(9), None, d(b"newer"), None);
         assert_eq!(c.get(Oid(1), None, None).unwrap().serial, Tid(9));
         assert_eq!(c.len(), 1);
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn a_backpointer_revision_keeps_its_data_serial() {
+        let mut c = Cache::new(1 << 20);
+        c.set_last_tid(Some(Tid(10)));
+        c.store(Oid(1), Tid(3), Some(Tid(9)), d(b"a"), None);
+        c.store(Oid(1), Tid(9), None, d(b"a"), Some(Tid(3)));
+        let l = c.get(Oid(1), None, None).unwrap();
+        assert_eq!((l.serial, l.data_serial), (Tid(9), Some(Tid(3))));
+        assert_eq!(l.data.as_deref(), Some(&b"a"[..]));
+        assert_eq!(c.get(Oid(1), Some(Tid(3)), None).unwrap().data_serial, None);
         c.check().unwrap();
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod cache;
+mod query;
 #[cfg(test)]
 mod tests;
 
@@ -23,6 +24,7 @@ use tracing::{debug, info, warn};
 
 pub use api::*;
 pub use cache::{Cache, SharedCache};
+use query::{Query, QueryId, QueryOp};
 
 use super::core::{Follower, Node};
 use super::link::Links;
@@ -116,6 +118,14 @@ pub enum Asked {
     Finish(TxnRef),
     FinalTid(TxnRef),
     FinalTidStorage(TxnRef, Nid),
+    /// A query's request to storage `nid`, covering `parts`.
+    Query {
+        q: QueryId,
+        nid: Nid,
+        parts: Vec<u32>,
+    },
+    /// AskPack of the primary.
+    Pack(CallId),
 }
 
 struct Inflight {
@@ -138,6 +148,16 @@ struct Inflight {
     latest: bool,
 }
 
+/// What a write call stores.
+enum Write {
+    /// readCurrent.
+    Check,
+    /// New data, or None: a deletion.
+    Data(Option<Vec<u8>>),
+    /// A revision sharing the data of the object at that serial (undo, restore).
+    Backpointer(Tid),
+}
+
 /// One storage's answer to a store or check.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Ans {
@@ -153,6 +173,8 @@ struct Obj {
     serial: Tid,
     /// Uncompressed, for conflicts and the cache.
     data: Option<Arc<[u8]>>,
+    /// A backpointer store: the serial whose data the revision shares (`data` is None).
+    data_serial: Option<Tid>,
     check_only: bool,
     gen: u64,
     cells: BTreeMap<Nid, Ans>,
@@ -236,6 +258,8 @@ pub struct Client {
     inflight: u64,
     /// Store calls whose Done waits for bytes in flight to drop.
     held: VecDeque<CallId>,
+    queries: BTreeMap<QueryId, Query>,
+    next_query: QueryId,
 }
 
 impl Client {
@@ -268,6 +292,8 @@ impl Client {
             next_gen: 1,
             inflight: 0,
             held: VecDeque::new(),
+            queries: BTreeMap::new(),
+            next_query: 1,
         }
     }
 
@@ -419,22 +445,28 @@ impl Client {
                 self.links.ask_waiting(cx, m, begin, Asked::Begin(id));
             }
             Op::Store {
+                data: Some(_),
                 data_serial: Some(_),
                 ..
-            } => self.reply(
-                cx,
-                id,
-                Err(ClientError::Invalid("backpointer stores: not yet".into())),
-            ),
+            } => {
+                let e = ClientError::Invalid("a store has data or a backpointer, not both".into());
+                self.reply(cx, id, Err(e))
+            }
             Op::Store {
                 txn,
                 oid,
                 serial,
                 data,
-                data_serial: None,
-            } => self.write(cx, id, txn, oid, serial, Some(data)),
+                data_serial,
+            } => {
+                let what = match data_serial {
+                    Some(s) => Write::Backpointer(s),
+                    None => Write::Data(data),
+                };
+                self.write(cx, id, txn, oid, serial, what)
+            }
             Op::CheckCurrentSerial { txn, oid, serial } => {
-                self.write(cx, id, txn, oid, serial, None)
+                self.write(cx, id, txn, oid, serial, Write::Check)
             }
             Op::Vote {
                 txn,
@@ -456,8 +488,82 @@ impl Client {
             | Op::History { .. }
             | Op::UndoLog { .. }
             | Op::TidsFrom { .. }
-            | Op::Pack { .. } => self.reply(cx, id, Err(ClientError::Invalid("not yet".into()))),
+            | Op::Pack { .. } => self.serve_query(cx, call),
         }
+    }
+
+    /// The calls that read the transaction log, history and undo information, and pack.
+    fn serve_query(&mut self, cx: &mut Ctx, call: Call) {
+        if !self.ready() {
+            return self.park(cx, call);
+        }
+        let id = call.id;
+        let part = |s: &Self, x: u64| s.partition(x).expect("ready: a table");
+        let np = self.pt.as_ref().map_or(0, |pt| pt.partitions() as u32);
+        let (op, parts) = match call.op {
+            Op::TransactionInfo { tid } => (QueryOp::TransactionInfo(tid), vec![part(self, tid.0)]),
+            Op::UndoSerials { txn, undone, oids } => {
+                let ttid = match Self::open_txn(&mut self.txns, txn) {
+                    Ok(t) => t.ttid,
+                    Err(e) => return self.reply(cx, id, Err(e)),
+                };
+                let Some(last) = self.last_tid else {
+                    return self.reply(cx, id, Err(ClientError::UnknownTransaction(undone)));
+                };
+                let mut seen = BTreeSet::new();
+                let oids: Vec<Oid> = oids.into_iter().filter(|o| seen.insert(*o)).collect();
+                let mut by_part: BTreeMap<u32, Vec<Oid>> = BTreeMap::new();
+                for &o in &oids {
+                    by_part.entry(part(self, o.0)).or_default().push(o);
+                }
+                let parts = by_part.keys().copied().collect();
+                let op = QueryOp::UndoSerials {
+                    ttid,
+                    ltid: cache::next_tid(last),
+                    undone,
+                    oids,
+                    by_part,
+                };
+                (op, parts)
+            }
+            Op::History { oid, size } => (QueryOp::History { oid, size }, vec![part(self, oid.0)]),
+            Op::UndoLog { first, last } => {
+                if last <= first {
+                    return self.reply(cx, id, Ok(Outcome::Tids(vec![])));
+                }
+                (QueryOp::UndoLog { first, last }, (0..np).collect())
+            }
+            Op::TidsFrom { min, max, limit } => {
+                // Never past our snapshot: its invalidations are not delivered yet.
+                let max = match self.last_tid {
+                    Some(l) => max.min(l),
+                    None => return self.reply(cx, id, Ok(Outcome::Tids(vec![]))),
+                };
+                if min > max || limit == 0 {
+                    return self.reply(cx, id, Ok(Outcome::Tids(vec![])));
+                }
+                (QueryOp::TidsFrom { min, max, limit }, (0..np).collect())
+            }
+            Op::Pack { tid } => {
+                if tid == Tid::ZERO || self.last_tid.is_none_or(|l| tid > l) {
+                    let e = ClientError::Invalid(format!(
+                        "pack at {tid}: not in (0, last transaction {:?}]",
+                        self.last_tid
+                    ));
+                    return self.reply(cx, id, Err(e));
+                }
+                let m = self.master.conn().expect("ready");
+                // Packing a large database takes long: no deadline but the primary's link.
+                self.links
+                    .ask_waiting(cx, m, Packet::AskPack { tid }, Asked::Pack(id));
+                return;
+            }
+            other => {
+                let e = ClientError::Invalid(format!("not a query: {other:?}"));
+                return self.reply(cx, id, Err(e));
+            }
+        };
+        self.query(cx, id, op, parts);
     }
 
     fn park(&mut self, cx: &mut Ctx, call: Call) {
@@ -624,6 +730,22 @@ impl Client {
             }
             (Asked::Finish(txn), Packet::Error { code, message }) => {
                 self.fail_txn(cx, txn, format!("{code}: {message}"));
+            }
+            (Asked::Pack(call), Packet::AnswerPack { status }) => {
+                let result = if status {
+                    Ok(Outcome::Done)
+                } else {
+                    Err(ClientError::Unavailable("the cluster did not pack".into()))
+                };
+                self.reply(cx, call, result);
+            }
+            (Asked::Pack(call), Packet::Error { code, message }) => {
+                let why = format!("pack: {code}: {message}");
+                let e = match code {
+                    ErrorCode::ProtocolError => ClientError::Invalid(why),
+                    _ => ClientError::Unavailable(why),
+                };
+                self.reply(cx, call, Err(e));
             }
             (Asked::FinalTid(txn), Packet::AnswerFinalTID { tid }) => match tid {
                 None => self.fail_txn(cx, txn, "aborted (the primary says)".into()),
@@ -885,7 +1007,17 @@ impl Client {
     ) {
         match asked {
             Asked::Load(key, _) => self.load_answered(cx, conn, key, nid, packet),
+            Asked::Query { q, parts, .. } => self.query_answered(cx, conn, nid, q, parts, packet),
             Asked::Write { txn, oid, gen, .. } => {
+                if let Packet::Error {
+                    code: ErrorCode::UndoPackError,
+                    message,
+                } = &packet
+                {
+                    // The data an undo points back to is gone: no cell would take it.
+                    let why = format!("undo of {oid}: {message} (packed away)");
+                    self.fail_txn(cx, txn, why);
+                }
                 let ans = match packet {
                     Packet::AnswerStoreObject { conflict }
                     | Packet::AnswerCheckCurrentSerial { conflict } => match conflict {
@@ -979,32 +1111,51 @@ impl Client {
 
     /// Send a load to a readable cell not tried yet, or fail it.
     fn load_send(&mut self, cx: &mut Ctx, key: LoadKey) {
+        let Some(l) = self.loads.get_mut(&key) else {
+            return;
+        };
+        let mut tried = std::mem::take(&mut l.tried);
+        let packet = Packet::AskObject {
+            oid: key.oid,
+            at: key.at,
+            before: key.before,
+        };
+        let sent = self.ask_readable(cx, key.oid.0, &mut tried, &packet, |nid| {
+            Asked::Load(key, nid)
+        });
+        let Some(l) = self.loads.get_mut(&key) else {
+            return;
+        };
+        l.tried = tried;
+        if sent.is_none() {
+            let e = match l.wrong {
+                Some(serial) => ClientError::WrongChecksum {
+                    oid: key.oid,
+                    serial,
+                },
+                None => ClientError::Unavailable(format!("no readable cell for {}", key.oid)),
+            };
+            self.load_done(cx, key, Err(e));
+        }
+    }
+
+    /// Send `packet` to a readable cell of partition(id) not in `tried`, going on to the
+    /// next while a cell cannot be reached (each into `tried`): the cell asked, or None
+    /// when none is left.
+    fn ask_readable(
+        &mut self,
+        cx: &mut Ctx,
+        id: u64,
+        tried: &mut BTreeSet<Nid>,
+        packet: &Packet,
+        asked: impl Fn(Nid) -> Asked,
+    ) -> Option<Nid> {
         loop {
-            let Some(l) = self.loads.get(&key) else {
-                return;
-            };
-            let (tried, wrong) = (l.tried.clone(), l.wrong);
-            let Some(nid) = self.pick_readable(cx, key.oid.0, &tried) else {
-                let e = match wrong {
-                    Some(serial) => ClientError::WrongChecksum {
-                        oid: key.oid,
-                        serial,
-                    },
-                    None => ClientError::Unavailable(format!("no readable cell for {}", key.oid)),
-                };
-                return self.load_done(cx, key, Err(e));
-            };
-            let packet = Packet::AskObject {
-                oid: key.oid,
-                at: key.at,
-                before: key.before,
-            };
-            if self.send_storage(cx, nid, packet, Some(Asked::Load(key, nid))) {
-                return;
+            let nid = self.pick_readable(cx, id, tried)?;
+            if self.send_storage(cx, nid, packet.clone(), Some(asked(nid))) {
+                return Some(nid);
             }
-            if let Some(l) = self.loads.get_mut(&key) {
-                l.tried.insert(nid);
-            }
+            tried.insert(nid);
         }
     }
 
@@ -1111,9 +1262,8 @@ impl Client {
                     });
                 let next_serial = next_serial.or(invalidated);
                 let shared: Option<Arc<[u8]>> = data.as_deref().map(Arc::from);
-                // Backpointers are not cached, so that a hit never lacks its data_serial.
-                if data_serial.is_none() && (next_serial.is_some() || (latest && !unknown)) {
-                    self.with_cache(|c| c.store(oid, serial, next_serial, shared));
+                if next_serial.is_some() || (latest && !unknown) {
+                    self.with_cache(|c| c.store(oid, serial, next_serial, shared, data_serial));
                 }
                 let loaded = Loaded {
                     data,
@@ -1164,8 +1314,7 @@ impl Client {
         Ok(t)
     }
 
-    /// A store (`data` Some: the object's new data or None for a deletion) or a readCurrent
-    /// check (`data` None).
+    /// A store (of data, a deletion or a backpointer) or a readCurrent check.
     fn write(
         &mut self,
         cx: &mut Ctx,
@@ -1173,7 +1322,7 @@ impl Client {
         txn: TxnRef,
         oid: Oid,
         serial: Tid,
-        data: Option<Option<Vec<u8>>>,
+        what: Write,
     ) {
         let compress = self.cfg.compress;
         let Some(part) = self.partition(oid.0) else {
@@ -1192,7 +1341,7 @@ impl Client {
             Ok(t) => t,
             Err(e) => return self.reply(cx, call, Err(e)),
         };
-        let check_only = data.is_none();
+        let check_only = matches!(what, Write::Check);
         if check_only && t.objects.get(&oid).is_some_and(|o| !o.check_only) {
             // Already write-locked by our store.
             return self.reply(cx, call, Ok(Outcome::Done));
@@ -1202,21 +1351,26 @@ impl Client {
             self.inflight -= old.bytes;
         }
         let ttid = t.ttid;
-        let (packet, plain) = match data {
-            None => (Packet::AskCheckCurrentSerial { ttid, oid, serial }, None),
-            Some(None) => (
+        let data_serial = match what {
+            Write::Backpointer(s) => Some(s),
+            _ => None,
+        };
+        let (packet, plain) = match what {
+            Write::Check => (Packet::AskCheckCurrentSerial { ttid, oid, serial }, None),
+            // NEO sends a backpointer as a deletion that names the serial it points to.
+            Write::Data(None) | Write::Backpointer(_) => (
                 Packet::AskStoreObject {
                     oid,
                     serial,
                     compression: 0,
                     checksum: ZERO_HASH,
                     data: None,
-                    data_serial: None,
+                    data_serial,
                     ttid,
                 },
                 None,
             ),
-            Some(Some(plain)) => {
+            Write::Data(Some(plain)) => {
                 let (compression, stored) = match compress.then(|| zlib(&plain)).flatten() {
                     Some(z) if z.len() < plain.len() => (1, z),
                     _ => (0, plain.clone()),
@@ -1266,6 +1420,7 @@ impl Client {
             Obj {
                 serial,
                 data: plain,
+                data_serial,
                 check_only,
                 gen,
                 cells: answers,
@@ -1609,7 +1764,7 @@ impl Client {
                 if checked_in_oids {
                     oids.push(oid);
                 }
-            } else if o.data.is_none() {
+            } else if o.data.is_none() && o.data_serial.is_none() {
                 deleted.insert(part(self, oid));
             } else {
                 oids.push(oid);
@@ -1650,8 +1805,9 @@ impl Client {
                     continue;
                 }
                 c.invalidate(oid, tid);
-                if exact {
-                    c.store(oid, tid, None, o.data.clone());
+                // A backpointer's data is not here: its next load caches it.
+                if exact && o.data_serial.is_none() {
+                    c.store(oid, tid, None, o.data.clone(), None);
                 }
             }
             c.set_last_tid(last);
@@ -1802,6 +1958,14 @@ impl Client {
                 }
             }
             Asked::FinalTid(txn) | Asked::FinalTidStorage(txn, _) => self.final_unasked(txn),
+            Asked::Query { q, nid, parts } => {
+                self.failed_at.insert(nid, cx.elapsed());
+                self.query_failed(cx, q, nid, parts);
+            }
+            Asked::Pack(call) => {
+                let e = ClientError::Unavailable("lost the primary while packing".into());
+                self.reply(cx, call, Err(e));
+            }
         }
     }
 
@@ -1817,6 +1981,7 @@ impl Client {
         }
         self.parked.clear();
         self.loads.clear();
+        self.queries_clear();
         self.oid_waiters.clear();
         self.held.clear();
         self.txns.clear();

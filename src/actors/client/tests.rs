@@ -8,7 +8,7 @@ use sha1::{Digest, Sha1};
 use super::*;
 use crate::actors::testing::{first_connect, Harness};
 use crate::actors::{Command, Effect, Event};
-use crate::proto::{Address, CellState, ClusterState, Data, NodeInfo, Ptid, WallTime};
+use crate::proto::{Address, CellState, ClusterState, Data, NodeInfo, Ptid, UndoSerial, WallTime};
 
 const S1: Nid = Nid(0x00_0001);
 const S2: Nid = Nid(0x00_0002);
@@ -1294,7 +1294,7 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
                 data,
                 data_serial: None,
             }),
-        (1u64..4, oid).prop_map(|(txn, oid)| Op::CheckCurrentSerial {
+        (1u64..4, oid.clone()).prop_map(|(txn, oid)| Op::CheckCurrentSerial {
             txn,
             oid,
             serial: Tid(1)
@@ -1302,6 +1302,29 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         (1u64..4).prop_map(vote_op),
         (1u64..4).prop_map(|txn| Op::Finish { txn }),
         (1u64..4).prop_map(|txn| Op::Abort { txn }),
+        (1u64..4, oid.clone(), 0u64..300).prop_map(|(txn, oid, s)| Op::Store {
+            txn,
+            oid,
+            serial: Tid(1),
+            data: None,
+            data_serial: Some(Tid(s)),
+        }),
+        (0u64..300).prop_map(|t| Op::TransactionInfo { tid: Tid(t) }),
+        (1u64..4, proptest::collection::vec(0u64..6, 0..4)).prop_map(|(txn, oids)| {
+            Op::UndoSerials {
+                txn,
+                undone: Tid(50),
+                oids: oids.into_iter().map(Oid).collect(),
+            }
+        }),
+        (oid.clone(), 0u32..5).prop_map(|(oid, size)| Op::History { oid, size }),
+        (0u64..5, 0u64..10).prop_map(|(first, last)| Op::UndoLog { first, last }),
+        (0u64..300, 0u64..300, 0u32..5).prop_map(|(a, b, limit)| Op::TidsFrom {
+            min: Tid(a),
+            max: Tid(b),
+            limit
+        }),
+        (0u64..300).prop_map(|t| Op::Pack { tid: Tid(t) }),
     ]
 }
 
@@ -1558,4 +1581,595 @@ fn zlib_reuses_its_compressor_and_declines_what_does_not_shrink() {
         .collect();
     assert_eq!(zlib(&noise), None);
     assert_eq!(zlib(b""), None);
+}
+
+// ---- undo, history, iteration, pack (neo-spec 6.13 to 6.15) ----
+
+fn info(tid: Tid, oids: Vec<Oid>) -> Packet {
+    Packet::AnswerTransactionInformation {
+        tid,
+        user: Data(b"u".to_vec()),
+        description: Data(b"d".to_vec()),
+        extension: Data(vec![]),
+        packed: false,
+        oids,
+    }
+}
+
+#[test]
+fn transaction_info_retries_another_cell_and_names_an_unknown_tid() {
+    let mut w = World::new(config(false), None);
+    let tid = Tid(90); // partition 0: S1 and S2
+    let (c, out) = w.call(Op::TransactionInfo { tid });
+    let sends = w.storage_sends(&out);
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    let (first, id, p) = sends[0].clone();
+    assert_eq!(p, Packet::AskTransactionInformation { tid });
+    let refused = Packet::error(ErrorCode::NonReadableCell, "no");
+    let out = w.answer(w.storages[&first], id, refused);
+    assert!(replies(&out).is_empty());
+    let (second, id, _) = w.storage_sends(&out)[0].clone();
+    assert_ne!(first, second, "another cell");
+    let out = w.answer(w.storages[&second], id, info(tid, vec![Oid(2), Oid(3)]));
+    assert_eq!(
+        World::reply_of(&out, c),
+        Ok(Outcome::Transaction(TransactionInfo {
+            tid,
+            user: b"u".to_vec(),
+            description: b"d".to_vec(),
+            extension: vec![],
+            packed: false,
+            oids: vec![Oid(2), Oid(3)],
+        }))
+    );
+    // Every cell refuses: unavailable, answered once.
+    let (c, out) = w.call(Op::TransactionInfo { tid });
+    let (n1, id, _) = w.storage_sends(&out)[0].clone();
+    let out = w.answer(w.storages[&n1], id, Packet::error(ErrorCode::NotReady, "x"));
+    let (n2, id, _) = w.storage_sends(&out)[0].clone();
+    let out = w.answer(w.storages[&n2], id, Packet::error(ErrorCode::NotReady, "x"));
+    assert!(matches!(
+        World::reply_of(&out, c),
+        Err(ClientError::Unavailable(_))
+    ));
+    // Unknown.
+    let (c, out) = w.call(Op::TransactionInfo { tid: Tid(91) });
+    let (nid, id, _) = w.storage_sends(&out)[0].clone();
+    assert_eq!(nid, S2, "partition 1: S2 only");
+    let out = w.answer(
+        w.storages[&nid],
+        id,
+        Packet::error(ErrorCode::TidNotFound, "no"),
+    );
+    assert_eq!(
+        World::reply_of(&out, c),
+        Err(ClientError::UnknownTransaction(Tid(91)))
+    );
+    // An answer about another transaction is a broken storage: closed, asked elsewhere.
+    let (c, out) = w.call(Op::TransactionInfo { tid });
+    let (n1, id, _) = w.storage_sends(&out)[0].clone();
+    let out = w.answer(w.storages[&n1], id, info(Tid(92), vec![]));
+    assert!(out
+        .iter()
+        .any(|e| matches!(e, Effect::Close { conn } if *conn == w.storages[&n1])));
+    let sends = w.storage_sends(&out);
+    let (n2, id, _) = sends.last().unwrap().clone();
+    assert_ne!(n1, n2);
+    let out = w.answer(w.storages[&n2], id, info(tid, vec![]));
+    assert!(matches!(
+        World::reply_of(&out, c),
+        Ok(Outcome::Transaction(_))
+    ));
+    w.h.actor.check_invariants().unwrap();
+}
+
+#[test]
+fn transaction_info_survives_a_lost_connection() {
+    let mut w = World::new(config(false), None);
+    let tid = Tid(90);
+    let (c, out) = w.call(Op::TransactionInfo { tid });
+    let (first, _, _) = w.storage_sends(&out)[0].clone();
+    let out = w.h.handle(Event::Closed {
+        conn: w.storages[&first],
+        reason: CloseReason::Reset,
+    });
+    let sends = w.storage_sends(&out);
+    let (second, id, _) = sends.last().expect("asked elsewhere").clone();
+    assert_ne!(first, second);
+    let out = w.answer(w.storages[&second], id, info(tid, vec![]));
+    assert!(matches!(
+        World::reply_of(&out, c),
+        Ok(Outcome::Transaction(_))
+    ));
+}
+
+#[test]
+fn undo_serials_ask_each_partition_and_merge_in_the_asked_order() {
+    let mut w = World::new(config(false), None);
+    let (txn, ttid) = w.begin();
+    let s = |current, undo: Option<u64>, is_current| UndoSerial {
+        current: Tid(current),
+        undo: undo.map(Tid),
+        is_current,
+    };
+    let (c, out) = w.call(Op::UndoSerials {
+        txn,
+        undone: Tid(80),
+        oids: vec![Oid(3), Oid(2), Oid(4), Oid(3)],
+    });
+    let sends = w.storage_sends(&out);
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    let mut out = vec![];
+    for (nid, id, p) in &sends {
+        let Packet::AskObjectUndoSerial {
+            ttid: t,
+            ltid,
+            undone_tid,
+            oids,
+        } = p
+        else {
+            panic!("{p:?}")
+        };
+        assert_eq!((*t, *ltid, *undone_tid), (ttid, Tid(101), Tid(80)));
+        let serials = match oids.as_slice() {
+            [Oid(3)] => {
+                assert_eq!(*nid, S2);
+                vec![(Oid(3), s(90, Some(70), false))]
+            }
+            [Oid(2), Oid(4)] => vec![(Oid(4), s(80, None, true)), (Oid(2), s(80, Some(60), true))],
+            other => panic!("{other:?}"),
+        };
+        out.extend(w.answer(
+            w.storages[nid],
+            *id,
+            Packet::AnswerObjectUndoSerial { serials },
+        ));
+    }
+    assert_eq!(
+        World::reply_of(&out, c),
+        Ok(Outcome::UndoSerials(vec![
+            (Oid(3), s(90, Some(70), false)),
+            (Oid(2), s(80, Some(60), true)),
+            (Oid(4), s(80, None, true)),
+        ]))
+    );
+    // A revision packed away: the undo cannot be done.
+    let (c, out) = w.call(Op::UndoSerials {
+        txn,
+        undone: Tid(80),
+        oids: vec![Oid(3)],
+    });
+    let (nid, id, _) = w.storage_sends(&out)[0].clone();
+    let out = w.answer(
+        w.storages[&nid],
+        id,
+        Packet::error(ErrorCode::OidNotFound, "x"),
+    );
+    assert!(matches!(
+        World::reply_of(&out, c),
+        Err(ClientError::UndoFailed(_))
+    ));
+    // An entry for an oid not asked is a broken storage.
+    let (c, out) = w.call(Op::UndoSerials {
+        txn,
+        undone: Tid(80),
+        oids: vec![Oid(3)],
+    });
+    let (nid, id, _) = w.storage_sends(&out)[0].clone();
+    let wrong = Packet::AnswerObjectUndoSerial {
+        serials: vec![(Oid(5), s(90, Some(70), false))],
+    };
+    let out = w.answer(w.storages[&nid], id, wrong);
+    assert!(
+        matches!(World::reply_of(&out, c), Err(ClientError::Unavailable(_))),
+        "no other cell of partition 1"
+    );
+    // Not in an open transaction.
+    let (c, out) = w.call(Op::UndoSerials {
+        txn: 99,
+        undone: Tid(80),
+        oids: vec![Oid(3)],
+    });
+    assert!(matches!(
+        World::reply_of(&out, c),
+        Err(ClientError::Invalid(_))
+    ));
+}
+
+#[test]
+fn history_asks_the_object_s_partition() {
+    let mut w = World::new(config(false), None);
+    let (c, out) = w.call(Op::History {
+        oid: Oid(3),
+        size: 5,
+    });
+    let sends = w.storage_sends(&out);
+    assert_eq!(
+        sends[0].2,
+        Packet::AskObjectHistory {
+            oid: Oid(3),
+            first: 0,
+            last: 5
+        }
+    );
+    let history = vec![(Tid(90), 10), (Tid(70), 4)];
+    let out = w.answer(
+        w.storages[&sends[0].0],
+        sends[0].1,
+        Packet::AnswerObjectHistory {
+            oid: Oid(3),
+            history: history.clone(),
+        },
+    );
+    assert_eq!(World::reply_of(&out, c), Ok(Outcome::History(history)));
+    let (c, out) = w.call(Op::History {
+        oid: Oid(3),
+        size: 5,
+    });
+    let (nid, id, _) = w.storage_sends(&out)[0].clone();
+    let out = w.answer(
+        w.storages[&nid],
+        id,
+        Packet::error(ErrorCode::OidDoesNotExist, "x"),
+    );
+    assert_eq!(
+        World::reply_of(&out, c),
+        Err(ClientError::DoesNotExist(Oid(3)))
+    );
+}
+
+#[test]
+fn the_undo_log_asks_every_storage_and_cuts_the_merged_log() {
+    let mut w = World::new(config(false), None);
+    let (c, out) = w.call(Op::UndoLog { first: 1, last: 4 });
+    let sends = w.storage_sends(&out);
+    assert_eq!(sends.len(), 2, "S1 and S2: {sends:?}");
+    let ask = Packet::AskTIDs {
+        first: 0,
+        last: 4,
+        partition: None,
+    };
+    assert!(sends.iter().all(|(_, _, p)| *p == ask));
+    let mut out = vec![];
+    for (nid, id, _) in &sends {
+        let tids = match *nid {
+            S1 => vec![Tid(98), Tid(96), Tid(94), Tid(92)],
+            _ => vec![Tid(99), Tid(98), Tid(97), Tid(96)],
+        };
+        out.extend(w.answer(w.storages[nid], *id, Packet::AnswerTIDs { tids }));
+    }
+    assert_eq!(
+        World::reply_of(&out, c),
+        Ok(Outcome::Tids(vec![Tid(98), Tid(97), Tid(96)]))
+    );
+    // S2 fails: partition 1 has no other cell.
+    let (c, out) = w.call(Op::UndoLog { first: 0, last: 4 });
+    let sends = w.storage_sends(&out);
+    let (_, id1, _) = sends.iter().find(|s| s.0 == S1).unwrap().clone();
+    let out = w.answer(
+        w.storages[&S1],
+        id1,
+        Packet::AnswerTIDs {
+            tids: vec![Tid(98)],
+        },
+    );
+    assert!(replies(&out).is_empty(), "partition 1 not covered yet");
+    let out = w.h.handle(Event::Closed {
+        conn: w.storages[&S2],
+        reason: CloseReason::Reset,
+    });
+    assert!(matches!(
+        World::reply_of(&out, c),
+        Err(ClientError::Unavailable(_))
+    ));
+    // S1 fails: S2 covers partition 0 too.
+    let (c, out) = w.call(Op::UndoLog { first: 0, last: 4 });
+    let sends = w.storage_sends(&out);
+    let (_, id2, _) = sends.iter().find(|s| s.0 == S2).unwrap().clone();
+    let out = w.answer(
+        w.storages[&S1],
+        sends.iter().find(|s| s.0 == S1).unwrap().1,
+        Packet::error(ErrorCode::NonReadableCell, "x"),
+    );
+    assert!(replies(&out).is_empty());
+    assert!(
+        w.storage_sends(&out).is_empty(),
+        "S2's request covers partition 0"
+    );
+    let out = w.answer(
+        w.storages[&S2],
+        id2,
+        Packet::AnswerTIDs {
+            tids: vec![Tid(99), Tid(98)],
+        },
+    );
+    assert_eq!(
+        World::reply_of(&out, c),
+        Ok(Outcome::Tids(vec![Tid(99), Tid(98)]))
+    );
+}
+
+#[test]
+fn tids_from_asks_each_partition_below_the_snapshot() {
+    let mut w = World::new(config(false), None);
+    let (c, out) = w.call(Op::TidsFrom {
+        min: Tid(10),
+        max: Tid(500),
+        limit: 3,
+    });
+    let sends = w.storage_sends(&out);
+    assert_eq!(sends.len(), 2);
+    let mut out = vec![];
+    for (nid, id, p) in &sends {
+        let Packet::AskTIDsFrom {
+            min_tid,
+            max_tid,
+            length,
+            partition,
+        } = p
+        else {
+            panic!("{p:?}")
+        };
+        assert_eq!((*min_tid, *max_tid, *length), (Tid(10), Tid(100), 3));
+        let tids = match partition {
+            0 => vec![Tid(12), Tid(14), Tid(40)],
+            _ => vec![Tid(11), Tid(41)],
+        };
+        out.extend(w.answer(w.storages[nid], *id, Packet::AnswerTIDsFrom { tids }));
+    }
+    assert_eq!(
+        World::reply_of(&out, c),
+        Ok(Outcome::Tids(vec![Tid(11), Tid(12), Tid(14)]))
+    );
+    // A TID of another partition is a broken storage.
+    let (c, out) = w.call(Op::TidsFrom {
+        min: Tid(10),
+        max: Tid(500),
+        limit: 3,
+    });
+    let sends = w.storage_sends(&out);
+    let (nid, id, _) = sends
+        .iter()
+        .find(|s| matches!(s.2, Packet::AskTIDsFrom { partition: 1, .. }))
+        .unwrap()
+        .clone();
+    let out = w.answer(
+        w.storages[&nid],
+        id,
+        Packet::AnswerTIDsFrom {
+            tids: vec![Tid(12)],
+        },
+    );
+    assert!(matches!(
+        World::reply_of(&out, c),
+        Err(ClientError::Unavailable(_))
+    ));
+    // Nothing past the snapshot.
+    let (c, out) = w.call(Op::TidsFrom {
+        min: Tid(101),
+        max: Tid(500),
+        limit: 3,
+    });
+    assert_eq!(World::reply_of(&out, c), Ok(Outcome::Tids(vec![])));
+}
+
+#[test]
+fn pack_asks_the_primary_within_the_snapshot() {
+    let mut w = World::new(config(false), None);
+    let (c, out) = w.call(Op::Pack { tid: Tid(101) });
+    assert!(matches!(
+        World::reply_of(&out, c),
+        Err(ClientError::Invalid(_))
+    ));
+    let (c, out) = w.call(Op::Pack { tid: Tid(100) });
+    let (mid, p) = msgs(&out, w.m).pop().expect("asks the primary");
+    assert_eq!(p, Packet::AskPack { tid: Tid(100) });
+    // Packing takes as long as it takes: no deadline of its own.
+    for _ in 0..40 {
+        w.h.elapsed += Duration::from_secs(1);
+        let out = w.h.tick();
+        for (id, p) in msgs(&out, w.m) {
+            if p == Packet::Ping {
+                w.answer(w.m, id, Packet::Pong);
+            }
+        }
+        assert!(replies(&out).is_empty());
+    }
+    let out = w.answer(w.m, mid, Packet::AnswerPack { status: true });
+    assert_eq!(World::reply_of(&out, c), Ok(Outcome::Done));
+    // The primary lost while packing: answered.
+    let (c, _) = w.call(Op::Pack { tid: Tid(100) });
+    let out = w.h.handle(Event::Closed {
+        conn: w.m,
+        reason: CloseReason::Reset,
+    });
+    assert!(matches!(
+        World::reply_of(&out, c),
+        Err(ClientError::Unavailable(_))
+    ));
+}
+
+#[test]
+fn a_read_only_client_refuses_undo_and_pack() {
+    let mut w = World::new(config(true), None);
+    for op in [
+        Op::Pack { tid: Tid(100) },
+        Op::UndoSerials {
+            txn: 1,
+            undone: Tid(80),
+            oids: vec![Oid(1)],
+        },
+    ] {
+        let (c, out) = w.call(op);
+        assert_eq!(World::reply_of(&out, c), Err(ClientError::ReadOnly));
+    }
+    // Reads are fine.
+    let (_, out) = w.call(Op::History {
+        oid: Oid(1),
+        size: 1,
+    });
+    assert_eq!(w.storage_sends(&out).len(), 1);
+}
+
+#[test]
+fn queries_wait_for_the_primary_then_time_out_and_are_answered_once_on_close() {
+    let mut w = World::new(config(false), None);
+    w.h.handle(Event::Closed {
+        conn: w.m,
+        reason: CloseReason::Reset,
+    });
+    let (c, out) = w.call(Op::TransactionInfo { tid: Tid(90) });
+    assert!(replies(&out).is_empty(), "parked");
+    let mut got = vec![];
+    for _ in 0..40 {
+        w.h.elapsed += Duration::from_secs(1);
+        got.extend(replies(&w.h.tick()));
+    }
+    assert!(
+        matches!(&got[..], [Reply { id, result: Err(ClientError::Unavailable(_)) }] if *id == c),
+        "{got:?}"
+    );
+    // Queries in flight when the client stops: Closed, once.
+    let mut w = World::new(config(false), None);
+    let (c1, _) = w.call(Op::UndoLog { first: 0, last: 10 });
+    let (c2, _) = w.call(Op::History {
+        oid: Oid(2),
+        size: 3,
+    });
+    let out = w.h.handle(Event::Local(Command::Shutdown));
+    for c in [c1, c2] {
+        assert_eq!(World::reply_of(&out, c), Err(ClientError::Closed));
+    }
+    assert!(w.h.actor.queries.is_empty());
+}
+
+#[test]
+fn a_backpointer_store_names_its_data_serial_and_is_invalidated_on_commit() {
+    let mut w = World::new(config(false), None);
+    let (txn, ttid) = w.begin();
+    let oid = Oid(2);
+    let (c, out) = w.call(Op::Store {
+        txn,
+        oid,
+        serial: Tid(80),
+        data: Some(b"x".to_vec()),
+        data_serial: Some(Tid(60)),
+    });
+    assert!(matches!(
+        World::reply_of(&out, c),
+        Err(ClientError::Invalid(_))
+    ));
+    let (c, out) = w.call(Op::Store {
+        txn,
+        oid,
+        serial: Tid(80),
+        data: None,
+        data_serial: Some(Tid(60)),
+    });
+    assert_eq!(World::reply_of(&out, c), Ok(Outcome::Done));
+    let sends = w.storage_sends(&out);
+    assert_eq!(sends.len(), 2);
+    for (_, _, p) in &sends {
+        assert_eq!(
+            *p,
+            Packet::AskStoreObject {
+                oid,
+                serial: Tid(80),
+                compression: 0,
+                checksum: ZERO_HASH,
+                data: None,
+                data_serial: Some(Tid(60)),
+                ttid,
+            }
+        );
+    }
+    let (vc, _) = w.call(vote_op(txn));
+    let mut out = vec![];
+    for (nid, id, _) in &sends {
+        out.extend(w.answer(
+            w.storages[nid],
+            *id,
+            Packet::AnswerStoreObject { conflict: None },
+        ));
+    }
+    let mut out2 = vec![];
+    for (nid, id, p) in &w.storage_sends(&out) {
+        let a = match p {
+            Packet::AskStoreTransaction { .. } => Packet::AnswerStoreTransaction,
+            _ => Packet::AnswerVoteTransaction,
+        };
+        out2.extend(w.answer(w.storages[nid], *id, a));
+    }
+    assert_eq!(World::reply_of(&out2, vc), Ok(Outcome::Done));
+    let (fc, out) = w.call(Op::Finish { txn });
+    let (mid, p) = msgs(&out, w.m).pop().unwrap();
+    assert_eq!(
+        p,
+        Packet::AskFinishTransaction {
+            ttid,
+            oids: vec![oid],
+            deleted: vec![],
+            checked: vec![]
+        },
+        "an undo invalidates, it is no deletion"
+    );
+    let tid = Tid(203);
+    let out = w.answer(w.m, mid, Packet::AnswerTransactionFinished { ttid, tid });
+    assert_eq!(World::reply_of(&out, fc), Ok(Outcome::Tid(Some(tid))));
+    assert!(
+        cache::lock(&w.h.actor.cache())
+            .get(oid, None, None)
+            .is_none(),
+        "its data is not known here"
+    );
+    // Its load caches the data with the backpointer.
+    let (c, out) = w.call(Op::Load {
+        oid,
+        at: None,
+        before: None,
+    });
+    let (nid, id, _) = w.storage_sends(&out)[0].clone();
+    let answer = Packet::AnswerObject {
+        oid,
+        serial: tid,
+        next_serial: None,
+        compression: 0,
+        checksum: sha(b"old"),
+        data: Some(Data(b"old".to_vec())),
+        data_serial: Some(Tid(60)),
+    };
+    let out = w.answer(w.storages[&nid], id, answer);
+    let l = loaded(World::reply_of(&out, c));
+    assert_eq!((l.serial, l.data_serial), (tid, Some(Tid(60))));
+    let (c, out) = w.call(Op::Load {
+        oid,
+        at: None,
+        before: None,
+    });
+    assert!(w.storage_sends(&out).is_empty(), "a hit");
+    assert_eq!(loaded(World::reply_of(&out, c)), l);
+}
+
+#[test]
+fn an_undo_whose_data_was_packed_away_fails_its_transaction() {
+    let mut w = World::new(config(false), None);
+    let (txn, _) = w.begin();
+    let (_, out) = w.call(Op::Store {
+        txn,
+        oid: Oid(3),
+        serial: Tid(80),
+        data: None,
+        data_serial: Some(Tid(60)),
+    });
+    let (nid, id, _) = w.storage_sends(&out)[0].clone();
+    w.answer(
+        w.storages[&nid],
+        id,
+        Packet::error(ErrorCode::UndoPackError, "no data at 60"),
+    );
+    let (vc, out) = w.call(vote_op(txn));
+    match World::reply_of(&out, vc) {
+        Err(ClientError::TransactionFailed(why)) => assert!(why.contains("packed"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
