@@ -302,9 +302,7 @@ impl Model {
 
     /// The final history with the revisions a pack removed put back (None: unchanged).
     pub fn complete(&self, finals: &FinalHistory) -> Option<FinalHistory> {
-        if self.pack.is_none() {
-            return None;
-        }
+        self.pack?;
         let mut out = finals.clone();
         for (oid, revs) in &self.objs {
             let fin = out.get(oid);

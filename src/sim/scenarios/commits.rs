@@ -224,20 +224,18 @@ fn readable(w: &World) -> Result<(), String> {
     readers(w).map(|_| ())
 }
 
+/// What the storages hold at the end: every object's history, every TID, which workload
+/// transaction each TID's description names, and the TIDs it names none (pack orders).
+type Finals = (
+    FinalHistory,
+    BTreeSet<Tid>,
+    BTreeMap<Tid, usize>,
+    BTreeSet<Tid>,
+);
+
 /// Every object's history and every TID, as the storages hold them, and which workload
 /// transaction each TID's description names (the rest: pack orders' own transactions).
-fn read_finals(
-    w: &World,
-    keys: &[Oid],
-) -> Result<
-    (
-        FinalHistory,
-        BTreeSet<Tid>,
-        BTreeMap<Tid, usize>,
-        BTreeSet<Tid>,
-    ),
-    String,
-> {
+fn read_finals(w: &World, keys: &[Oid]) -> Result<Finals, String> {
     let (partitions, by_part) = readers(w)?;
     let mut finals = FinalHistory::new();
     for &oid in keys {
