@@ -108,9 +108,12 @@ pub fn run(opts: &RunOptions, plan: &Plan) -> RunReport {
         count,
         client_actor(),
     );
+    let mut cfg = WorkloadConfig::draw(&mut rng);
+    cfg.draw_undo(&mut rng::stream(opts.seed, 23));
     let mut wl = Workload::new(
-        WorkloadConfig::draw(&mut rng),
+        cfg,
         rng::stream(opts.seed, 21),
+        rng::stream(opts.seed, 24),
         &clients,
     );
     let targeted = Targeted::draw(&mut rng);
@@ -221,8 +224,18 @@ fn readable(w: &World) -> Result<(), String> {
     readers(w).map(|_| ())
 }
 
-/// Every object's history and every TID, as the storages hold them.
-fn read_finals(w: &World, keys: &[Oid]) -> Result<(FinalHistory, BTreeSet<Tid>), String> {
+/// What the storages hold at the end: every object's history, every TID, which workload
+/// transaction each TID's description names, and the TIDs it names none (pack orders).
+type Finals = (
+    FinalHistory,
+    BTreeSet<Tid>,
+    BTreeMap<Tid, usize>,
+    BTreeSet<Tid>,
+);
+
+/// Every object's history and every TID, as the storages hold them, and which workload
+/// transaction each TID's description names (the rest: pack orders' own transactions).
+fn read_finals(w: &World, keys: &[Oid]) -> Result<Finals, String> {
     let (partitions, by_part) = readers(w)?;
     let mut finals = FinalHistory::new();
     for &oid in keys {
@@ -263,14 +276,36 @@ fn read_finals(w: &World, keys: &[Oid]) -> Result<(FinalHistory, BTreeSet<Tid>),
         finals.insert(oid, revisions);
     }
     let mut tids = BTreeSet::new();
+    let mut named = BTreeMap::new();
+    let mut foreign = BTreeSet::new();
     for (p, &node) in by_part.iter().enumerate() {
         let db = w.nodes[node].storage().expect("a storage").backend();
         let t = db
             .tids(0, 1 << 20, &[p as u32])
             .map_err(|e| format!("{}: tids: {e}", w.label(node)))?;
+        for &tid in &t {
+            let info = db
+                .transaction(tid)
+                .map_err(|e| format!("{}: transaction {tid}: {e}", w.label(node)))?
+                .ok_or_else(|| {
+                    format!("{}: transaction {tid} listed but not found", w.label(node))
+                })?;
+            let id = std::str::from_utf8(&info.meta.description)
+                .ok()
+                .and_then(|d| d.strip_prefix("txn "))
+                .and_then(|n| n.parse::<usize>().ok());
+            match id {
+                Some(id) => {
+                    named.insert(tid, id);
+                }
+                None => {
+                    foreign.insert(tid);
+                }
+            }
+        }
         tids.extend(t);
     }
-    Ok((finals, tids))
+    Ok((finals, tids, named, foreign))
 }
 
 fn final_checks(w: &World, wl: &Workload, summary: &mut String) -> Result<(), Failure> {
@@ -280,8 +315,14 @@ fn final_checks(w: &World, wl: &Workload, summary: &mut String) -> Result<(), Fa
         *summary = format!("history not checked: {why}");
         return Ok(());
     }
-    let (finals, tids) = read_finals(w, wl.keys()).map_err(|e| fail(format!("final read: {e}")))?;
-    let verdict = isolation::check(&wl.records, &finals, &tids);
+    let (finals, tids, named, foreign) =
+        read_finals(w, wl.keys()).map_err(|e| fail(format!("final read: {e}")))?;
+    let extras = isolation::Extras {
+        named: Some(named),
+        foreign,
+        packs: wl.packs.clone(),
+    };
+    let verdict = isolation::check_with(&wl.records, &finals, &tids, &extras);
     let notices: usize = wl.notices.iter().map(Vec::len).sum();
     *summary = format!(
         "{} transactions: {} committed, {} failed, {} unknown ({} of them committed); {} revisions of {} objects; {} reads ({} checked); {notices} notices; {} calls",
@@ -302,12 +343,23 @@ fn final_checks(w: &World, wl: &Workload, summary: &mut String) -> Result<(), Fa
             verdict.anomalies.len()
         )));
     }
-    check_invalidations(&wl.records, &wl.notices, &finals, &tids).map_err(fail)
+    let named = extras.named.as_ref();
+    check_invalidations(&wl.records, &wl.notices, &finals, &tids, named).map_err(fail)
 }
 
-/// Which committed transaction each TID is: its client and the objects it appended to
-/// (transactions whose outcome was unknown count where their values appear).
-fn commits(records: &[TxnRecord], finals: &FinalHistory) -> BTreeMap<Tid, (usize, BTreeSet<Oid>)> {
+/// Which committed transaction each TID is: its client and the objects it appended to or
+/// undid (transactions whose outcome was unknown count where the transaction tables name
+/// them, or else where their values appear).
+fn commits(
+    records: &[TxnRecord],
+    finals: &FinalHistory,
+    named: Option<&BTreeMap<Tid, usize>>,
+) -> BTreeMap<Tid, (usize, BTreeSet<Oid>)> {
+    let by_id: BTreeMap<usize, Tid> = named
+        .into_iter()
+        .flatten()
+        .map(|(&tid, &id)| (id, tid))
+        .collect();
     // Where each value first appears.
     let mut first: BTreeMap<Val, Tid> = BTreeMap::new();
     for revisions in finals.values() {
@@ -321,11 +373,15 @@ fn commits(records: &[TxnRecord], finals: &FinalHistory) -> BTreeMap<Tid, (usize
     for r in records {
         let tid = match r.status {
             Status::Committed(tid) => Some(tid),
-            Status::Unknown => r.appends.iter().find_map(|(_, v)| first.get(v).copied()),
+            Status::Unknown => by_id
+                .get(&r.id)
+                .copied()
+                .or_else(|| r.appends.iter().find_map(|(_, v)| first.get(v).copied())),
             Status::Failed => None,
         };
         if let Some(tid) = tid {
-            let oids = r.appends.iter().map(|(o, _)| *o).collect();
+            let undone = r.undo.iter().flat_map(|u| u.entries.iter().map(|e| e.0));
+            let oids = r.appends.iter().map(|(o, _)| *o).chain(undone).collect();
             out.insert(tid, (r.client, oids));
         }
     }
@@ -345,8 +401,9 @@ pub fn check_invalidations(
     notices: &[Vec<NoticeRecord>],
     finals: &FinalHistory,
     tids: &BTreeSet<Tid>,
+    named: Option<&BTreeMap<Tid, usize>>,
 ) -> Result<(), String> {
-    let commits = commits(records, finals);
+    let commits = commits(records, finals, named);
     for (ci, list) in notices.iter().enumerate() {
         // Spans: (process, lower bound exclusive, invalidations).
         let mut spans: Vec<Span> = Vec::new();
