@@ -35,6 +35,8 @@ pub const MUTANTS: &[(&str, Scenario, &str)] = &[
     ("readcurrent-invalidates", Scenario::Commits, "invalidations name readCurrent-only objects (NEO 1.5.1)"),
     ("abort-after-lock", Scenario::Commits, "a client that disconnects after the lock gets its transaction aborted"),
     ("readcurrent-unchecked", Scenario::Commits, "readCurrent is accepted without checking the serial"),
+    ("undo-wrong-serial", Scenario::Commits, "the storage's undo lookup answers the undone TID itself as the serial to restore"),
+    ("pack-removes-current", Scenario::Commits, "a pack also deletes each object's newest revision at or before the pack TID"),
     (
         "election-no-yield",
         Scenario::Election,

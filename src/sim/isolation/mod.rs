@@ -97,9 +97,6 @@ pub struct Extras {
     /// The transaction tables' descriptions: TID -> the id of the workload transaction it
     /// names ("txn N"); None if not read (then unknown outcomes are decided by values only).
     pub named: Option<BTreeMap<Tid, usize>>,
-    /// TIDs in the tables whose description is not a workload transaction's (a pack
-    /// order's own empty transaction).
-    pub foreign: BTreeSet<Tid>,
     /// Every TID a pack was asked at, whatever came of it.
     pub packs: Vec<Tid>,
 }

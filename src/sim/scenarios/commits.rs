@@ -224,17 +224,13 @@ fn readable(w: &World) -> Result<(), String> {
     readers(w).map(|_| ())
 }
 
-/// What the storages hold at the end: every object's history, every TID, which workload
-/// transaction each TID's description names, and the TIDs it names none (pack orders).
-type Finals = (
-    FinalHistory,
-    BTreeSet<Tid>,
-    BTreeMap<Tid, usize>,
-    BTreeSet<Tid>,
-);
+/// What the storages hold at the end: every object's history, every TID, and which
+/// workload transaction each TID's description names.
+type Finals = (FinalHistory, BTreeSet<Tid>, BTreeMap<Tid, usize>);
 
 /// Every object's history and every TID, as the storages hold them, and which workload
-/// transaction each TID's description names (the rest: pack orders' own transactions).
+/// transaction each TID's description names (a pack commits no transaction of its own:
+/// a TID that names none is left to the checker, as any orphan).
 fn read_finals(w: &World, keys: &[Oid]) -> Result<Finals, String> {
     let (partitions, by_part) = readers(w)?;
     let mut finals = FinalHistory::new();
@@ -277,7 +273,6 @@ fn read_finals(w: &World, keys: &[Oid]) -> Result<Finals, String> {
     }
     let mut tids = BTreeSet::new();
     let mut named = BTreeMap::new();
-    let mut foreign = BTreeSet::new();
     for (p, &node) in by_part.iter().enumerate() {
         let db = w.nodes[node].storage().expect("a storage").backend();
         let t = db
@@ -294,18 +289,13 @@ fn read_finals(w: &World, keys: &[Oid]) -> Result<Finals, String> {
                 .ok()
                 .and_then(|d| d.strip_prefix("txn "))
                 .and_then(|n| n.parse::<usize>().ok());
-            match id {
-                Some(id) => {
-                    named.insert(tid, id);
-                }
-                None => {
-                    foreign.insert(tid);
-                }
+            if let Some(id) = id {
+                named.insert(tid, id);
             }
         }
         tids.extend(t);
     }
-    Ok((finals, tids, named, foreign))
+    Ok((finals, tids, named))
 }
 
 fn final_checks(w: &World, wl: &Workload, summary: &mut String) -> Result<(), Failure> {
@@ -315,17 +305,23 @@ fn final_checks(w: &World, wl: &Workload, summary: &mut String) -> Result<(), Fa
         *summary = format!("history not checked: {why}");
         return Ok(());
     }
-    let (finals, tids, named, foreign) =
+    let (finals, tids, named) =
         read_finals(w, wl.keys()).map_err(|e| fail(format!("final read: {e}")))?;
     let extras = isolation::Extras {
         named: Some(named),
-        foreign,
         packs: wl.packs.clone(),
     };
     let verdict = isolation::check_with(&wl.records, &finals, &tids, &extras);
     let notices: usize = wl.notices.iter().map(Vec::len).sum();
+    let undos = wl.records.iter().filter(|r| r.undo.is_some());
+    let undone = undos
+        .clone()
+        .filter(|r| matches!(r.status, Status::Committed(_)))
+        .count();
+    let undos = undos.count();
+    let (packed, packs) = (wl.packed, wl.packs.len());
     *summary = format!(
-        "{} transactions: {} committed, {} failed, {} unknown ({} of them committed); {} revisions of {} objects; {} reads ({} checked); {notices} notices; {} calls",
+        "{} transactions: {} committed, {} failed, {} unknown ({} of them committed); {} revisions of {} objects; {} reads ({} checked); {notices} notices; {} calls; {undone} undos committed of {undos}; {packed} packs done of {packs}",
         wl.records.len(),
         verdict.committed,
         verdict.failed,
@@ -348,7 +344,7 @@ fn final_checks(w: &World, wl: &Workload, summary: &mut String) -> Result<(), Fa
 }
 
 /// Which committed transaction each TID is: its client and the objects it appended to or
-/// undid (transactions whose outcome was unknown count where the transaction tables name
+/// undid, deletions excepted (transactions whose outcome was unknown count where the transaction tables name
 /// them, or else where their values appear).
 fn commits(
     records: &[TxnRecord],
@@ -380,7 +376,14 @@ fn commits(
             Status::Failed => None,
         };
         if let Some(tid) = tid {
-            let undone = r.undo.iter().flat_map(|u| u.entries.iter().map(|e| e.0));
+            // A deletion (an undone creation) is not invalidated (NEO's InvalidateObjects
+            // excludes deleted objects).
+            let undone = r.undo.iter().flat_map(|u| {
+                u.entries
+                    .iter()
+                    .filter(|e| e.1.undo.is_some())
+                    .map(|e| e.0)
+            });
             let oids = r.appends.iter().map(|(o, _)| *o).chain(undone).collect();
             out.insert(tid, (r.client, oids));
         }
