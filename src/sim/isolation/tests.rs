@@ -840,3 +840,27 @@ fn a_packed_deletion_may_go() {
     db.tids.insert(Tid(26));
     assert_has(&db, &["belong to no committed transaction"]);
 }
+
+#[test]
+fn a_cached_read_of_a_deleted_object_is_allowed_only_up_to_the_deletion() {
+    let mut db = base();
+    db.commit(2, Some(10), &[], &[(3, 7)], 20);
+    // The creation of z undone at 30: NEO does not invalidate a deletion, so a cache may
+    // still answer z at 20 after it.
+    db.undo(0, 20, 20, 30, Status::Committed(Tid(30)));
+    let cached = db.read(3, Some(20), false);
+    db.record(
+        1,
+        Some(35),
+        vec![cached.clone()],
+        &[],
+        Status::Committed(Tid(36)),
+    );
+    db.tids.insert(Tid(36));
+    assert_ok(&db);
+    // Once z is created again (an invalidated store), a read of 20 is stale.
+    db.commit(2, Some(36), &[(3, false)], &[(3, 8)], 40);
+    db.record(1, Some(45), vec![cached], &[], Status::Committed(Tid(46)));
+    db.tids.insert(Tid(46));
+    assert_has(&db, &["stale read: T", "missed the revision at"]);
+}

@@ -225,13 +225,13 @@ fn readable(w: &World) -> Result<(), String> {
 }
 
 /// What the storages hold at the end: every object's history, every TID, and which
-/// workload transaction each TID's description names.
-type Finals = (FinalHistory, BTreeSet<Tid>, BTreeMap<Tid, usize>);
+/// workload transaction each TID's description names (read only if `names`).
+type Finals = (FinalHistory, BTreeSet<Tid>, Option<BTreeMap<Tid, usize>>);
 
 /// Every object's history and every TID, as the storages hold them, and which workload
 /// transaction each TID's description names (a pack commits no transaction of its own:
 /// a TID that names none is left to the checker, as any orphan).
-fn read_finals(w: &World, keys: &[Oid]) -> Result<Finals, String> {
+fn read_finals(w: &World, keys: &[Oid], names: bool) -> Result<Finals, String> {
     let (partitions, by_part) = readers(w)?;
     let mut finals = FinalHistory::new();
     for &oid in keys {
@@ -278,7 +278,8 @@ fn read_finals(w: &World, keys: &[Oid]) -> Result<Finals, String> {
         let t = db
             .tids(0, 1 << 20, &[p as u32])
             .map_err(|e| format!("{}: tids: {e}", w.label(node)))?;
-        for &tid in &t {
+        // Only unknown outcomes need the names (one query per TID).
+        for &tid in t.iter().filter(|_| names) {
             let info = db
                 .transaction(tid)
                 .map_err(|e| format!("{}: transaction {tid}: {e}", w.label(node)))?
@@ -295,7 +296,7 @@ fn read_finals(w: &World, keys: &[Oid]) -> Result<Finals, String> {
         }
         tids.extend(t);
     }
-    Ok((finals, tids, named))
+    Ok((finals, tids, names.then_some(named)))
 }
 
 fn final_checks(w: &World, wl: &Workload, summary: &mut String) -> Result<(), Failure> {
@@ -305,10 +306,11 @@ fn final_checks(w: &World, wl: &Workload, summary: &mut String) -> Result<(), Fa
         *summary = format!("history not checked: {why}");
         return Ok(());
     }
+    let unknown = wl.records.iter().any(|r| r.status == Status::Unknown);
     let (finals, tids, named) =
-        read_finals(w, wl.keys()).map_err(|e| fail(format!("final read: {e}")))?;
+        read_finals(w, wl.keys(), unknown).map_err(|e| fail(format!("final read: {e}")))?;
     let extras = isolation::Extras {
-        named: Some(named),
+        named,
         packs: wl.packs.clone(),
     };
     let verdict = isolation::check_with(&wl.records, &finals, &tids, &extras);
@@ -378,12 +380,10 @@ fn commits(
         if let Some(tid) = tid {
             // A deletion (an undone creation) is not invalidated (NEO's InvalidateObjects
             // excludes deleted objects).
-            let undone = r.undo.iter().flat_map(|u| {
-                u.entries
-                    .iter()
-                    .filter(|e| e.1.undo.is_some())
-                    .map(|e| e.0)
-            });
+            let undone = r
+                .undo
+                .iter()
+                .flat_map(|u| u.entries.iter().filter(|e| e.1.undo.is_some()).map(|e| e.0));
             let oids = r.appends.iter().map(|(o, _)| *o).chain(undone).collect();
             out.insert(tid, (r.client, oids));
         }
