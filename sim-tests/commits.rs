@@ -35,14 +35,17 @@ fn commits_mutants_are_caught_within_1000_seeds() {
 /// snapshot cached as current: stale reads), 341182646 (commits waiting for good for the
 /// lock of a storage back on a new connection), 212 (a storage dropped at a failed vote,
 /// not told yet, answered a conflict with an older serial: the client rebased on it), 4
-/// and 72 (an OID and a TTID handed out again after a failover, before reservations).
+/// and 72 (an OID and a TTID handed out again after a failover, before reservations);
+/// with undo and pack in the workload: 105 (a cached read of an object whose creation was
+/// undone), 111 (an undo's deletion and the invalidation check), 171 (an undo of a packed
+/// transaction deleted the objects: the workload no longer undoes packed transactions).
 #[test]
 fn commits_regression_seeds_pass() {
     common::regressions_pass(
         Scenario::Commits,
         &[
-            4, 19, 25, 72, 212, 341182646, 341182677, 341182728, 341182748, 392472644, 444572912,
-            794889387, 794889407, 794889413,
+            4, 19, 25, 72, 105, 111, 171, 212, 341182646, 341182677, 341182728, 341182748,
+            392472644, 444572912, 794889387, 794889407, 794889413,
         ],
     );
 }

@@ -37,6 +37,8 @@ pub const MUTANTS: &[(&str, Scenario, &str)] = &[
     ("readcurrent-unchecked", Scenario::Commits, "readCurrent is accepted without checking the serial"),
     ("oid-not-reserved", Scenario::Commits, "the primary hands out OIDs without reserving them on the storages (a new primary starts at the last stored OID)"),
     ("ttid-not-reserved", Scenario::Commits, "the primary hands out TTIDs without reserving them on the storages (a new primary starts at the last committed TID)"),
+    ("undo-wrong-serial", Scenario::Commits, "the storage's undo lookup answers the undone TID itself as the serial to restore"),
+    ("pack-removes-current", Scenario::Commits, "a pack also deletes each object's newest revision at or before the pack TID"),
     (
         "election-no-yield",
         Scenario::Election,

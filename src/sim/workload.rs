@@ -9,6 +9,13 @@
 //! others, sometimes aborts on purpose, and finishes. Each client runs one or two
 //! transactions at a time, each issuing one call at a time.
 //!
+//! Some transactions undo an earlier committed one instead (as ZODB's undo: the undone
+//! transaction's oids from TransactionInfo, the undo lookup within the new transaction, a
+//! backpointer store per object, or a deletion where the undone one created it; an entry
+//! that is not current would need conflict resolution, which the simulator has not: the
+//! transaction aborts). Now and then a client packs at a TID it knows committed. These
+//! choices come from a stream of their own, so a seed without them draws as before.
+//!
 //! The workload is driven by the scenario: it hands the world its calls (`World::call`) and
 //! takes what the clients emitted (`World::take_client_output`). A client that crashes is a
 //! new process when it comes back: its pending calls are lost (a finish sent is an unknown
@@ -17,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::isolation::{Read, Status, TxnRecord, Val};
+use super::isolation::{Read, Status, TxnRecord, Undo, Val};
 use super::net::NodeIdx;
 use super::world::{ClientOut, World};
 use crate::actors::client::{Call, CallId, ClientError, Conflict, Notice, Op, Outcome, TxnRef};
@@ -56,6 +63,10 @@ pub struct WorkloadConfig {
     pub abort: f64,
     /// Pause between one transaction's end and the next one's start (at most).
     pub think: Duration,
+    /// Chance that a transaction undoes a recent committed one instead.
+    pub undo: f64,
+    /// Chance that a transaction is a pack instead.
+    pub pack: f64,
 }
 
 impl WorkloadConfig {
@@ -67,7 +78,18 @@ impl WorkloadConfig {
             resolve: *rng::pick(rng, &[0.0, 0.5, 0.9]),
             abort: *rng::pick(rng, &[0.0, 0.05, 0.15]),
             think: rng::duration(rng, Duration::from_millis(10), Duration::from_millis(800)),
+            undo: 0.0,
+            pack: 0.0,
         }
+    }
+
+    /// Undo and pack shares, from a stream of their own (the other draws are unchanged).
+    pub fn draw_undo(&mut self, rng: &mut ChaCha8Rng) {
+        if rng::chance(rng, 0.25) {
+            return; // some seeds run the plain workload
+        }
+        self.undo = *rng::pick(rng, &[0.05, 0.15, 0.3]);
+        self.pack = *rng::pick(rng, &[0.0, 0.01, 0.03]);
     }
 }
 
@@ -131,6 +153,12 @@ enum Stage {
     /// Storing the i-th append.
     Storing(usize),
     Vote,
+    /// An undo: the undone transaction's oids (TransactionInfo).
+    Info,
+    /// An undo: the undo lookup (UndoSerials).
+    UndoLookup,
+    /// A pack, until the cluster packed.
+    Packing,
     /// Loading the committed revision of the i-th conflict to resolve it.
     Resolving(usize),
     /// Storing the resolved revision of the i-th conflict.
@@ -139,8 +167,19 @@ enum Stage {
     Abort,
 }
 
+/// What a transaction does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Append,
+    Undo,
+    Pack,
+}
+
 /// One transaction in progress.
 struct Running {
+    kind: Kind,
+    /// Not a transaction of the history (a pack, an undo with nothing to undo).
+    silent: bool,
     rec: TxnRecord,
     /// Objects to read (every appended one among them), then which are checked.
     plan: Vec<Oid>,
@@ -200,6 +239,12 @@ pub struct Workload {
     committed_since: Vec<usize>,
     /// Calls made so far.
     calls: u64,
+    /// Every TID a pack was asked at, whatever came of it.
+    pub packs: Vec<Tid>,
+    /// Packs the cluster answered done.
+    pub packed: usize,
+    /// Draws the undo and pack choices.
+    side: ChaCha8Rng,
     targeted: Targeted,
     /// Targeted faults drawn and not applied yet: (when, what).
     strikes: Vec<(Duration, Strike)>,
@@ -213,7 +258,12 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn new(cfg: WorkloadConfig, rng: ChaCha8Rng, clients: &[NodeIdx]) -> Workload {
+    pub fn new(
+        cfg: WorkloadConfig,
+        rng: ChaCha8Rng,
+        side: ChaCha8Rng,
+        clients: &[NodeIdx],
+    ) -> Workload {
         let per = cfg.per_client;
         let mut oid_rng = rng.clone();
         // Unlike any `rng::stream` number.
@@ -250,6 +300,9 @@ impl Workload {
             stopping: false,
             committed_since: vec![0; clients.len()],
             calls: 0,
+            packs: Vec::new(),
+            packed: 0,
+            side,
             targeted: Targeted::default(),
             strikes: Vec::new(),
         }
@@ -452,6 +505,9 @@ impl Workload {
         if matches!(status, Status::Committed(_)) {
             self.committed_since[ci] += 1;
         }
+        if t.silent {
+            return;
+        }
         t.rec.status = status;
         t.rec.ended = seen.then_some(w.now());
         self.records.push(t.rec);
@@ -513,6 +569,19 @@ impl Workload {
     }
 
     fn plan_txn(&mut self, w: &World, ci: usize) -> Running {
+        let kind = if rng::chance(&mut self.side, self.cfg.undo) {
+            Kind::Undo
+        } else if rng::chance(&mut self.side, self.cfg.pack) {
+            Kind::Pack
+        } else {
+            Kind::Append
+        };
+        if kind != Kind::Append {
+            let mut t = self.new_running(w, ci, Vec::new(), Vec::new(), Vec::new());
+            t.kind = kind;
+            t.silent = kind == Kind::Pack;
+            return t;
+        }
         let rng = &mut self.rng;
         let pick_some = |rng: &mut ChaCha8Rng, keys: &[Oid], lo: u64, hi: u64| {
             let n = rng::between(rng, lo, hi) as usize;
@@ -542,9 +611,22 @@ impl Workload {
         let mut plan: Vec<Oid> = read_only.into_iter().chain(append_to.clone()).collect();
         plan.sort_unstable();
         plan.dedup();
+        self.new_running(w, ci, plan, append_to, checked)
+    }
+
+    fn new_running(
+        &mut self,
+        w: &World,
+        ci: usize,
+        plan: Vec<Oid>,
+        append_to: Vec<Oid>,
+        checked: Vec<Oid>,
+    ) -> Running {
         let id = self.next_txn;
         self.next_txn += 1;
         Running {
+            kind: Kind::Append,
+            silent: false,
             rec: TxnRecord {
                 id,
                 client: ci,
@@ -552,6 +634,7 @@ impl Workload {
                 reads: Vec::new(),
                 appends: Vec::new(),
                 resolved: Vec::new(),
+                undo: None,
                 status: Status::Unknown,
                 begun: w.now(),
                 ended: None,
@@ -644,12 +727,62 @@ impl Workload {
                     return Next::End(Status::Failed);
                 };
                 t.rec.snapshot = snapshot;
-                self.read_next(w, ci, si, t, 0)
+                match t.kind {
+                    Kind::Append => self.read_next(w, ci, si, t, 0),
+                    Kind::Undo => self.start_undo(w, ci, si, t),
+                    Kind::Pack => self.start_pack(w, ci, si, t),
+                }
+            }
+            Stage::Info => match result {
+                // A packed transaction is not undoable (ZODB's undoLog leaves it out): the
+                // revisions before it may be gone, and the undo lookup cannot tell a
+                // revision packed away from an object's creation.
+                Ok(Outcome::Transaction(info)) if !info.packed => {
+                    let txn = t.txn.expect("begun");
+                    let undone = t.rec.undo.as_ref().expect("an undo").undone;
+                    let op = Op::UndoSerials {
+                        txn,
+                        undone,
+                        oids: info.oids,
+                    };
+                    self.send(w, ci, si, Stage::UndoLookup, op);
+                    Next::Continue
+                }
+                _ => self.abort(w, ci, si, t),
+            },
+            Stage::UndoLookup => match result {
+                // An entry that is not current needs conflict resolution: none here. A pack
+                // asked at or above the undone TID since may have run before the lookup
+                // (see above: it would answer a deletion): not undoable either.
+                Ok(Outcome::UndoSerials(entries))
+                    if !entries.is_empty()
+                        && entries.iter().all(|e| e.1.is_current)
+                        && !self.packed_at_or_after(t.rec.undo.as_ref().map(|u| u.undone)) =>
+                {
+                    t.rec.undo.as_mut().expect("an undo").entries = entries;
+                    self.store_next(w, ci, si, t, 0)
+                }
+                _ => self.abort(w, ci, si, t),
+            },
+            Stage::Packing => {
+                if matches!(result, Ok(Outcome::Done)) {
+                    self.packed += 1;
+                }
+                Next::End(Status::Failed)
             }
             Stage::Reading(i) => {
                 let oid = t.plan[i];
                 let checked = t.checked.contains(&oid);
                 match result {
+                    // A deletion (an undone creation): the object is absent at that serial.
+                    Ok(Outcome::Loaded(l)) if l.data.is_none() => {
+                        t.rec.reads.push(Read {
+                            oid,
+                            list: Vec::new(),
+                            serial: Some(l.serial),
+                            checked,
+                        });
+                    }
                     Ok(Outcome::Loaded(l)) => {
                         let Some(list) = l.data.as_deref().and_then(decode) else {
                             return self.abort(w, ci, si, t);
@@ -660,6 +793,13 @@ impl Workload {
                             serial: Some(l.serial),
                             checked,
                         });
+                    }
+                    Err(ClientError::DoesNotExist(_)) | Err(ClientError::NotFound(_))
+                        if self.packed_after(t.rec.snapshot) =>
+                    {
+                        // A pack above the snapshot may have removed the revision it
+                        // sees: absent or packed away, the read tells nothing.
+                        return self.abort(w, ci, si, t);
                     }
                     Err(ClientError::DoesNotExist(_)) | Err(ClientError::NotFound(_)) => {
                         t.rec.reads.push(Read {
@@ -679,6 +819,11 @@ impl Workload {
                 };
                 self.got(ci, &[], Some(ttid));
                 t.txn = Some(txn);
+                if let Some(u) = &t.rec.undo {
+                    let tid = u.undone;
+                    self.send(w, ci, si, Stage::Info, Op::TransactionInfo { tid });
+                    return Next::Continue;
+                }
                 self.check_next(w, ci, si, t, 0)
             }
             Stage::Checking(i) => {
@@ -810,6 +955,66 @@ impl Workload {
         Next::Continue
     }
 
+    /// Whether a pack was asked at or above `tid`.
+    fn packed_at_or_after(&self, tid: Option<Tid>) -> bool {
+        tid.is_some_and(|tid| self.packs.iter().any(|&p| p >= tid))
+    }
+
+    /// Whether a pack was asked above `snapshot` (then reads at it may find nothing).
+    fn packed_after(&self, snapshot: Option<Tid>) -> bool {
+        self.packs.iter().any(|&p| snapshot.is_none_or(|s| p > s))
+    }
+
+    /// Committed transactions this client may know of (at or before its snapshot) that
+    /// wrote something, most recent last.
+    fn undoable(&self, snapshot: Option<Tid>) -> Vec<Tid> {
+        let Some(snap) = snapshot else {
+            return Vec::new();
+        };
+        let mut tids: Vec<Tid> = self
+            .records
+            .iter()
+            .filter(|r| {
+                !r.appends.is_empty() || r.undo.as_ref().is_some_and(|u| !u.entries.is_empty())
+            })
+            .filter_map(|r| match r.status {
+                Status::Committed(tid) if tid <= snap => Some(tid),
+                _ => None,
+            })
+            .collect();
+        tids.sort_unstable();
+        tids
+    }
+
+    /// Undo one of the last committed transactions (the older, the less likely current).
+    fn start_undo(&mut self, w: &mut World, ci: usize, si: usize, t: &mut Running) -> Next {
+        let tids = self.undoable(t.rec.snapshot);
+        let recent = &tids[tids.len().saturating_sub(8)..];
+        if recent.is_empty() {
+            t.silent = true;
+            return Next::End(Status::Failed);
+        }
+        let undone = *rng::pick(&mut self.side, recent);
+        t.rec.undo = Some(Undo {
+            undone,
+            entries: Vec::new(),
+        });
+        self.send(w, ci, si, Stage::Begin, Op::TpcBegin { tid: None });
+        Next::Continue
+    }
+
+    /// Pack at a TID this client knows committed.
+    fn start_pack(&mut self, w: &mut World, ci: usize, si: usize, t: &mut Running) -> Next {
+        let tids = self.undoable(t.rec.snapshot);
+        if tids.is_empty() {
+            return Next::End(Status::Failed);
+        }
+        let tid = *rng::pick(&mut self.side, &tids);
+        self.packs.push(tid);
+        self.send(w, ci, si, Stage::Packing, Op::Pack { tid });
+        Next::Continue
+    }
+
     fn check_next(
         &mut self,
         w: &mut World,
@@ -857,6 +1062,21 @@ impl Workload {
         i: usize,
     ) -> Next {
         let txn = t.txn.expect("begun");
+        if let Some(u) = &t.rec.undo {
+            let Some(&(oid, us)) = u.entries.get(i) else {
+                return self.vote(w, ci, si, t);
+            };
+            // A backpointer to the data before the undone revision (None: a deletion).
+            let op = Op::Store {
+                txn,
+                oid,
+                serial: us.current,
+                data: None,
+                data_serial: us.undo,
+            };
+            self.send(w, ci, si, Stage::Storing(i), op);
+            return Next::Continue;
+        }
         if i < t.append_to.len() {
             let oid = t.append_to[i];
             let read = t

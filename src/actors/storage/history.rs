@@ -25,7 +25,7 @@ use super::Storage;
 use crate::actors::{ConnId, Ctx, TimerId};
 use crate::db::{partition_of, DbError};
 use crate::proto::packet::{MAX_HISTORY_LENGTH, MAX_TIDS_LENGTH, MAX_UNDO_OIDS};
-use crate::proto::{CellState, Data, ErrorCode, Nid, Packet, Tid, UndoSerial};
+use crate::proto::{CellState, Data, ErrorCode, Nid, Oid, Packet, Tid, UndoSerial};
 
 /// The token of the pack step timer (the tick's is 1, the group commit's 2).
 pub(super) const PACK_TOKEN: u64 = 3;
@@ -284,7 +284,11 @@ impl Storage {
                             *oid,
                             UndoSerial {
                                 current: u.current,
-                                undo: u.undo,
+                                undo: if self.tm.mutants.undo_wrong_serial {
+                                    Some(*undone_tid)
+                                } else {
+                                    u.undo
+                                },
                                 is_current: u.is_current,
                             },
                         )),
@@ -407,12 +411,34 @@ impl Storage {
             self.answer(cx, job.conn, job.id, Packet::AnswerPack { status: false });
             return;
         }
+        if cx.mutant("pack-removes-current") {
+            if let Err(e) = self.pack_removes_current(tid, partition) {
+                return self.db_failed(cx, "packing (mutant)", e);
+            }
+        }
         self.history.packed += 1;
         let timer = cx.set_timer(Duration::ZERO, PACK_TOKEN);
         if let Some(job) = self.history.pack.as_mut() {
             job.next = partition + 1;
             job.timer = Some(timer);
         }
+    }
+
+    /// The `pack-removes-current` mutant: after the pack, also delete each object's newest
+    /// revision at or before `tid` (the one the pack must keep).
+    fn pack_removes_current(&mut self, tid: Tid, partition: u32) -> Result<(), DbError> {
+        let revs = self
+            .db
+            .replication_objects(partition, Tid(0), tid, Oid(0), 1 << 30)?;
+        let mut newest: BTreeMap<Oid, Tid> = BTreeMap::new();
+        for (serial, oid) in revs {
+            let n = newest.entry(oid).or_insert(serial);
+            *n = (*n).max(serial);
+        }
+        for (oid, serial) in newest {
+            self.db.delete_object(oid, serial)?;
+        }
+        self.db.commit()
     }
 
     /// Operation stopped or the primary is gone: a pack in progress is dropped (the

@@ -551,6 +551,7 @@ impl Node for Storage {
         self.tm.mutants = Mutants {
             conflict_check_skipped: cx.mutant("conflict-check-skipped"),
             readcurrent_unchecked: cx.mutant("readcurrent-unchecked"),
+            undo_wrong_serial: cx.mutant("undo-wrong-serial"),
         };
         match self.links.get(conn) {
             Some(Peer::Master) => {

@@ -207,6 +207,9 @@ pub struct Mutants {
     pub conflict_check_skipped: bool,
     /// `readcurrent-unchecked`: a readCurrent check locks without comparing serials.
     pub readcurrent_unchecked: bool,
+    /// `undo-wrong-serial`: the undo lookup answers the undone TID itself as the serial
+    /// whose data to restore.
+    pub undo_wrong_serial: bool,
 }
 
 #[derive(Default)]

@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::graph::{Edge, Graph, Kind, Step};
-use super::{FinalHistory, Read, Status, TxnRecord, Val, Verdict};
+use super::model::Model;
+use super::{Extras, FinalHistory, Read, Status, TxnRecord, Val, Verdict};
 use crate::proto::{Oid, Tid};
 
 /// Edges the G-single search may look at in all: it is bounded by TID order in a sane
@@ -57,6 +58,9 @@ pub(super) struct Checker<'a> {
     read_ok: Vec<Vec<bool>>,
     /// TIDs already reported missing from the transaction tables.
     missing: BTreeSet<Tid>,
+    extras: &'a Extras,
+    /// Undos and packs: objects an undo wrote are judged on it, not on their values.
+    model: &'a Model,
 }
 
 fn opt(t: Option<Tid>) -> String {
@@ -81,6 +85,8 @@ impl<'a> Checker<'a> {
         txns: &'a [TxnRecord],
         finals: &'a FinalHistory,
         tids: &'a BTreeSet<Tid>,
+        extras: &'a Extras,
+        model: &'a Model,
     ) -> Self {
         Checker {
             txns,
@@ -93,6 +99,8 @@ impl<'a> Checker<'a> {
             tid_of: vec![None; txns.len()],
             read_ok: Vec::with_capacity(txns.len()),
             missing: BTreeSet::new(),
+            extras,
+            model,
         }
     }
 
@@ -136,6 +144,11 @@ impl<'a> Checker<'a> {
 
     /// Who wrote revision `k` of an object (the value it added), for anomaly lines.
     fn rev_writer(&self, obj: &Obj, k: usize) -> String {
+        // The transaction committed at its serial (an undo's revision holds no value of
+        // its own), else the one that appended its last value.
+        if let Some(w) = self.tid_of.iter().position(|t| *t == Some(obj.revs[k].0)) {
+            return self.name(w);
+        }
         match obj.revs[k].1.last().and_then(|v| self.writer.get(v)) {
             Some(&(w, _)) => self.name(w),
             None => "no known transaction".to_string(),
@@ -180,6 +193,25 @@ impl<'a> Checker<'a> {
             let mut sorted: Vec<(Tid, &[Val])> =
                 revs.iter().map(|(s, l)| (*s, l.as_slice())).collect();
             let mut consistent = true;
+            if self.model.touched.contains(&oid) {
+                // Not append-only: judged on the model (values, order, bases, edges).
+                sorted.sort_by_key(|r| r.0);
+                for &(s, list) in &sorted {
+                    for &val in list {
+                        self.seen.entry(val).or_insert((oid, s));
+                    }
+                }
+                self.objs.insert(
+                    oid,
+                    Obj {
+                        revs: sorted,
+                        order: &[],
+                        added_at: Vec::new(),
+                        consistent: false,
+                    },
+                );
+                continue;
+            }
             if !sorted.windows(2).all(|w| w[0].0 < w[1].0) {
                 self.v.report(format!(
                     "{oid:?}: revisions not strictly ascending by serial (or one serial twice)"
@@ -243,12 +275,37 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// An unknown transaction committed iff its values appear, all at one serial.
+    /// An unknown transaction committed iff the transaction tables name it, or else iff
+    /// its values appear, all at one serial.
     fn decide_outcomes(&mut self) {
+        let named: BTreeMap<usize, Tid> = self
+            .extras
+            .named
+            .iter()
+            .flatten()
+            .map(|(&tid, &id)| (id, tid))
+            .collect();
         for (i, t) in self.txns.iter().enumerate() {
             self.tid_of[i] = match t.status {
                 Status::Committed(tid) => Some(tid),
                 Status::Failed => None,
+                Status::Unknown if named.contains_key(&t.id) => {
+                    let tid = named[&t.id];
+                    self.v.unknown_committed += 1;
+                    for &(oid, val) in &t.appends {
+                        let at = self.seen.get(&val).filter(|(o, _)| *o == oid).map(|x| x.1);
+                        if at != Some(tid) {
+                            self.v.report(format!(
+                                "not atomic: T{} (client {}, unknown) committed at {tid}, but \
+                                 its value {val} first appears in {oid:?} at {}",
+                                t.id,
+                                t.client,
+                                opt(at)
+                            ));
+                        }
+                    }
+                    Some(tid)
+                }
                 Status::Unknown => {
                     let found: Vec<Option<Tid>> = t
                         .appends
@@ -463,7 +520,11 @@ impl<'a> Checker<'a> {
                 return false;
             }
         };
-        let want = obj.at(t.snapshot);
+        let mut want = obj.at(t.snapshot);
+        // A deletion (an undone creation) reads as absent.
+        if got.is_none() && want.is_some_and(|k| obj.revs[k].1.is_empty()) {
+            want = None;
+        }
         if want != got {
             let future = match (got, t.snapshot) {
                 (Some(k), Some(snap)) => obj.revs[k].0 > snap,
@@ -651,6 +712,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
+        self.model_edges(&mut g);
         for (i, t) in self.txns.iter().enumerate() {
             if self.tid_of[i].is_none() {
                 continue;
@@ -688,6 +750,84 @@ impl<'a> Checker<'a> {
             }
         }
         g
+    }
+
+    /// The edges of objects an undo wrote, from the model's revisions (their version
+    /// order): ww between successive writers, wr from the writer of the revision read, rw
+    /// to the writer of the one after it.
+    fn model_edges(&self, g: &mut Graph) {
+        for oid in &self.model.touched {
+            let Some(revs) = self.model.objs.get(oid) else {
+                continue;
+            };
+            for pair in revs.windows(2) {
+                let (a, b) = (pair[0].writer, pair[1].writer);
+                if a != b && self.tid_of[a].is_some() && self.tid_of[b].is_some() {
+                    let into_resolved = self.txns[b].resolved.contains(oid);
+                    g.add(
+                        a,
+                        Edge {
+                            to: b,
+                            kind: Kind::Ww,
+                            oid: *oid,
+                            into_resolved,
+                            checked: false,
+                        },
+                    );
+                }
+            }
+        }
+        for (i, t) in self.txns.iter().enumerate() {
+            if self.tid_of[i].is_none() {
+                continue;
+            }
+            for (ri, r) in t.reads.iter().enumerate() {
+                if !self.model.touched.contains(&r.oid) || !self.read_ok[i][ri] {
+                    continue;
+                }
+                let Some(revs) = self.model.objs.get(&r.oid) else {
+                    continue;
+                };
+                // The revision read: by serial (absent: before the first, or a deletion).
+                let k = match r.serial {
+                    Some(s) => revs.iter().position(|x| x.serial == s),
+                    None => None,
+                };
+                let edge = |to, kind, checked| Edge {
+                    to,
+                    kind,
+                    oid: r.oid,
+                    into_resolved: false,
+                    checked,
+                };
+                if let Some(w) = k.map(|k| revs[k].writer).filter(|&w| w != i) {
+                    if self.tid_of[w].is_some() {
+                        g.add(w, edge(i, Kind::Wr, false));
+                    }
+                }
+                if t.resolved.contains(&r.oid) {
+                    continue;
+                }
+                let next = match (k, r.serial) {
+                    (Some(k), _) => revs.get(k + 1),
+                    (None, None) => t
+                        .snapshot
+                        .and_then(|s| revs.iter().find(|x| x.serial > s))
+                        .or(if t.snapshot.is_none() {
+                            revs.first()
+                        } else {
+                            None
+                        }),
+                    (None, Some(_)) => None,
+                };
+                if let Some(b) = next.map(|n| n.writer).filter(|&b| b != i) {
+                    if self.tid_of[b].is_some() {
+                        let checked = r.checked || t.appends.iter().any(|a| a.0 == r.oid);
+                        g.add(i, edge(b, Kind::Rw, checked));
+                    }
+                }
+            }
+        }
     }
 
     fn tid(&self, i: usize) -> Tid {

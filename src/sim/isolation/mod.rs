@@ -11,10 +11,14 @@
 //!
 //! - this file: the record types (the simulator fills them) and the [`Verdict`];
 //! - `checker`: the checks on values, revisions, reads and commits;
-//! - `graph`: the dependency graph (Adya/Elle ww, wr, rw edges) and its cycle searches.
+//! - `graph`: the dependency graph (Adya/Elle ww, wr, rw edges) and its cycle searches;
+//! - `model`: undo and pack: every object's revisions replayed from the committed
+//!   transactions (an undo writes back the list as it was before the revision it undoes),
+//!   compared with the final history, which a pack may have thinned only as it is allowed.
 
 mod checker;
 mod graph;
+mod model;
 #[cfg(test)]
 mod tests;
 
@@ -22,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use crate::proto::{Oid, Tid};
+use crate::proto::{Oid, Tid, UndoSerial};
 
 /// A value appended to an object's list; unique across the whole run.
 pub type Val = u64;
@@ -70,14 +74,35 @@ pub struct TxnRecord {
     /// after the snapshot: first committer wins is waived for them, and their reads are
     /// not taken as the base of the append.
     pub resolved: Vec<Oid>,
+    /// An undo transaction: what it undid and the lookup it stored from (it appends
+    /// nothing; each entry is a backpointer store, or a deletion if `undo` is None).
+    pub undo: Option<Undo>,
     pub status: Status,
     /// Virtual time of begin and of the end the client saw (None if unknown).
     pub begun: Duration,
     pub ended: Option<Duration>,
 }
 
+/// What an undo transaction did: the TID it undid and, per object, the storage's undo
+/// lookup (the serial it replaced, the one whose data it restored, whether current).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Undo {
+    pub undone: Tid,
+    pub entries: Vec<(Oid, UndoSerial)>,
+}
+
+/// What the run knows beyond the clients' records and the revisions.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// The transaction tables' descriptions: TID -> the id of the workload transaction it
+    /// names ("txn N"); None if not read (then unknown outcomes are decided by values only).
+    pub named: Option<BTreeMap<Tid, usize>>,
+    /// Every TID a pack was asked at, whatever came of it.
+    pub packs: Vec<Tid>,
+}
+
 /// Every revision of every object as the storages hold it after the run: oid -> (serial,
-/// list) ascending by serial.
+/// list) ascending by serial; a deletion (an undone creation) is an empty list.
 pub type FinalHistory = BTreeMap<Oid, Vec<(Tid, Vec<Val>)>>;
 
 /// The checker's judgement: the anomalies found (one readable line each) and the counts a
@@ -167,5 +192,33 @@ impl fmt::Display for Verdict {
 /// Linear in the size of the input, plus a bounded search per anti-dependency that goes
 /// backwards in TID order (concurrent transactions only).
 pub fn check(txns: &[TxnRecord], finals: &FinalHistory, tids: &BTreeSet<Tid>) -> Verdict {
-    checker::Checker::new(txns, finals, tids).run()
+    check_with(txns, finals, tids, &Extras::default())
+}
+
+/// `check`, with undos and packs: objects an undo wrote are judged on the replayed model
+/// (their values are no longer append-only), and revisions a pack could remove are put
+/// back from the model before the other checks (a pack that removed more is reported).
+pub fn check_with(
+    txns: &[TxnRecord],
+    finals: &FinalHistory,
+    tids: &BTreeSet<Tid>,
+    extras: &Extras,
+) -> Verdict {
+    let mut v = Verdict::default();
+    let model = model::Model::build(txns, finals, extras, &mut v);
+    let completed = model.complete(finals);
+    let finals = completed.as_ref().unwrap_or(finals);
+    let out = checker::Checker::new(txns, finals, tids, extras, &model).run();
+    // The model's lines first: they name the cause (an undo, a pack) of what follows.
+    let omitted = v.omitted + out.omitted;
+    let lines = std::mem::take(&mut v.anomalies);
+    v = Verdict {
+        anomalies: Vec::new(),
+        omitted,
+        ..out.clone()
+    };
+    for line in lines.into_iter().chain(out.anomalies) {
+        v.report(line);
+    }
+    v
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::proto::UndoSerial;
 use crate::rng::{self, ChaCha8Rng};
 
 /// A history under construction: the final revisions as a correct storage holds them, the
@@ -17,6 +18,7 @@ struct Db {
     finals: FinalHistory,
     tids: BTreeSet<Tid>,
     txns: Vec<TxnRecord>,
+    extras: Extras,
 }
 
 impl Db {
@@ -64,6 +66,7 @@ impl Db {
             reads,
             appends: appends.iter().map(|&(o, v)| (Oid(o), v)).collect(),
             resolved: Vec::new(),
+            undo: None,
             status,
             begun: Duration::from_millis(id as u64),
             ended: None,
@@ -95,7 +98,58 @@ impl Db {
     }
 
     fn check(&self) -> Verdict {
-        check(&self.txns, &self.finals, &self.tids)
+        check_with(&self.txns, &self.finals, &self.tids, &self.extras)
+    }
+
+    /// The undo lookup a correct storage answers for undoing `undone` at `snapshot`, and
+    /// the revisions the undo writes at `tid` (each object back to its list before
+    /// `undone`; empty, a deletion, if `undone` created it). Installed if `status` is not
+    /// Failed; recorded as a transaction with that status.
+    fn undo(
+        &mut self,
+        client: usize,
+        snapshot: u64,
+        undone: u64,
+        tid: u64,
+        status: Status,
+    ) -> usize {
+        let mut entries = Vec::new();
+        let mut writes = Vec::new();
+        for (oid, revs) in &self.finals {
+            let Some(k) = revs.iter().position(|r| r.0 == Tid(undone)) else {
+                continue;
+            };
+            let cur = revs
+                .iter()
+                .rev()
+                .find(|r| r.0 .0 <= snapshot)
+                .expect("current");
+            let before = k.checked_sub(1).map(|p| &revs[p]);
+            entries.push((
+                *oid,
+                UndoSerial {
+                    current: cur.0,
+                    undo: before.map(|b| b.0),
+                    is_current: cur.1 == revs[k].1,
+                },
+            ));
+            writes.push((*oid, before.map(|b| b.1.clone()).unwrap_or_default()));
+        }
+        if status != Status::Failed {
+            for (oid, list) in writes {
+                self.finals
+                    .get_mut(&oid)
+                    .expect("written")
+                    .push((Tid(tid), list));
+            }
+            self.tids.insert(Tid(tid));
+        }
+        let id = self.record(client, Some(snapshot), Vec::new(), &[], status);
+        self.txns[id].undo = Some(Undo {
+            undone: Tid(undone),
+            entries,
+        });
+        id
     }
 }
 
@@ -651,4 +705,151 @@ proptest! {
         let v = db.check();
         prop_assert!(v.anomalies.iter().any(|l| l.contains("stale read")), "{}", v);
     }
+}
+
+// ---- undo and pack ----
+
+/// x = [1, 3] at 20 (T1), then T1 undone at 30: x = [1] again.
+fn undone() -> Db {
+    let mut db = base();
+    db.commit(1, Some(10), &[(1, false)], &[(1, 3)], 20);
+    db.undo(2, 20, 20, 30, Status::Committed(Tid(30)));
+    db
+}
+
+#[test]
+fn an_undo_is_a_transaction_like_any_other() {
+    let mut db = undone();
+    assert_eq!(db.finals[&Oid(1)].last().unwrap().1, vec![1]);
+    // Read after the undo, appended on top of it; a reader before it saw T1's value.
+    db.commit(0, Some(30), &[(1, true)], &[(1, 4)], 40);
+    let reads = vec![db.read(1, Some(20), false)];
+    db.record(3, Some(20), reads, &[], Status::Committed(Tid(25)));
+    db.tids.insert(Tid(25));
+    let v = assert_ok(&db);
+    // T0 -ww-> T1 -ww-> undo -ww-> T3 on x: the undo's writes are writes.
+    assert!(v.ww >= 3, "{v}");
+}
+
+#[test]
+fn an_undo_of_an_undo_and_of_a_creation_pass() {
+    let mut db = undone();
+    db.undo(1, 30, 30, 40, Status::Committed(Tid(40)));
+    assert_eq!(db.finals[&Oid(1)].last().unwrap().1, vec![1, 3]);
+    // Undo the creation of x and y: both deleted; read as absent, then created again.
+    db.undo(0, 40, 10, 50, Status::Failed); // not current any more on x: aborted
+    db.commit(2, Some(40), &[], &[(3, 7)], 45);
+    db.undo(0, 45, 45, 50, Status::Committed(Tid(50)));
+    assert_eq!(db.finals[&Oid(3)].last().unwrap().1, Vec::<Val>::new());
+    let deleted = db.read(3, Some(50), false);
+    assert_eq!((deleted.serial, deleted.list.len()), (Some(Tid(50)), 0));
+    let absent = Read {
+        serial: None,
+        ..deleted.clone()
+    };
+    db.record(1, Some(50), vec![absent], &[], Status::Committed(Tid(55)));
+    db.tids.insert(Tid(55));
+    db.commit(2, Some(50), &[(3, false)], &[(3, 8)], 60);
+    assert_ok(&db);
+}
+
+#[test]
+fn an_unknown_undo_is_decided_by_the_transaction_tables() {
+    let mut db = base();
+    db.commit(1, Some(10), &[(1, false)], &[(1, 3)], 20);
+    let u = db.undo(2, 20, 20, 30, Status::Unknown);
+    // Not named: not committed, so its revision drops a value.
+    assert_has(&db, &["values lost"]);
+    db.extras.named = Some([(Tid(30), db.txns[u].id)].into_iter().collect());
+    let v = assert_ok(&db);
+    assert_eq!(v.unknown_committed, 1);
+}
+
+#[test]
+fn an_undo_restoring_the_undone_data_is_reported() {
+    let mut db = undone();
+    // The mutant undo-wrong-serial: the undo restored T1's own data.
+    db.finals.get_mut(&Oid(1)).unwrap().last_mut().unwrap().1 = vec![1, 3];
+    assert_has(&db, &["holds [1, 3], but T"]);
+}
+
+#[test]
+fn an_undo_over_changed_data_is_reported() {
+    let mut db = base();
+    db.commit(1, Some(10), &[(1, false)], &[(1, 3)], 20);
+    db.commit(1, Some(20), &[(1, false)], &[(1, 4)], 25);
+    // The lookup says current though x changed since T1: the undo drops value 4.
+    let u = db.undo(2, 25, 20, 30, Status::Committed(Tid(30)));
+    db.txns[u].undo.as_mut().unwrap().entries[0].1.is_current = true;
+    assert_has(&db, &["undo over changed data"]);
+}
+
+#[test]
+fn an_undo_on_a_stale_base_is_reported() {
+    let mut db = base();
+    db.commit(1, Some(10), &[(1, false)], &[(1, 3)], 20);
+    // The undo's lookup saw 20 as current; a commit at 25 (of y's... x) slipped in.
+    let u = db.undo(2, 20, 20, 30, Status::Committed(Tid(30)));
+    let revs = db.finals.get_mut(&Oid(1)).unwrap();
+    revs.insert(2, (Tid(25), vec![1, 3, 9]));
+    db.install(25, &[]);
+    db.record(0, Some(20), vec![], &[(1, 9)], Status::Committed(Tid(25)));
+    let _ = u;
+    assert_has(&db, &["first committer wins (undo)"]);
+}
+
+#[test]
+fn a_pack_may_remove_only_what_is_not_current_at_its_tid() {
+    let mut db = base();
+    let old_read = db.read(1, Some(10), false);
+    db.commit(1, Some(10), &[(1, false)], &[(1, 3)], 20);
+    db.commit(1, Some(20), &[(1, false)], &[(1, 4)], 30);
+    db.record(2, Some(10), vec![old_read], &[], Status::Committed(Tid(15)));
+    db.tids.insert(Tid(15));
+    db.extras.packs = vec![Tid(25)];
+    // x at 10 is older than x at 20, the newest at or before 25: it may go (and the read
+    // of it taken before the pack is still judged against it).
+    db.finals.get_mut(&Oid(1)).unwrap().remove(0);
+    assert_ok(&db);
+    // x at 20 must stay: loads before 30 answer it.
+    let mut bad = Db {
+        finals: db.finals.clone(),
+        tids: db.tids.clone(),
+        txns: db.txns.clone(),
+        extras: db.extras.clone(),
+    };
+    bad.finals.get_mut(&Oid(1)).unwrap().remove(0);
+    assert_has(&bad, &["pack removed too much"]);
+    // y at 10 is y's current revision.
+    db.finals.remove(&Oid(2));
+    assert_has(&db, &["pack removed too much"]);
+}
+
+#[test]
+fn a_packed_deletion_may_go() {
+    let mut db = base();
+    db.undo(0, 10, 10, 20, Status::Committed(Tid(20)));
+    db.commit(1, Some(20), &[], &[(3, 5)], 30);
+    db.extras.packs = vec![Tid(25)];
+    // x and y: created at 10, deleted at 20, both removed by a pack at 25.
+    db.finals.remove(&Oid(1));
+    db.finals.remove(&Oid(2));
+    assert_ok(&db);
+    // A pack commits no transaction of its own (AskPack is synchronous): a TID in the
+    // tables that no transaction names is still reported.
+    db.tids.insert(Tid(26));
+    assert_has(&db, &["belong to no committed transaction"]);
+}
+
+#[test]
+fn a_read_of_an_object_after_its_deletion_is_stale() {
+    let mut db = base();
+    db.commit(2, Some(10), &[], &[(3, 7)], 20);
+    // The creation of z undone at 30: deletions are invalidated like any change, so a
+    // read of z at 20 by a snapshot after 30 is stale.
+    db.undo(0, 20, 20, 30, Status::Committed(Tid(30)));
+    let cached = db.read(3, Some(20), false);
+    db.record(1, Some(35), vec![cached], &[], Status::Committed(Tid(36)));
+    db.tids.insert(Tid(36));
+    assert_has(&db, &["stale read: T", "missed the revision at"]);
 }

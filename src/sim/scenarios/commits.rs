@@ -108,9 +108,12 @@ pub fn run(opts: &RunOptions, plan: &Plan) -> RunReport {
         count,
         client_actor(),
     );
+    let mut cfg = WorkloadConfig::draw(&mut rng);
+    cfg.draw_undo(&mut rng::stream(opts.seed, 23));
     let mut wl = Workload::new(
-        WorkloadConfig::draw(&mut rng),
+        cfg,
         rng::stream(opts.seed, 21),
+        rng::stream(opts.seed, 24),
         &clients,
     );
     let targeted = Targeted::draw(&mut rng);
@@ -221,8 +224,14 @@ fn readable(w: &World) -> Result<(), String> {
     readers(w).map(|_| ())
 }
 
-/// Every object's history and every TID, as the storages hold them.
-fn read_finals(w: &World, keys: &[Oid]) -> Result<(FinalHistory, BTreeSet<Tid>), String> {
+/// What the storages hold at the end: every object's history, every TID, and which
+/// workload transaction each TID's description names (read only if `names`).
+type Finals = (FinalHistory, BTreeSet<Tid>, Option<BTreeMap<Tid, usize>>);
+
+/// Every object's history and every TID, as the storages hold them, and which workload
+/// transaction each TID's description names (a pack commits no transaction of its own:
+/// a TID that names none is left to the checker, as any orphan).
+fn read_finals(w: &World, keys: &[Oid], names: bool) -> Result<Finals, String> {
     let (partitions, by_part) = readers(w)?;
     let mut finals = FinalHistory::new();
     for &oid in keys {
@@ -263,14 +272,31 @@ fn read_finals(w: &World, keys: &[Oid]) -> Result<(FinalHistory, BTreeSet<Tid>),
         finals.insert(oid, revisions);
     }
     let mut tids = BTreeSet::new();
+    let mut named = BTreeMap::new();
     for (p, &node) in by_part.iter().enumerate() {
         let db = w.nodes[node].storage().expect("a storage").backend();
         let t = db
             .tids(0, 1 << 20, &[p as u32])
             .map_err(|e| format!("{}: tids: {e}", w.label(node)))?;
+        // Only unknown outcomes need the names (one query per TID).
+        for &tid in t.iter().filter(|_| names) {
+            let info = db
+                .transaction(tid)
+                .map_err(|e| format!("{}: transaction {tid}: {e}", w.label(node)))?
+                .ok_or_else(|| {
+                    format!("{}: transaction {tid} listed but not found", w.label(node))
+                })?;
+            let id = std::str::from_utf8(&info.meta.description)
+                .ok()
+                .and_then(|d| d.strip_prefix("txn "))
+                .and_then(|n| n.parse::<usize>().ok());
+            if let Some(id) = id {
+                named.insert(tid, id);
+            }
+        }
         tids.extend(t);
     }
-    Ok((finals, tids))
+    Ok((finals, tids, names.then_some(named)))
 }
 
 fn final_checks(w: &World, wl: &Workload, summary: &mut String) -> Result<(), Failure> {
@@ -286,11 +312,24 @@ fn final_checks(w: &World, wl: &Workload, summary: &mut String) -> Result<(), Fa
             wl.duplicates().len()
         )));
     }
-    let (finals, tids) = read_finals(w, wl.keys()).map_err(|e| fail(format!("final read: {e}")))?;
-    let verdict = isolation::check(&wl.records, &finals, &tids);
+    let unknown = wl.records.iter().any(|r| r.status == Status::Unknown);
+    let (finals, tids, named) =
+        read_finals(w, wl.keys(), unknown).map_err(|e| fail(format!("final read: {e}")))?;
+    let extras = isolation::Extras {
+        named,
+        packs: wl.packs.clone(),
+    };
+    let verdict = isolation::check_with(&wl.records, &finals, &tids, &extras);
     let notices: usize = wl.notices.iter().map(Vec::len).sum();
+    let undos = wl.records.iter().filter(|r| r.undo.is_some());
+    let undone = undos
+        .clone()
+        .filter(|r| matches!(r.status, Status::Committed(_)))
+        .count();
+    let undos = undos.count();
+    let (packed, packs) = (wl.packed, wl.packs.len());
     *summary = format!(
-        "{} transactions: {} committed, {} failed, {} unknown ({} of them committed); {} revisions of {} objects; {} reads ({} checked); {notices} notices; {} calls",
+        "{} transactions: {} committed, {} failed, {} unknown ({} of them committed); {} revisions of {} objects; {} reads ({} checked); {notices} notices; {} calls; {undone} undos committed of {undos}; {packed} packs done of {packs}",
         wl.records.len(),
         verdict.committed,
         verdict.failed,
@@ -308,12 +347,23 @@ fn final_checks(w: &World, wl: &Workload, summary: &mut String) -> Result<(), Fa
             verdict.anomalies.len()
         )));
     }
-    check_invalidations(&wl.records, &wl.notices, &finals, &tids).map_err(fail)
+    let named = extras.named.as_ref();
+    check_invalidations(&wl.records, &wl.notices, &finals, &tids, named).map_err(fail)
 }
 
-/// Which committed transaction each TID is: its client and the objects it appended to
-/// (transactions whose outcome was unknown count where their values appear).
-fn commits(records: &[TxnRecord], finals: &FinalHistory) -> BTreeMap<Tid, (usize, BTreeSet<Oid>)> {
+/// Which committed transaction each TID is: its client and the objects it appended to or
+/// undid, deletions excepted (transactions whose outcome was unknown count where the transaction tables name
+/// them, or else where their values appear).
+fn commits(
+    records: &[TxnRecord],
+    finals: &FinalHistory,
+    named: Option<&BTreeMap<Tid, usize>>,
+) -> BTreeMap<Tid, (usize, BTreeSet<Oid>)> {
+    let by_id: BTreeMap<usize, Tid> = named
+        .into_iter()
+        .flatten()
+        .map(|(&tid, &id)| (id, tid))
+        .collect();
     // Where each value first appears.
     let mut first: BTreeMap<Val, Tid> = BTreeMap::new();
     for revisions in finals.values() {
@@ -327,11 +377,18 @@ fn commits(records: &[TxnRecord], finals: &FinalHistory) -> BTreeMap<Tid, (usize
     for r in records {
         let tid = match r.status {
             Status::Committed(tid) => Some(tid),
-            Status::Unknown => r.appends.iter().find_map(|(_, v)| first.get(v).copied()),
+            Status::Unknown => by_id
+                .get(&r.id)
+                .copied()
+                .or_else(|| r.appends.iter().find_map(|(_, v)| first.get(v).copied())),
             Status::Failed => None,
         };
         if let Some(tid) = tid {
-            let oids = r.appends.iter().map(|(o, _)| *o).collect();
+            // An undo invalidates every object it wrote, a deletion (an undone creation)
+            // too: unlike NEO's InvalidateObjects, ours names deleted objects, so that no
+            // cache keeps answering the revision a deletion ended.
+            let undone = r.undo.iter().flat_map(|u| u.entries.iter().map(|e| e.0));
+            let oids = r.appends.iter().map(|(o, _)| *o).chain(undone).collect();
             out.insert(tid, (r.client, oids));
         }
     }
@@ -351,8 +408,9 @@ pub fn check_invalidations(
     notices: &[Vec<NoticeRecord>],
     finals: &FinalHistory,
     tids: &BTreeSet<Tid>,
+    named: Option<&BTreeMap<Tid, usize>>,
 ) -> Result<(), String> {
-    let commits = commits(records, finals);
+    let commits = commits(records, finals, named);
     for (ci, list) in notices.iter().enumerate() {
         // Spans: (process, lower bound exclusive, invalidations).
         let mut spans: Vec<Span> = Vec::new();
