@@ -38,9 +38,45 @@ use crate::actors::{self, Command};
 use crate::runtime::app::{AppNode, Outlet};
 
 pub use crate::actors::client::api::{
-    Call, CallId, ClientConfig, ClientError, Conflict, Loaded, Notice, Op, Outcome, Reply, TxnRef,
+    Call, CallId, ClientConfig, ClientError, Conflict, Loaded, Notice, Op, Outcome, Reply,
+    TransactionInfo, TxnRef,
 };
-pub use crate::proto::{Address, Oid, Tid};
+pub use crate::proto::{Address, Oid, Tid, UndoSerial};
+
+/// How long `pack` waits for the cluster to pack.
+pub const PACK_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// TIDs the transaction iterator asks at a time.
+pub const ITERATOR_CHUNK: u32 = 100;
+
+/// One revision in an object's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revision {
+    pub serial: Tid,
+    /// Size of its data.
+    pub size: u64,
+    /// The transaction that wrote it.
+    pub info: TransactionInfo,
+}
+
+/// One record of a transaction, as the iterator gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub oid: Oid,
+    /// The transaction's TID.
+    pub serial: Tid,
+    /// None: a deletion (or the undo of a creation).
+    pub data: Option<Vec<u8>>,
+    /// For a backpointer (undo, restore), the serial whose data it shares.
+    pub data_serial: Option<Tid>,
+}
+
+/// One transaction and its records, as the iterator gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransactionRecords {
+    pub info: TransactionInfo,
+    pub records: Vec<Record>,
+}
 
 /// How long any call may wait for its reply. The role answers every call (with
 /// `Unavailable` after its own deadlines, `OutcomeUnknown` for a finish it cannot learn the
@@ -621,6 +657,170 @@ impl Client {
         self.done("tpc_abort", Op::Abort { txn: txn.txn })
     }
 
+    /// A committed transaction's metadata and the oids it wrote
+    /// (`ClientError::UnknownTransaction` if none has that TID).
+    pub fn transaction_info(&self, tid: Tid) -> Result<TransactionInfo, ClientError> {
+        match self.sender.call(Op::TransactionInfo { tid })? {
+            Outcome::Transaction(info) => Ok(info),
+            o => Err(unexpected("transaction_info", o)),
+        }
+    }
+
+    /// Undo transaction `tid` within `txn` (ZODB's `undo`): returns the oids it stores.
+    /// An object whose revision by `tid` is still current goes back to the revision
+    /// before it (a backpointer; a deletion if `tid` created it). Otherwise later changes
+    /// must be merged: `resolver(oid, current serial, tid, data to undo to, current data)`
+    /// returns the merged data, or None, which fails the undo (`UndoFailed`). Undoing an
+    /// undo works the same way. Conflicts with transactions committing meanwhile come out
+    /// of `tpc_vote`, as for stores.
+    pub fn undo(
+        &self,
+        txn: &Transaction,
+        tid: Tid,
+        mut resolver: impl FnMut(Oid, Tid, Tid, Option<&[u8]>, Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> Result<Vec<Oid>, ClientError> {
+        let info = self.transaction_info(tid)?;
+        let op = Op::UndoSerials {
+            txn: txn.txn,
+            undone: tid,
+            oids: info.oids,
+        };
+        let serials = match self.sender.call(op)? {
+            Outcome::UndoSerials(s) => s,
+            o => return Err(unexpected("undo", o)),
+        };
+        let mut oids = Vec::with_capacity(serials.len());
+        for (oid, s) in serials {
+            if s.is_current {
+                match s.undo {
+                    Some(undo) => self.store_backpointer(txn, oid, s.current, undo)?,
+                    None => self.delete_object(txn, oid, s.current)?,
+                }
+            } else {
+                let missing = |e: ClientError| match e {
+                    ClientError::NotFound(_) | ClientError::DoesNotExist(_) => {
+                        ClientError::UndoFailed(format!("{oid}: a revision was packed away"))
+                    }
+                    e => e,
+                };
+                let current = self.load_serial(oid, s.current).map_err(missing)?.data;
+                let undo_data = match s.undo {
+                    Some(u) => self.load_serial(oid, u).map_err(missing)?.data,
+                    None => None,
+                };
+                let merged = resolver(
+                    oid,
+                    s.current,
+                    tid,
+                    undo_data.as_deref(),
+                    current.as_deref(),
+                )
+                .ok_or_else(|| {
+                    ClientError::UndoFailed(format!("{oid}: modified by a later transaction"))
+                })?;
+                self.store(txn, oid, s.current, Some(merged))?;
+            }
+            oids.push(oid);
+        }
+        Ok(oids)
+    }
+
+    /// Up to `size` revisions of `oid`, newest first, with their transactions.
+    pub fn history(&self, oid: Oid, size: u32) -> Result<Vec<Revision>, ClientError> {
+        let revs = match self.sender.call(Op::History { oid, size })? {
+            Outcome::History(h) => h,
+            o => return Err(unexpected("history", o)),
+        };
+        revs.into_iter()
+            .map(|(serial, size)| {
+                Ok(Revision {
+                    serial,
+                    size,
+                    info: self.transaction_info(serial)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Committed transactions newest first, skipping `first`, up to (excluding) `last`
+    /// (ZODB's `undoLog` range), with their metadata.
+    pub fn undo_log(&self, first: u64, last: u64) -> Result<Vec<TransactionInfo>, ClientError> {
+        let tids = match self.sender.call(Op::UndoLog { first, last })? {
+            Outcome::Tids(t) => t,
+            o => return Err(unexpected("undo_log", o)),
+        };
+        tids.into_iter().map(|t| self.transaction_info(t)).collect()
+    }
+
+    /// The transactions committed in `start..=stop` (bounds None: from the first, up to
+    /// this client's last transaction), oldest first, each with its records (ZODB's
+    /// `iterator`). TIDs are fetched `ITERATOR_CHUNK` at a time; records packed away are
+    /// skipped.
+    pub fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> TransactionIterator<'_> {
+        TransactionIterator {
+            client: self,
+            next: start.unwrap_or(Tid::ZERO),
+            stop: stop.unwrap_or(Tid::MAX),
+            chunk: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Store a revision of `oid` (based on `serial`) that shares the data of `oid` at
+    /// `data_serial` (undo, copyTransactionsFrom).
+    pub fn store_backpointer(
+        &self,
+        txn: &Transaction,
+        oid: Oid,
+        serial: Tid,
+        data_serial: Tid,
+    ) -> Result<(), ClientError> {
+        let op = Op::Store {
+            txn: txn.txn,
+            oid,
+            serial,
+            data: None,
+            data_serial: Some(data_serial),
+        };
+        self.done("store_backpointer", op)
+    }
+
+    /// Store a record copied from another storage (`restore`, in a transaction begun
+    /// with its TID): its data, or a backpointer when `data_serial` is Some. `serial` is
+    /// the revision it is based on, as for `store`.
+    pub fn restore(
+        &self,
+        txn: &Transaction,
+        oid: Oid,
+        serial: Tid,
+        data: Option<Vec<u8>>,
+        data_serial: Option<Tid>,
+    ) -> Result<(), ClientError> {
+        match data_serial {
+            Some(ds) => self.store_backpointer(txn, oid, serial, ds),
+            None => self.store(txn, oid, serial, data),
+        }
+    }
+
+    /// Delete `oid` (based on `serial`) in `txn` (ZODB's `deleteObject`).
+    pub fn delete_object(
+        &self,
+        txn: &Transaction,
+        oid: Oid,
+        serial: Tid,
+    ) -> Result<(), ClientError> {
+        self.store(txn, oid, serial, None)
+    }
+
+    /// Remove, on every storage, the revisions that are not current as of `tid` (ZODB's
+    /// `pack`); `tid` must be in (0, last transaction]. Returns once the cluster packed.
+    pub fn pack(&self, tid: Tid) -> Result<(), ClientError> {
+        match self.sender.call_seq(Op::Pack { tid }, PACK_TIMEOUT)?.0 {
+            Outcome::Done => Ok(()),
+            o => Err(unexpected("pack", o)),
+        }
+    }
+
     /// Stop the client: the role closes its connections, calls still waiting fail with
     /// `Closed`, and so does every call afterwards. Also done on drop.
     pub fn close(&self) {
@@ -630,6 +830,71 @@ impl Client {
         }
         *lock(&self.sender.node) = None;
         self.shared.close();
+    }
+}
+
+/// The transactions of a range, oldest first (see [`Client::iterator`]).
+pub struct TransactionIterator<'a> {
+    client: &'a Client,
+    /// The smallest TID not fetched yet.
+    next: Tid,
+    stop: Tid,
+    chunk: VecDeque<Tid>,
+    done: bool,
+}
+
+impl TransactionIterator<'_> {
+    fn records(&self, tid: Tid) -> Result<TransactionRecords, ClientError> {
+        let info = self.client.transaction_info(tid)?;
+        let mut records = Vec::with_capacity(info.oids.len());
+        for &oid in &info.oids {
+            match self.client.load_serial(oid, tid) {
+                Ok(l) => records.push(Record {
+                    oid,
+                    serial: tid,
+                    data: l.data,
+                    data_serial: l.data_serial,
+                }),
+                // Packed away, or only checked with readCurrent.
+                Err(ClientError::NotFound(_) | ClientError::DoesNotExist(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(TransactionRecords { info, records })
+    }
+}
+
+impl Iterator for TransactionIterator<'_> {
+    type Item = Result<TransactionRecords, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.chunk.is_empty() && !self.done {
+            let op = Op::TidsFrom {
+                min: self.next,
+                max: self.stop,
+                limit: ITERATOR_CHUNK,
+            };
+            match self.client.sender.call(op) {
+                Ok(Outcome::Tids(tids)) => {
+                    self.done = tids.len() < ITERATOR_CHUNK as usize;
+                    match tids.last() {
+                        Some(&last) if last < Tid::MAX => self.next = Tid(last.0 + 1),
+                        _ => self.done = true,
+                    }
+                    self.chunk.extend(tids);
+                }
+                Ok(o) => {
+                    self.done = true;
+                    return Some(Err(unexpected("iterator", o)));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        let tid = self.chunk.pop_front()?;
+        Some(self.records(tid))
     }
 }
 
@@ -742,9 +1007,19 @@ mod tests {
                     oid,
                     serial,
                     data,
-                    ..
+                    data_serial,
                 } => match self.txns.get_mut(&txn) {
-                    Some(stores) => {
+                    Some(_) => {
+                        // A backpointer: the data it points to, as a storage answers it.
+                        let data = match data_serial {
+                            Some(ds) => self
+                                .objects
+                                .get(&oid)
+                                .and_then(|r| r.iter().find(|r| r.0 == ds))
+                                .and_then(|r| r.1.clone()),
+                            None => data,
+                        };
+                        let stores = self.txns.get_mut(&txn).expect("above");
                         stores.retain(|s| s.0 != oid);
                         stores.push((oid, serial, data));
                         Ok(Outcome::Done)
@@ -787,6 +1062,48 @@ mod tests {
                     lock(&self.aborted).push(txn);
                     Ok(Outcome::Done)
                 }
+                Op::TransactionInfo { tid } => {
+                    let oids: Vec<Oid> = self
+                        .objects
+                        .iter()
+                        .filter(|(_, r)| r.iter().any(|r| r.0 == tid))
+                        .map(|(o, _)| *o)
+                        .collect();
+                    if tid.0 == 0 || tid.0 > self.last {
+                        Err(ClientError::UnknownTransaction(tid))
+                    } else {
+                        Ok(Outcome::Transaction(TransactionInfo {
+                            tid,
+                            user: vec![],
+                            description: vec![],
+                            extension: vec![],
+                            packed: false,
+                            oids,
+                        }))
+                    }
+                }
+                Op::UndoSerials { undone, oids, .. } => Ok(Outcome::UndoSerials(
+                    oids.into_iter()
+                        .filter_map(|oid| {
+                            let revs = self.objects.get(&oid)?;
+                            let i = revs.iter().position(|r| r.0 == undone)?;
+                            Some((
+                                oid,
+                                UndoSerial {
+                                    current: revs.last()?.0,
+                                    undo: i.checked_sub(1).map(|j| revs[j].0),
+                                    is_current: i + 1 == revs.len(),
+                                },
+                            ))
+                        })
+                        .collect(),
+                )),
+                Op::TidsFrom { min, max, limit } => Ok(Outcome::Tids(
+                    (min.0.max(1)..=max.0.min(self.last))
+                        .take(limit as usize)
+                        .map(Tid)
+                        .collect(),
+                )),
                 op => Err(ClientError::Invalid(format!("the fake does not do {op:?}"))),
             })
         }
@@ -994,5 +1311,81 @@ mod tests {
             ClientError::Closed
         );
         drop(txn);
+    }
+
+    /// Undo: a current revision goes back by a backpointer (or a deletion for a
+    /// creation), a later-modified one goes through the resolver, and None fails it; the
+    /// iterator gives every transaction with its records.
+    #[test]
+    fn undo_and_iterate() {
+        let (client, _) = fake();
+        let (o1, o2) = (Oid(1), Oid(2));
+        let t1 = commit(&client, &[(o1, Tid::ZERO, b"a"), (o2, Tid::ZERO, b"x")]).unwrap();
+        let t2 = commit(&client, &[(o1, t1, b"b")]).unwrap();
+        let txn = client.tpc_begin(None).unwrap();
+        let undone = client
+            .undo(&txn, t2, |_, _, _, _, _| panic!("no resolution"))
+            .unwrap();
+        assert_eq!(undone, vec![o1]);
+        client
+            .tpc_vote(&txn, &TransactionMeta::default(), |_| None)
+            .unwrap();
+        let t3 = client.tpc_finish(txn).unwrap();
+        assert_eq!(client.load(o1).unwrap().data.as_deref(), Some(&b"a"[..]));
+        // Undoing t1: o1 changed since (resolver refuses), o2 did not (deleted).
+        let txn = client.tpc_begin(None).unwrap();
+        let mut asked = vec![];
+        let err = client
+            .undo(&txn, t1, |oid, current, tid, undo, data| {
+                asked.push((
+                    oid,
+                    current,
+                    tid,
+                    undo.map(<[u8]>::to_vec),
+                    data.map(<[u8]>::to_vec),
+                ));
+                None
+            })
+            .unwrap_err();
+        assert!(matches!(err, ClientError::UndoFailed(_)), "{err:?}");
+        assert_eq!(asked, vec![(o1, t3, t1, None, Some(b"a".to_vec()))]);
+        drop(txn);
+        let txn = client.tpc_begin(None).unwrap();
+        let undone = client
+            .undo(&txn, t1, |_, _, _, _, data| {
+                Some([data.unwrap(), b"!"].concat())
+            })
+            .unwrap();
+        assert_eq!(undone, vec![o1, o2]);
+        client
+            .tpc_vote(&txn, &TransactionMeta::default(), |_| None)
+            .unwrap();
+        let t4 = client.tpc_finish(txn).unwrap();
+        assert_eq!(client.load(o1).unwrap().data.as_deref(), Some(&b"a!"[..]));
+        assert_eq!(client.load(o2).unwrap().data, None);
+        let all: Vec<TransactionRecords> = client
+            .iterator(None, None)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let tids: Vec<Tid> = all.iter().map(|t| t.info.tid).collect();
+        assert_eq!(tids, vec![t1, t2, t3, t4]);
+        let data: Vec<(Oid, Option<Vec<u8>>)> = all[0]
+            .records
+            .iter()
+            .map(|r| (r.oid, r.data.clone()))
+            .collect();
+        assert_eq!(
+            data,
+            vec![(o1, Some(b"a".to_vec())), (o2, Some(b"x".to_vec()))]
+        );
+        let some: Vec<Tid> = client
+            .iterator(Some(t2), Some(t3))
+            .map(|t| t.unwrap().info.tid)
+            .collect();
+        assert_eq!(some, vec![t2, t3]);
+        assert_eq!(
+            client.transaction_info(Tid(99)).unwrap_err(),
+            ClientError::UnknownTransaction(Tid(99))
+        );
     }
 }

@@ -499,7 +499,7 @@ impl Client {
         }
         let id = call.id;
         let part = |s: &Self, x: u64| s.partition(x).expect("ready: a table");
-        let np = self.pt.as_ref().map_or(0, |pt| pt.partitions() as u32);
+        let np = self.pt.as_ref().map_or(0, |pt| pt.partitions());
         let (op, parts) = match call.op {
             Op::TransactionInfo { tid } => (QueryOp::TransactionInfo(tid), vec![part(self, tid.0)]),
             Op::UndoSerials { txn, undone, oids } => {

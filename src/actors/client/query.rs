@@ -98,7 +98,7 @@ impl Client {
             self.undo_log_ask_storages(cx, q);
         }
         for p in parts {
-            if self.queries.get(&q).is_none() {
+            if !self.queries.contains_key(&q) {
                 return;
             }
             if self.queries[&q]
@@ -120,7 +120,7 @@ impl Client {
         let last = *last;
         let Some(pt) = self.pt.as_ref() else { return };
         let mut by_node: BTreeMap<Nid, Vec<u32>> = BTreeMap::new();
-        for p in 0..pt.partitions() as u32 {
+        for p in 0..pt.partitions() {
             for (nid, state) in pt.row(p) {
                 if state.is_readable() {
                     by_node.entry(nid).or_default().push(p);
