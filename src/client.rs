@@ -766,6 +766,54 @@ impl Client {
         }
     }
 
+    /// Committed TIDs in `min..=max`, ascending, at most `limit` (a chunk of the
+    /// transaction iterator, for callers that cannot hold a [`TransactionIterator`]).
+    pub fn tids(&self, min: Tid, max: Tid, limit: u32) -> Result<Vec<Tid>, ClientError> {
+        match self.sender.call(Op::TidsFrom { min, max, limit })? {
+            Outcome::Tids(tids) => Ok(tids),
+            o => Err(unexpected("tids", o)),
+        }
+    }
+
+    /// Transaction `tid` with its records, as the iterator gives it: records packed away
+    /// (or only checked with readCurrent) are left out.
+    pub fn transaction_records(&self, tid: Tid) -> Result<TransactionRecords, ClientError> {
+        let info = self.transaction_info(tid)?;
+        let mut records = Vec::with_capacity(info.oids.len());
+        for &oid in &info.oids {
+            match self.load_serial(oid, tid) {
+                Ok(l) => records.push(Record {
+                    oid,
+                    serial: tid,
+                    data: l.data,
+                    data_serial: l.data_serial,
+                }),
+                Err(ClientError::NotFound(_) | ClientError::DoesNotExist(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(TransactionRecords { info, records })
+    }
+
+    /// Start loading `oids` (as `load_before(oid, before)`, or `load` when `before` is
+    /// None) into the cache without waiting for any of them (ZODB's `prefetch`): every
+    /// load not already cached is sent at once, and the replies only fill the cache, so a
+    /// later load finds the object there or joins a load already under way.
+    pub fn prefetch(&self, oids: &[Oid], before: Option<Tid>) {
+        for &oid in oids {
+            if let Some(shared) = &self.cache {
+                if cache::lock(shared).get(oid, None, before).is_some() {
+                    continue;
+                }
+            }
+            self.sender.send_only(Op::Load {
+                oid,
+                at: None,
+                before,
+            });
+        }
+    }
+
     /// Store a revision of `oid` (based on `serial`) that shares the data of `oid` at
     /// `data_serial` (undo, copyTransactionsFrom).
     pub fn store_backpointer(
@@ -843,27 +891,6 @@ pub struct TransactionIterator<'a> {
     done: bool,
 }
 
-impl TransactionIterator<'_> {
-    fn records(&self, tid: Tid) -> Result<TransactionRecords, ClientError> {
-        let info = self.client.transaction_info(tid)?;
-        let mut records = Vec::with_capacity(info.oids.len());
-        for &oid in &info.oids {
-            match self.client.load_serial(oid, tid) {
-                Ok(l) => records.push(Record {
-                    oid,
-                    serial: tid,
-                    data: l.data,
-                    data_serial: l.data_serial,
-                }),
-                // Packed away, or only checked with readCurrent.
-                Err(ClientError::NotFound(_) | ClientError::DoesNotExist(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(TransactionRecords { info, records })
-    }
-}
-
 impl Iterator for TransactionIterator<'_> {
     type Item = Result<TransactionRecords, ClientError>;
 
@@ -894,7 +921,7 @@ impl Iterator for TransactionIterator<'_> {
             }
         }
         let tid = self.chunk.pop_front()?;
-        Some(self.records(tid))
+        Some(self.client.transaction_records(tid))
     }
 }
 

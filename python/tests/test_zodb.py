@@ -26,18 +26,6 @@ class NEOZODBTests(testZODB.ZODBTests):
         self._storage = self._cluster.storage()
         self._db = ZODB.DB(self._storage)
 
-    @unittest.skip('export/import needs the storage iterator (not offered yet)')
-    def testExportImport(self):
-        pass
-
-    @unittest.skip('export/import needs the storage iterator (not offered yet)')
-    def testExportImportAborted(self):
-        pass
-
-    @unittest.skip('undo is not offered by the client yet')
-    def testMultipleUndoInOneTransaction(self):
-        pass
-
 
 class TwoClients(unittest.TestCase):
     """Two DBs on two clients of one cluster."""
