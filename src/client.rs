@@ -41,6 +41,7 @@ pub use crate::actors::client::api::{
     Call, CallId, ClientConfig, ClientError, Conflict, Loaded, Notice, Op, Outcome, Reply,
     TransactionInfo, TxnRef,
 };
+pub use crate::proto::packet::{MAX_HISTORY_LENGTH, MAX_TIDS_LENGTH};
 pub use crate::proto::{Address, Oid, Tid, UndoSerial};
 
 /// How long `pack` waits for the cluster to pack.
@@ -726,7 +727,9 @@ impl Client {
     }
 
     /// Up to `size` revisions of `oid`, newest first, with their transactions.
+    /// `size` is capped to `MAX_HISTORY_LENGTH` (what a storage answers at once).
     pub fn history(&self, oid: Oid, size: u32) -> Result<Vec<Revision>, ClientError> {
+        let size = size.min(MAX_HISTORY_LENGTH as u32);
         let revs = match self.sender.call(Op::History { oid, size })? {
             Outcome::History(h) => h,
             o => return Err(unexpected("history", o)),
@@ -744,7 +747,10 @@ impl Client {
 
     /// Committed transactions newest first, skipping `first`, up to (excluding) `last`
     /// (ZODB's `undoLog` range), with their metadata.
+    /// The log reaches back at most `MAX_TIDS_LENGTH` transactions (what a storage
+    /// answers at once): `last` is capped to it.
     pub fn undo_log(&self, first: u64, last: u64) -> Result<Vec<TransactionInfo>, ClientError> {
+        let last = last.min(MAX_TIDS_LENGTH);
         let tids = match self.sender.call(Op::UndoLog { first, last })? {
             Outcome::Tids(t) => t,
             o => return Err(unexpected("undo_log", o)),
@@ -864,7 +870,14 @@ impl Client {
     /// `pack`); `tid` must be in (0, last transaction]. Returns once the cluster packed.
     pub fn pack(&self, tid: Tid) -> Result<(), ClientError> {
         match self.sender.call_seq(Op::Pack { tid }, PACK_TIMEOUT)?.0 {
-            Outcome::Done => Ok(()),
+            Outcome::Done => {
+                // Revisions the pack removed may be cached: forget them all, so that this
+                // client's loads answer as the storages now do.
+                if let Some(shared) = &self.cache {
+                    cache::lock(shared).clear();
+                }
+                Ok(())
+            }
             o => Err(unexpected("pack", o)),
         }
     }

@@ -239,8 +239,11 @@ class Storage(ConflictResolvingStorage):
         with self._lock:
             txns, self._txns = self._txns, {}
         for txn in txns.values():
+            if txn is None:
+                # Its tpc_begin has not returned yet.
+                continue
             try:
-                self._client.tpc_abort(txn)
+                self._client.tpc_abort(txn.txn)
             except POSException.POSError:
                 pass
         self._client.close()
@@ -266,6 +269,10 @@ class Storage(ConflictResolvingStorage):
             # Deleted (or its creation undone), as of tid.
             raise POSException.POSKeyError(oid)
         return data, serial, next_serial
+
+    def getTid(self, oid):
+        """The serial of the current revision of ``oid`` (POSKeyError if deleted)."""
+        return self.load(oid)[1]
 
     def loadSerial(self, oid, serial):
         data = self._client.load_serial(oid, serial)[0]
@@ -297,15 +304,17 @@ class Storage(ConflictResolvingStorage):
     # -- the transaction log: undo log, iterator -----------------------------
 
     def undoLog(self, first=0, last=-20, filter=None):
-        """Transactions newest first, as dicts (see _log_entry); ``last`` < 0: at most
-        -last of them. With ``filter``, ``first`` and ``last`` count the transactions
+        """Transactions that can be undone (not packed), newest first, as dicts (see
+        _log_entry); ``last`` < 0: at most -last of them. With ``filter``, ``first`` and ``last`` count the transactions
         it accepts."""
         if last < 0:
             last = first - last
         if last <= first:
             return []
         if filter is None:
-            return [_log_entry(i) for i in self._client.undo_log(first, last)]
+            # Packed transactions (the oldest) cannot be undone: not listed.
+            return [_log_entry(i) for i in self._client.undo_log(first, last)
+                    if not i[4]]
         # The cluster counts every transaction: fetch more until enough pass.
         result = []
         seen = 0
@@ -313,6 +322,8 @@ class Storage(ConflictResolvingStorage):
         while True:
             infos = self._client.undo_log(seen, want)
             for info in infos:
+                if info[4]:
+                    continue
                 d = _log_entry(info)
                 if filter(d):
                     result.append(d)
@@ -494,7 +505,7 @@ class Storage(ConflictResolvingStorage):
 
     def undo(self, transaction_id, transaction):
         """Undo the transaction ``transaction_id`` (an undoLog id: its TID) within
-        ``transaction``; returns the oids it changes. An object changed since is merged
+        ``transaction``; returns (tid, the oids it changes). An object changed since is merged
         by ZODB's conflict resolution (UndoError if it cannot be)."""
         self._check_writable()
         txn = self._txn(transaction)
@@ -515,7 +526,9 @@ class Storage(ConflictResolvingStorage):
                 return None
 
         try:
-            return self._client.undo(txn.txn, transaction_id, resolve)
+            # (tid, oids) as FileStorage returns, the transaction's TID being the
+            # temporary one until tpc_finish.
+            return txn.txn.ttid, self._client.undo(txn.txn, transaction_id, resolve)
         except KeyError:
             raise POSException.UndoError(
                 'no transaction %r' % (transaction_id,)) from None
