@@ -820,6 +820,14 @@ impl Client {
         }
     }
 
+    /// Whether the cache holds the latest revision of `oid` (no round trip; for tests
+    /// and diagnostics: what `prefetch` brought in).
+    pub fn cached(&self, oid: Oid) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|shared| cache::lock(shared).get(oid, None, None).is_some())
+    }
+
     /// Store a revision of `oid` (based on `serial`) that shares the data of `oid` at
     /// `data_serial` (undo, copyTransactionsFrom).
     pub fn store_backpointer(

@@ -565,6 +565,11 @@ impl Client {
         Ok(())
     }
 
+    /// Whether the cache holds the latest revision of `oid` (no round trip).
+    fn cached(&self, oid: &[u8]) -> PyResult<bool> {
+        Ok(self.inner.cached(oid_of(oid)?))
+    }
+
     /// Call `callback(tid, oids)` for each invalidation, in commit order, from the
     /// library's invalidation thread; `callback(tid, None)` when every cached object may be
     /// stale. None removes the callback.
