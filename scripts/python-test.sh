@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The Python package (python/: neo.client) on a fresh machine: a virtualenv in target/py
-# with ZODB, maturin and the test tools from the package index (once; again only when
-# the list below changes), the abi3 wheel (built into
+# with ZODB, maturin and the test tools from the package index (RelStorage for its
+# zodbconvert, which the round-trip test runs; once, again only when the list below
+# changes), the abi3 wheel (built into
 # target/python, a target folder of its own), installed into the virtualenv, then the
 # Python tests against real local clusters. Quick when already set up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 venv=$root/target/py
-requirements="ZODB maturin pytest zope.testing zodburi"
+requirements="ZODB maturin pytest zope.testing zodburi RelStorage"
 
 if [ "$(cat "$venv/.requirements" 2>/dev/null)" != "$requirements" ]; then
     echo "== virtualenv $venv: $requirements"

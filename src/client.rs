@@ -41,6 +41,7 @@ pub use crate::actors::client::api::{
     Call, CallId, ClientConfig, ClientError, Conflict, Loaded, Notice, Op, Outcome, Reply,
     TransactionInfo, TxnRef,
 };
+pub use crate::proto::packet::{MAX_HISTORY_LENGTH, MAX_TIDS_LENGTH};
 pub use crate::proto::{Address, Oid, Tid, UndoSerial};
 
 /// How long `pack` waits for the cluster to pack.
@@ -726,7 +727,9 @@ impl Client {
     }
 
     /// Up to `size` revisions of `oid`, newest first, with their transactions.
+    /// `size` is capped to `MAX_HISTORY_LENGTH` (what a storage answers at once).
     pub fn history(&self, oid: Oid, size: u32) -> Result<Vec<Revision>, ClientError> {
+        let size = size.min(MAX_HISTORY_LENGTH as u32);
         let revs = match self.sender.call(Op::History { oid, size })? {
             Outcome::History(h) => h,
             o => return Err(unexpected("history", o)),
@@ -744,7 +747,10 @@ impl Client {
 
     /// Committed transactions newest first, skipping `first`, up to (excluding) `last`
     /// (ZODB's `undoLog` range), with their metadata.
+    /// The log reaches back at most `MAX_TIDS_LENGTH` transactions (what a storage
+    /// answers at once): `last` is capped to it.
     pub fn undo_log(&self, first: u64, last: u64) -> Result<Vec<TransactionInfo>, ClientError> {
+        let last = last.min(MAX_TIDS_LENGTH);
         let tids = match self.sender.call(Op::UndoLog { first, last })? {
             Outcome::Tids(t) => t,
             o => return Err(unexpected("undo_log", o)),
@@ -764,6 +770,62 @@ impl Client {
             chunk: VecDeque::new(),
             done: false,
         }
+    }
+
+    /// Committed TIDs in `min..=max`, ascending, at most `limit` (a chunk of the
+    /// transaction iterator, for callers that cannot hold a [`TransactionIterator`]).
+    pub fn tids(&self, min: Tid, max: Tid, limit: u32) -> Result<Vec<Tid>, ClientError> {
+        match self.sender.call(Op::TidsFrom { min, max, limit })? {
+            Outcome::Tids(tids) => Ok(tids),
+            o => Err(unexpected("tids", o)),
+        }
+    }
+
+    /// Transaction `tid` with its records, as the iterator gives it: records packed away
+    /// (or only checked with readCurrent) are left out.
+    pub fn transaction_records(&self, tid: Tid) -> Result<TransactionRecords, ClientError> {
+        let info = self.transaction_info(tid)?;
+        let mut records = Vec::with_capacity(info.oids.len());
+        for &oid in &info.oids {
+            match self.load_serial(oid, tid) {
+                Ok(l) => records.push(Record {
+                    oid,
+                    serial: tid,
+                    data: l.data,
+                    data_serial: l.data_serial,
+                }),
+                Err(ClientError::NotFound(_) | ClientError::DoesNotExist(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(TransactionRecords { info, records })
+    }
+
+    /// Start loading `oids` (as `load_before(oid, before)`, or `load` when `before` is
+    /// None) into the cache without waiting for any of them (ZODB's `prefetch`): every
+    /// load not already cached is sent at once, and the replies only fill the cache, so a
+    /// later load finds the object there or joins a load already under way.
+    pub fn prefetch(&self, oids: &[Oid], before: Option<Tid>) {
+        for &oid in oids {
+            if let Some(shared) = &self.cache {
+                if cache::lock(shared).get(oid, None, before).is_some() {
+                    continue;
+                }
+            }
+            self.sender.send_only(Op::Load {
+                oid,
+                at: None,
+                before,
+            });
+        }
+    }
+
+    /// Whether the cache holds the latest revision of `oid` (no round trip; for tests
+    /// and diagnostics: what `prefetch` brought in).
+    pub fn cached(&self, oid: Oid) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|shared| cache::lock(shared).get(oid, None, None).is_some())
     }
 
     /// Store a revision of `oid` (based on `serial`) that shares the data of `oid` at
@@ -816,7 +878,14 @@ impl Client {
     /// `pack`); `tid` must be in (0, last transaction]. Returns once the cluster packed.
     pub fn pack(&self, tid: Tid) -> Result<(), ClientError> {
         match self.sender.call_seq(Op::Pack { tid }, PACK_TIMEOUT)?.0 {
-            Outcome::Done => Ok(()),
+            Outcome::Done => {
+                // Revisions the pack removed may be cached: forget them all, so that this
+                // client's loads answer as the storages now do.
+                if let Some(shared) = &self.cache {
+                    cache::lock(shared).clear();
+                }
+                Ok(())
+            }
             o => Err(unexpected("pack", o)),
         }
     }
@@ -841,27 +910,6 @@ pub struct TransactionIterator<'a> {
     stop: Tid,
     chunk: VecDeque<Tid>,
     done: bool,
-}
-
-impl TransactionIterator<'_> {
-    fn records(&self, tid: Tid) -> Result<TransactionRecords, ClientError> {
-        let info = self.client.transaction_info(tid)?;
-        let mut records = Vec::with_capacity(info.oids.len());
-        for &oid in &info.oids {
-            match self.client.load_serial(oid, tid) {
-                Ok(l) => records.push(Record {
-                    oid,
-                    serial: tid,
-                    data: l.data,
-                    data_serial: l.data_serial,
-                }),
-                // Packed away, or only checked with readCurrent.
-                Err(ClientError::NotFound(_) | ClientError::DoesNotExist(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(TransactionRecords { info, records })
-    }
 }
 
 impl Iterator for TransactionIterator<'_> {
@@ -894,7 +942,7 @@ impl Iterator for TransactionIterator<'_> {
             }
         }
         let tid = self.chunk.pop_front()?;
-        Some(self.records(tid))
+        Some(self.client.transaction_records(tid))
     }
 }
 

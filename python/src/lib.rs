@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use neo::client::{
     Address, Client as Core, ClientError, Loaded, Notice, Oid, Options, Tid, Transaction,
-    TransactionMeta,
+    TransactionInfo, TransactionMeta, TransactionRecords,
 };
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -158,6 +158,49 @@ fn loaded(py: Python<'_>, l: Loaded) -> LoadedPy<'_> {
         l.next_serial.map(|t| p64(py, t.0)),
         l.data_serial.map(|t| p64(py, t.0)),
     )
+}
+
+/// (tid, user, description, extension, packed, oids)
+type InfoPy<'py> = (
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    bool,
+    Vec<Bound<'py, PyBytes>>,
+);
+
+fn info(py: Python<'_>, i: TransactionInfo) -> InfoPy<'_> {
+    (
+        p64(py, i.tid.0),
+        PyBytes::new(py, &i.user),
+        PyBytes::new(py, &i.description),
+        PyBytes::new(py, &i.extension),
+        i.packed,
+        i.oids.iter().map(|o| p64(py, o.0)).collect(),
+    )
+}
+
+/// (oid, data or None, data serial or None)
+type RecordPy<'py> = (
+    Bound<'py, PyBytes>,
+    Option<Bound<'py, PyBytes>>,
+    Option<Bound<'py, PyBytes>>,
+);
+
+fn records(py: Python<'_>, t: TransactionRecords) -> (InfoPy<'_>, Vec<RecordPy<'_>>) {
+    let records = t
+        .records
+        .into_iter()
+        .map(|r| {
+            (
+                p64(py, r.oid.0),
+                data(py, r.data),
+                r.data_serial.map(|t| p64(py, t.0)),
+            )
+        })
+        .collect();
+    (info(py, t.info), records)
 }
 
 #[pymethods]
@@ -372,6 +415,159 @@ impl Client {
             None => Ok(()),
         })
         .map_err(|e| py_err(py, e))
+    }
+
+    /// A committed transaction: (tid, user, description, extension, packed, oids).
+    fn transaction_info<'py>(&self, py: Python<'py>, tid: &[u8]) -> PyResult<InfoPy<'py>> {
+        let tid = tid_of(tid)?;
+        let i = py
+            .detach(|| self.inner.transaction_info(tid))
+            .map_err(|e| py_err(py, e))?;
+        Ok(info(py, i))
+    }
+
+    /// Undo transaction `tid` within `txn`; returns the oids it stores. An object changed
+    /// since goes to `resolver(oid, current serial, tid, data to undo to, current data)`,
+    /// which returns merged data or None (the undo fails); an exception it raises ends
+    /// the undo with it.
+    fn undo<'py>(
+        &self,
+        py: Python<'py>,
+        txn: &Txn,
+        tid: &[u8],
+        resolver: Py<PyAny>,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let tid = tid_of(tid)?;
+        let mut raised: Option<PyErr> = None;
+        let result = py.detach(|| {
+            txn.with(|t| {
+                self.inner
+                    .undo(t, tid, |oid, current, undone, undo_data, data| {
+                        Python::attach(|py| {
+                            let args = (
+                                p64(py, oid.0),
+                                p64(py, current.0),
+                                p64(py, undone.0),
+                                undo_data.map(|d| PyBytes::new(py, d)),
+                                data.map(|d| PyBytes::new(py, d)),
+                            );
+                            match resolver.call1(py, args).and_then(|r| {
+                                let r = r.into_bound(py);
+                                if r.is_none() {
+                                    return Ok(None);
+                                }
+                                let data = r.cast::<PyBytes>().map_err(PyErr::from)?;
+                                Ok(Some(data.as_bytes().to_vec()))
+                            }) {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    raised = Some(e);
+                                    None
+                                }
+                            }
+                        })
+                    })
+            })
+        });
+        match (result, raised) {
+            (Ok(oids), _) => Ok(oids.iter().map(|o| p64(py, o.0)).collect()),
+            (Err(_), Some(e)) => Err(e),
+            (Err(e), None) => Err(py_err(py, e)),
+        }
+    }
+
+    /// Up to `size` revisions of `oid`, newest first: (serial, size, transaction info).
+    fn history<'py>(
+        &self,
+        py: Python<'py>,
+        oid: &[u8],
+        size: u32,
+    ) -> PyResult<Vec<(Bound<'py, PyBytes>, u64, InfoPy<'py>)>> {
+        let oid = oid_of(oid)?;
+        let revs = py
+            .detach(|| self.inner.history(oid, size))
+            .map_err(|e| py_err(py, e))?;
+        Ok(revs
+            .into_iter()
+            .map(|r| (p64(py, r.serial.0), r.size, info(py, r.info)))
+            .collect())
+    }
+
+    /// Committed transactions newest first, skipping `first`, up to (excluding) `last`.
+    fn undo_log<'py>(&self, py: Python<'py>, first: u64, last: u64) -> PyResult<Vec<InfoPy<'py>>> {
+        let infos = py
+            .detach(|| self.inner.undo_log(first, last))
+            .map_err(|e| py_err(py, e))?;
+        Ok(infos.into_iter().map(|i| info(py, i)).collect())
+    }
+
+    /// Committed TIDs in `min..=max`, ascending, at most `limit`.
+    fn tids<'py>(
+        &self,
+        py: Python<'py>,
+        min: &[u8],
+        max: &[u8],
+        limit: u32,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let (min, max) = (tid_of(min)?, tid_of(max)?);
+        let tids = py
+            .detach(|| self.inner.tids(min, max, limit))
+            .map_err(|e| py_err(py, e))?;
+        Ok(tids.into_iter().map(|t| p64(py, t.0)).collect())
+    }
+
+    /// Transaction `tid` and its records: (info, [(oid, data or None, data serial)]).
+    fn transaction_records<'py>(
+        &self,
+        py: Python<'py>,
+        tid: &[u8],
+    ) -> PyResult<(InfoPy<'py>, Vec<RecordPy<'py>>)> {
+        let tid = tid_of(tid)?;
+        let t = py
+            .detach(|| self.inner.transaction_records(tid))
+            .map_err(|e| py_err(py, e))?;
+        Ok(records(py, t))
+    }
+
+    /// Store a copied record: `data`, or a backpointer to `data_serial` when given.
+    #[pyo3(signature = (txn, oid, serial, data, data_serial=None))]
+    fn restore(
+        &self,
+        py: Python<'_>,
+        txn: &Txn,
+        oid: &[u8],
+        serial: &[u8],
+        data: Option<Vec<u8>>,
+        data_serial: Option<&[u8]>,
+    ) -> PyResult<()> {
+        let (oid, serial) = (oid_of(oid)?, tid_of(serial)?);
+        let data_serial = data_serial.map(tid_of).transpose()?;
+        py.detach(|| txn.with(|t| self.inner.restore(t, oid, serial, data, data_serial)))
+            .map_err(|e| py_err(py, e))
+    }
+
+    /// Pack the cluster at `tid`; returns once every storage packed.
+    fn pack(&self, py: Python<'_>, tid: &[u8]) -> PyResult<()> {
+        let tid = tid_of(tid)?;
+        py.detach(|| self.inner.pack(tid))
+            .map_err(|e| py_err(py, e))
+    }
+
+    /// Start loading `oids` (before `tid`, or the latest) into the cache; waits for none.
+    #[pyo3(signature = (oids, tid=None))]
+    fn prefetch(&self, py: Python<'_>, oids: Vec<Vec<u8>>, tid: Option<&[u8]>) -> PyResult<()> {
+        let oids = oids
+            .iter()
+            .map(|o| oid_of(o))
+            .collect::<PyResult<Vec<_>>>()?;
+        let tid = tid.map(tid_of).transpose()?;
+        py.detach(|| self.inner.prefetch(&oids, tid));
+        Ok(())
+    }
+
+    /// Whether the cache holds the latest revision of `oid` (no round trip).
+    fn cached(&self, oid: &[u8]) -> PyResult<bool> {
+        Ok(self.inner.cached(oid_of(oid)?))
     }
 
     /// Call `callback(tid, oids)` for each invalidation, in commit order, from the

@@ -26,15 +26,10 @@ class NEOZODBTests(testZODB.ZODBTests):
         self._storage = self._cluster.storage()
         self._db = ZODB.DB(self._storage)
 
-    @unittest.skip('export/import needs the storage iterator (not offered yet)')
-    def testExportImport(self):
-        pass
-
-    @unittest.skip('export/import needs the storage iterator (not offered yet)')
-    def testExportImportAborted(self):
-        pass
-
-    @unittest.skip('undo is not offered by the client yet')
+    @unittest.skip(
+        'several undos touching one object in one transaction: the later one does not '
+        'see what the earlier one stored (neo::client::undo works from committed '
+        'revisions only): to fix in the library')
     def testMultipleUndoInOneTransaction(self):
         pass
 
@@ -49,6 +44,25 @@ class TwoClients(unittest.TestCase):
         self.addCleanup(self.db1.close)
         self.db2 = ZODB.DB(self.cluster.storage())
         self.addCleanup(self.db2.close)
+
+    def test_prefetch_fills_the_cache_of_another_client(self):
+        tm1, tm2 = transaction.TransactionManager(), transaction.TransactionManager()
+        c1, c2 = self.db1.open(tm1), self.db2.open(tm2)
+        c1.root()['objs'] = objs = [PersistentMapping(v=i) for i in range(50)]
+        tm1.commit()
+        oids = [o._p_oid for o in objs]
+        tm2.begin()
+        storage2 = self.db2.storage
+        # Sent at once, waited for by none; the loads then find them (cached or in
+        # flight), at the connection's snapshot.
+        c2.prefetch(oids)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if all(storage2._client.cached(oid) for oid in oids):
+                break
+            time.sleep(0.01)
+        self.assertTrue(all(storage2._client.cached(oid) for oid in oids))
+        self.assertEqual([c2.get(oid)['v'] for oid in oids], list(range(50)))
 
     def test_invalidations_reach_the_other_client(self):
         tm1, tm2 = transaction.TransactionManager(), transaction.TransactionManager()

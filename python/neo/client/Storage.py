@@ -1,9 +1,11 @@
 """``Storage``: a NEO cluster as a ZODB storage (IStorage, IMultiCommitStorage,
-IExternalGC), over the Rust client library (``neo.client._neo``).
+IExternalGC, IStorageUndoable, IStorageIteration, IStorageRestoreable), over the Rust
+client library (``neo.client._neo``).
 
 This module owns ZODB's side of the contract: which ZODB exception each client error is,
 the mapping from ZODB transaction objects to the library's open transactions, conflict
-resolution through ZODB's ``tryToResolveConflict`` at vote, and the delivery of the
+resolution through ZODB's ``tryToResolveConflict`` at vote and at undo, the dicts and
+records ZODB's undo log, history and iterator give, and the delivery of the
 library's invalidations to ``ZODB.DB``. ZODB wraps this storage in its MVCCAdapter
 itself (it is not an IMVCCStorage).
 
@@ -13,13 +15,23 @@ network.
 """
 import logging
 import threading
+import time
 
 import zope.interface
 from ZODB import POSException
+from ZODB.BaseStorage import DataRecord
+from ZODB.BaseStorage import TransactionRecord
+from ZODB.BaseStorage import copy as copy_transactions
 from ZODB.ConflictResolution import ConflictResolvingStorage
 from ZODB.interfaces import IExternalGC
 from ZODB.interfaces import IMultiCommitStorage
 from ZODB.interfaces import IStorage
+from ZODB.interfaces import IStorageIteration
+from ZODB.interfaces import IStorageRestoreable
+from ZODB.interfaces import IStorageUndoable
+from ZODB.TimeStamp import TimeStamp
+from ZODB.utils import p64
+from ZODB.utils import u64
 from ZODB.utils import z64
 
 from . import _neo
@@ -32,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 # How many oids one round trip to the master fetches ahead.
 _OID_BATCH = 100
+# How many TIDs the iterator asks at a time.
+_ITERATOR_CHUNK = 100
+_MAX_TID = b'\xff' * 8
 
 
 def _error(kind, message, oid, serial, other):
@@ -84,6 +99,29 @@ def _extension(transaction):
     return dumps(ext, 2)
 
 
+def _ext_dict(extension):
+    """The extension dict of a transaction's pickled extension ({} if unreadable)."""
+    if not extension:
+        return {}
+    from ZODB._compat import loads
+    try:
+        ext = loads(extension)
+    except Exception:
+        logger.warning('unreadable transaction extension %r', extension[:64])
+        return {}
+    return ext if isinstance(ext, dict) else {}
+
+
+def _log_entry(info):
+    """undoLog's dict for a transaction (as FileStorage's): id (the TID itself), time,
+    user_name, description and the extension's keys."""
+    tid, user, description, extension, _packed, _oids = info
+    d = {'id': tid, 'time': TimeStamp(tid).timeTime(), 'user_name': user,
+         'description': description}
+    d.update(_ext_dict(extension))
+    return d
+
+
 def _master_list(master_nodes):
     """'host:port host:port' (or a list of them) -> ['host:port', ...]"""
     if isinstance(master_nodes, str):
@@ -94,7 +132,9 @@ def _master_list(master_nodes):
     return masters
 
 
-@zope.interface.implementer(IStorage, IMultiCommitStorage, IExternalGC)
+@zope.interface.implementer(IStorage, IMultiCommitStorage, IExternalGC,
+                            IStorageUndoable, IStorageIteration,
+                            IStorageRestoreable)
 class Storage(ConflictResolvingStorage):
     """A NEO cluster as a ZODB storage.
 
@@ -144,8 +184,7 @@ class Storage(ConflictResolvingStorage):
         return self._read_only
 
     def supportsUndo(self):
-        # Undo is not offered by the client library yet.
-        return False
+        return True
 
     def supportsVersions(self):
         return False
@@ -200,8 +239,11 @@ class Storage(ConflictResolvingStorage):
         with self._lock:
             txns, self._txns = self._txns, {}
         for txn in txns.values():
+            if txn is None:
+                # Its tpc_begin has not returned yet.
+                continue
             try:
-                self._client.tpc_abort(txn)
+                self._client.tpc_abort(txn.txn)
             except POSException.POSError:
                 pass
         self._client.close()
@@ -228,6 +270,10 @@ class Storage(ConflictResolvingStorage):
             raise POSException.POSKeyError(oid)
         return data, serial, next_serial
 
+    def getTid(self, oid):
+        """The serial of the current revision of ``oid`` (POSKeyError if deleted)."""
+        return self.load(oid)[1]
+
     def loadSerial(self, oid, serial):
         data = self._client.load_serial(oid, serial)[0]
         if data is None:
@@ -235,7 +281,74 @@ class Storage(ConflictResolvingStorage):
         return data
 
     def history(self, oid, size=1):
-        raise POSException.Unsupported('history is not offered by this client yet')
+        """Up to ``size`` revisions of ``oid``, newest first, as FileStorage gives them
+        (time, tid, serial, user_name, description, size, and the extension's keys)."""
+        if size is None or size < 1:
+            size = 1
+        result = []
+        for serial, length, info in self._client.history(oid, min(size, 1 << 31)):
+            d = _log_entry(info)
+            del d['id']
+            d.update(tid=serial, serial=serial, size=length)
+            result.append(d)
+        if not result:
+            raise POSException.POSKeyError(oid)
+        return result
+
+    def prefetch(self, oids, tid=None):
+        """Start loading ``oids`` (as of before ``tid``, ZODB's MVCC snapshot) into the
+        cache, all at once, waiting for none: the connection's loads then find them
+        there or join the load under way."""
+        self._client.prefetch(list(oids), tid)
+
+    # -- the transaction log: undo log, iterator -----------------------------
+
+    def undoLog(self, first=0, last=-20, filter=None):
+        """Transactions that can be undone (not packed), newest first, as dicts (see
+        _log_entry); ``last`` < 0: at most -last of them. With ``filter``, ``first`` and ``last`` count the transactions
+        it accepts."""
+        if last < 0:
+            last = first - last
+        if last <= first:
+            return []
+        if filter is None:
+            # Packed transactions (the oldest) cannot be undone: not listed.
+            return [_log_entry(i) for i in self._client.undo_log(first, last)
+                    if not i[4]]
+        # The cluster counts every transaction: fetch more until enough pass.
+        result = []
+        seen = 0
+        want = last
+        while True:
+            infos = self._client.undo_log(seen, want)
+            for info in infos:
+                if info[4]:
+                    continue
+                d = _log_entry(info)
+                if filter(d):
+                    result.append(d)
+            seen += len(infos)
+            if len(result) >= last or seen < want:
+                return result[first:last]
+            want = seen * 2
+
+    def undoInfo(self, first=0, last=-20, specification=None):
+        """undoLog, keeping the transactions whose dict has every item of
+        ``specification``."""
+        if specification:
+            items = list(specification.items())
+
+            def filter(d):
+                return all(d.get(k) == v for k, v in items)
+        else:
+            filter = None
+        return self.undoLog(first, last, filter)
+
+    def iterator(self, start=None, stop=None):
+        """The transactions with a TID in ``start``..``stop`` (inclusive), oldest
+        first, with their records; status 'p' for a packed transaction (records the
+        pack removed are left out)."""
+        return _TransactionIterator(self._client, start or z64, stop or _MAX_TID)
 
     # -- writes ------------------------------------------------------------
 
@@ -261,7 +374,9 @@ class Storage(ConflictResolvingStorage):
 
     def tpc_begin(self, transaction, tid=None, status=' '):
         """Begin; ``tid`` imposes the transaction's TID (restore, copying a database),
-        which must be above every committed one."""
+        which must be above every committed one. ``status`` (a copied transaction's:
+        ' ', or 'p' if packed in its source) is not kept: the cluster marks its own
+        packed transactions."""
         self._check_writable()
         with self._lock:
             if transaction in self._txns:
@@ -286,6 +401,48 @@ class Storage(ConflictResolvingStorage):
         if txn is None:
             raise POSException.StorageTransactionError('tpc_begin in progress')
         self._client.store(txn.txn, oid, serial or z64, data)
+
+    def restore(self, oid, serial, data, version, prev_txn, transaction):
+        """Store a record copied from another storage (IStorageRestoreable), in a
+        transaction begun with its TID: ``data``, or a backpointer to the data of
+        ``oid`` at ``prev_txn`` when that is given and either ``data`` is None or the
+        revision there has the same data (None with no ``prev_txn``: a deletion).
+        ``serial`` is the record's TID; the revision it replaces is the object's latest
+        before it."""
+        self._check_writable()
+        if version:
+            raise POSException.Unsupported('versions are not supported')
+        txn = self._txn(transaction)
+        if txn is None:
+            raise POSException.StorageTransactionError('tpc_begin in progress')
+        base = self._latest_before(oid, serial)
+        data_serial = None
+        if prev_txn is not None and prev_txn != z64:
+            if data is None:
+                data_serial = prev_txn
+            else:
+                # Kept a backpointer (as FileStorage does) when the revision it
+                # points to is here with the same data.
+                try:
+                    if self._client.load_serial(oid, prev_txn)[0] == data:
+                        data_serial = prev_txn
+                except POSException.POSKeyError:
+                    pass
+        self._client.restore(txn.txn, oid, base, data, data_serial)
+
+    def _latest_before(self, oid, tid):
+        """The serial of the latest revision of ``oid`` before ``tid`` (z64 if none)."""
+        try:
+            r = self._client.load_before(oid, tid)
+        except POSException.POSKeyError:
+            return z64
+        return z64 if r is None else r[1]
+
+    def copyTransactionsFrom(self, other, verbose=False):
+        """Copy every transaction of ``other`` (IStorageIteration) here, with its TID,
+        metadata and records (undo records stay backpointers); the cluster must hold
+        no transaction at or after the first one copied."""
+        copy_transactions(other, self, verbose)
 
     def deleteObject(self, oid, serial, transaction):
         self._check_writable()
@@ -347,15 +504,105 @@ class Storage(ConflictResolvingStorage):
             self._client.tpc_abort(txn.txn)
 
     def undo(self, transaction_id, transaction):
+        """Undo the transaction ``transaction_id`` (an undoLog id: its TID) within
+        ``transaction``; returns (tid, the oids it changes). An object changed since is merged
+        by ZODB's conflict resolution (UndoError if it cannot be)."""
         self._check_writable()
-        raise POSException.Unsupported('undo is not offered by this client yet')
+        txn = self._txn(transaction)
+        if txn is None:
+            raise POSException.StorageTransactionError('tpc_begin in progress')
+        if not isinstance(transaction_id, bytes) or len(transaction_id) != 8:
+            raise POSException.UndoError(
+                'not a transaction id: %r' % (transaction_id,))
+
+        def resolve(oid, current, undone, undo_data, data):
+            if undo_data is None or data is None:
+                # Undoing a creation (or onto a deletion) cannot be merged.
+                return None
+            try:
+                return self.tryToResolveConflict(
+                    oid, current, undone, undo_data, data)
+            except POSException.ConflictError:
+                return None
+
+        try:
+            # (tid, oids) as FileStorage returns, the transaction's TID being the
+            # temporary one until tpc_finish.
+            return txn.txn.ttid, self._client.undo(txn.txn, transaction_id, resolve)
+        except KeyError:
+            raise POSException.UndoError(
+                'no transaction %r' % (transaction_id,)) from None
 
     def tpc_transaction(self):
         # Several transactions may be in progress at once: there is no single one.
         return None
 
     def pack(self, t, referencesf, gc=False):
-        raise POSException.Unsupported('pack is not offered by this client yet')
+        """Pack at the TID of time ``t`` (capped at the last transaction): revisions
+        that are not current as of it are removed on every storage. Unreferenced
+        objects are not removed (NEO does no garbage collection: ``referencesf`` and
+        ``gc`` are ignored; use zc.zodbdgc and deleteObject for that)."""
+        self._check_writable()
+        last = self._client.sync() or self._client.last_transaction()
+        if last is None:
+            return
+        tid = TimeStamp(*time.gmtime(t)[:5] + (t % 60,)).raw()
+        if tid > last:
+            tid = last
+        if tid == z64:
+            return
+        self._client.pack(tid)
+
+
+class _TransactionIterator:
+    """The transactions of a TID range, fetched ``_ITERATOR_CHUNK`` TIDs at a time
+    (IStorageIteration's iterator: also usable with ``next``, and closable)."""
+
+    def __init__(self, client, start, stop):
+        self._client = client
+        self._next = start
+        self._stop = stop
+        self._chunk = []
+        self._done = start > stop
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self._chunk:
+            if self._done:
+                raise StopIteration
+            tids = self._client.tids(self._next, self._stop, _ITERATOR_CHUNK)
+            if len(tids) < _ITERATOR_CHUNK or tids[-1] == _MAX_TID:
+                self._done = True
+            else:
+                self._next = p64(u64(tids[-1]) + 1)
+            tids.reverse()
+            self._chunk = tids
+            if not tids:
+                raise StopIteration
+        info, records = self._client.transaction_records(self._chunk.pop())
+        return _Transaction(info, records)
+
+    next = __next__
+
+    def close(self):
+        self._chunk = []
+        self._done = True
+
+
+class _Transaction(TransactionRecord):
+    """One transaction of the iterator, iterating its records."""
+
+    def __init__(self, info, records):
+        tid, user, description, extension, packed, _oids = info
+        TransactionRecord.__init__(
+            self, tid, 'p' if packed else ' ', user, description, extension)
+        self._records = [DataRecord(oid, tid, data, data_serial)
+                         for oid, data, data_serial in records]
+
+    def __iter__(self):
+        return iter(self._records)
 
 
 class _Txn:

@@ -246,6 +246,10 @@ pub struct Client {
     storages: BTreeMap<Nid, ConnId>,
     failed_at: BTreeMap<Nid, Duration>,
     loads: BTreeMap<LoadKey, Inflight>,
+    /// Loads that found no readable cell on a usable storage before trying any (right
+    /// after connecting, the node list or the table may not say so yet), with their
+    /// deadline: sent again after each message of the primary and each tick.
+    cell_waits: BTreeMap<LoadKey, Duration>,
     oid_pool: VecDeque<Oid>,
     oid_waiters: VecDeque<(CallId, u32, Duration)>,
     oids_asked: bool,
@@ -283,6 +287,7 @@ impl Client {
             storages: BTreeMap::new(),
             failed_at: BTreeMap::new(),
             loads: BTreeMap::new(),
+            cell_waits: BTreeMap::new(),
             oid_pool: VecDeque::new(),
             oid_waiters: VecDeque::new(),
             oids_asked: false,
@@ -1127,7 +1132,19 @@ impl Client {
             return;
         };
         l.tried = tried;
+        if sent.is_none() && l.wrong.is_none() && l.tried.is_empty() {
+            // No cell to try yet: wait for the primary to tell one, up to the deadline.
+            let now = cx.elapsed();
+            let deadline = *self.cell_waits.entry(key).or_insert(now + CALL_DEADLINE);
+            if deadline > now {
+                return;
+            }
+        }
+        self.cell_waits.remove(&key);
         if sent.is_none() {
+            let Some(l) = self.loads.get(&key) else {
+                return;
+            };
             let e = match l.wrong {
                 Some(serial) => ClientError::WrongChecksum {
                     oid: key.oid,
@@ -1186,7 +1203,24 @@ impl Client {
         Some(*crate::rng::pick(cx.rng(), &pool))
     }
 
+    /// Send again the loads waiting for a readable cell (failing those past their
+    /// deadline).
+    fn retry_cell_waits(&mut self, cx: &mut Ctx) {
+        let now = cx.elapsed();
+        let waits: Vec<(LoadKey, Duration)> =
+            self.cell_waits.iter().map(|(k, d)| (*k, *d)).collect();
+        for (key, deadline) in waits {
+            if !self.loads.contains_key(&key) {
+                self.cell_waits.remove(&key);
+            } else if self.ready() || deadline <= now {
+                // Past the deadline, this fails it.
+                self.load_send(cx, key);
+            }
+        }
+    }
+
     fn load_done(&mut self, cx: &mut Ctx, key: LoadKey, result: Result<Outcome, ClientError>) {
+        self.cell_waits.remove(&key);
         if let Some(l) = self.loads.remove(&key) {
             for w in l.waiters {
                 self.reply(cx, w, result.clone());
@@ -1984,6 +2018,7 @@ impl Client {
         }
         self.parked.clear();
         self.loads.clear();
+        self.cell_waits.clear();
         self.queries_clear();
         self.oid_waiters.clear();
         self.held.clear();
@@ -2123,7 +2158,10 @@ impl Node for Client {
             return;
         }
         match self.links.get(conn) {
-            Some(Peer::Master) => self.on_master_message(cx, conn, asked, msg),
+            Some(Peer::Master) => {
+                self.on_master_message(cx, conn, asked, msg);
+                self.retry_cell_waits(cx);
+            }
             Some(Peer::Storage(sp)) => {
                 let nid = sp.nid;
                 self.on_storage_message(cx, conn, nid, asked, msg)
@@ -2180,6 +2218,7 @@ impl Node for Client {
         }
         self.follow_master(cx);
         self.expire_calls(cx);
+        self.retry_cell_waits(cx);
     }
 
     fn on_shutdown(&mut self, cx: &mut Ctx) {

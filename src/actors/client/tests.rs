@@ -382,6 +382,61 @@ fn loads_retry_on_a_non_readable_cell_and_share_one_request() {
 }
 
 #[test]
+fn a_load_with_no_usable_cell_yet_waits_for_one_up_to_the_deadline() {
+    let mut w = World::new(config(false), None);
+    // Right after connecting, S2 (the only cell of partition 1) is not known running.
+    let mut s2 = storage_node(S2);
+    s2.state = NodeState::Down;
+    w.notify(Packet::NotifyNodeInformation {
+        timestamp: WallTime(2),
+        nodes: vec![s2],
+    });
+    let oid = Oid(1); // partition 1: S2 only
+    let load = Op::Load {
+        oid,
+        at: None,
+        before: None,
+    };
+    let (c1, out) = w.call(load.clone());
+    assert!(replies(&out).is_empty(), "waits: {out:?}");
+    assert!(w.storage_sends(&out).is_empty());
+    // The primary tells S2 runs: the load goes out and is answered.
+    let out = w.notify(Packet::NotifyNodeInformation {
+        timestamp: WallTime(3),
+        nodes: vec![storage_node(S2)],
+    });
+    let sends = w.storage_sends(&out);
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    let (nid, id, _) = sends[0].clone();
+    assert_eq!(nid, S2);
+    let out = w.answer(w.storages[&S2], id, object(oid, Tid(50), None, b"x"));
+    assert_eq!(loaded(World::reply_of(&out, c1)).serial, Tid(50));
+    assert!(w.h.actor.cell_waits.is_empty());
+    // With no cell ever usable, the load fails at the call deadline, not before.
+    let mut s2 = storage_node(S2);
+    s2.state = NodeState::Down;
+    w.notify(Packet::NotifyNodeInformation {
+        timestamp: WallTime(4),
+        nodes: vec![s2],
+    });
+    let (c2, out) = w.call(Op::Load {
+        oid: Oid(3),
+        at: Some(Tid(40)),
+        before: None,
+    });
+    assert!(replies(&out).is_empty());
+    w.h.elapsed += CALL_DEADLINE - Duration::from_secs(1);
+    assert!(replies(&w.h.tick()).is_empty());
+    w.h.elapsed += Duration::from_secs(2);
+    let out = w.h.tick();
+    match World::reply_of(&out, c2) {
+        Err(ClientError::Unavailable(why)) => assert!(why.contains("no readable cell"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(w.h.actor.cell_waits.is_empty() && w.h.actor.loads.is_empty());
+}
+
+#[test]
 fn wrong_checksums_try_another_replica_and_data_is_decompressed() {
     let mut w = World::new(config(false), None);
     let oid = Oid(6);
