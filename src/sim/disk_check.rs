@@ -12,6 +12,8 @@
 //! rightly waits for in RECOVERING until an operator decides (NEO's `neoctl drop` or
 //! `start`); [`lost_to_a_wipe`] says so, for liveness checks.
 
+use std::time::Duration;
+
 use super::disk::DiskEventKind;
 use super::world::World;
 use crate::proto::Nid;
@@ -74,16 +76,26 @@ pub fn wiped_disks_never_serve(w: &World) -> Result<(), String> {
 /// Whether every storage's disk was wiped at or after `at`, or a wipe since then took the
 /// last copy of some data: the old cluster is gone (the primary waits for it, or finds no
 /// table at all and makes a new database), so what follows is no longer its history.
-fn whole_cluster_wiped_since(w: &World, at: std::time::Duration) -> bool {
-    let wiped_since = |i: usize| {
-        w.disk_events()
-            .iter()
-            .any(|e| e.node == i && e.kind == DiskEventKind::Wiped && e.at >= at)
-    };
+fn whole_cluster_wiped_since(w: &World, at: Duration) -> bool {
     w.disk_events().iter().any(|e| e.lost_data && e.at >= at)
-        || (0..w.nodes.len())
-            .filter(|i| w.disks.has(*i))
-            .all(wiped_since)
+        || every_disk_wiped_since(w).is_some_and(|since| since >= at)
+}
+
+/// The latest time at or after which every storage's disk was wiped (`None` while some
+/// disk never was): nothing written before it survives anywhere, so a primary finding only
+/// empty storages makes a new database, whose ids (node and table ids) start again.
+pub fn every_disk_wiped_since(w: &World) -> Option<Duration> {
+    (0..w.nodes.len())
+        .filter(|i| w.disks.has(*i))
+        .map(|i| {
+            w.disk_events()
+                .iter()
+                .filter(|e| e.node == i && e.kind == DiskEventKind::Wiped)
+                .map(|e| e.at)
+                .max()
+        })
+        .min()
+        .flatten()
 }
 
 /// Why the cluster may rightly never be RUNNING with all its data again: a wipe took the

@@ -47,10 +47,22 @@ fn readable(rows: &Rows) -> BTreeSet<(u32, Nid)> {
 ///   lists as RUNNING: a storage lost while the cluster runs has its cells outdated at once
 ///   (the one exception, a row's last readable cell, makes the table not operational and
 ///   sends the primary back to RECOVERING in the same step).
+///
+/// Tables seen before every disk was wiped belong to a database that is gone (masters keep
+/// no table on disk): a new one made on the empty disks rightly reuses their ids.
 pub fn table_contents() -> impl FnMut(&World) -> Result<(), String> {
     // Every table seen: id -> (rows, who showed it first, when).
     let mut seen: BTreeMap<Ptid, (Rows, String, Duration)> = BTreeMap::new();
+    // When each table was last shown (a wiped disk may take it again once restarted).
+    let mut last_shown: BTreeMap<Ptid, Duration> = BTreeMap::new();
     move |w: &World| {
+        if let Some(since) = super::disk_check::every_disk_wiped_since(w) {
+            // Every disk was wiped after these were last shown, so none holds them: the
+            // next primary finds only empty storages and makes a new database, whose table
+            // ids start again (failover seed 536).
+            last_shown.retain(|_, at| *at > since);
+            seen.retain(|ptid, _| last_shown.contains_key(ptid));
+        }
         let mut tables: Vec<(String, Ptid, Rows)> = Vec::new();
         for (i, s) in w.storages() {
             let (Some(pt), Some(nid)) = (s.partition_table(), s.nid()) else {
@@ -83,6 +95,7 @@ pub fn table_contents() -> impl FnMut(&World) -> Result<(), String> {
             }
         }
         for (who, ptid, rows) in tables {
+            last_shown.insert(ptid, w.now());
             if let Some((known, first, at)) = seen.get(&ptid) {
                 if *known != rows {
                     return Err(format!(
