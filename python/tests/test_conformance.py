@@ -79,6 +79,14 @@ class NEOStorageTests(
     def test_race_external_invalidate_vs_disconnect(self):
         pass
 
+    @unittest.skip(
+        'open bug (BUGS.md): intermittently a connection opened while the same client '
+        'commits sees one object of a transaction at the new serial and the other at the '
+        'old one (a stale read of the local commit; failed once in CI, passed in two '
+        'other runs)')
+    def test_race_loadopen_vs_local_invalidate(self):
+        pass
+
     @unittest.skip(NO_GC)
     def testPackAllRevisions(self):
         pass
