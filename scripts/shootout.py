@@ -183,8 +183,9 @@ def main():
                 "per transaction (progress below)")
             cmd = [os.path.join(os.path.dirname(sys.executable), "zodbshootout"),
                    "-q", "-c", str(c), "--object-counts", str(args.objects),
-                   "--include-mapping", "no", "-o", out, conf]
-            cmd.append("--rigorous" if args.rigorous else "--fast")
+                   "--include-mapping", "no", "-o", out,
+                   "--rigorous" if args.rigorous else "--fast", conf]
+            # The operations follow the configuration file (positional arguments).
             cmd += [op for op, _, _ in OPS]
             subprocess.run(cmd, check=True)
             worst = table(means(out), c, args.objects)
