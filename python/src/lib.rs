@@ -374,20 +374,7 @@ impl Client {
                             p64(py, c.serial.0),
                             data(py, c.data.clone()),
                         );
-                        match resolver.call1(py, args).and_then(|r| {
-                            let r = r.into_bound(py);
-                            if r.is_none() {
-                                return Ok(None);
-                            }
-                            let data = r.cast::<PyBytes>().map_err(PyErr::from)?;
-                            Ok(Some(data.as_bytes().to_vec()))
-                        }) {
-                            Ok(r) => r,
-                            Err(e) => {
-                                raised = Some(e);
-                                None
-                            }
-                        }
+                        resolve(py, &resolver, args, &mut raised)
                     })
                 })
             })
@@ -451,20 +438,7 @@ impl Client {
                                 undo_data.map(|d| PyBytes::new(py, d)),
                                 data.map(|d| PyBytes::new(py, d)),
                             );
-                            match resolver.call1(py, args).and_then(|r| {
-                                let r = r.into_bound(py);
-                                if r.is_none() {
-                                    return Ok(None);
-                                }
-                                let data = r.cast::<PyBytes>().map_err(PyErr::from)?;
-                                Ok(Some(data.as_bytes().to_vec()))
-                            }) {
-                                Ok(r) => r,
-                                Err(e) => {
-                                    raised = Some(e);
-                                    None
-                                }
-                            }
+                            resolve(py, &resolver, args, &mut raised)
                         })
                     })
             })
@@ -614,4 +588,26 @@ fn _neo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Error", m.py().get_type::<Error>())?;
     m.add_function(wrap_pyfunction!(set_error_factory, m)?)?;
     Ok(())
+}
+
+/// Call a Python conflict resolver: its bytes, or None when it gives up (returns None) or
+/// raises, the exception kept in `raised` to be re-raised once the call is over.
+fn resolve<'py>(
+    py: Python<'py>,
+    resolver: &Py<PyAny>,
+    args: impl pyo3::call::PyCallArgs<'py>,
+    raised: &mut Option<PyErr>,
+) -> Option<Vec<u8>> {
+    let result = resolver.call1(py, args).and_then(|r| {
+        let r = r.into_bound(py);
+        if r.is_none() {
+            return Ok(None);
+        }
+        let data = r.cast::<PyBytes>().map_err(PyErr::from)?;
+        Ok(Some(data.as_bytes().to_vec()))
+    });
+    result.unwrap_or_else(|e| {
+        *raised = Some(e);
+        None
+    })
 }
