@@ -157,6 +157,69 @@ pub struct Transaction {
     ttid: Tid,
     sender: Sender,
     open: bool,
+    /// Stores in flight: sent without waiting for their replies.
+    stores: Mutex<Window>,
+}
+
+/// How many stores of one transaction may await their replies: enough to keep the role
+/// busy while the application produces the next ones, few enough that a role holding
+/// replies back (its bound on bytes in flight) stops the application soon.
+pub const STORE_WINDOW: usize = 256;
+
+/// The replies of a transaction's pipelined stores. A store's error is kept and returned
+/// by the next store, the vote or the finish: a transaction with a failed store fails.
+struct Window {
+    tx: mpsc::SyncSender<(Reply, u64)>,
+    rx: mpsc::Receiver<(Reply, u64)>,
+    outstanding: usize,
+    error: Option<ClientError>,
+}
+
+impl Window {
+    fn new() -> Window {
+        let (tx, rx) = mpsc::sync_channel(STORE_WINDOW);
+        Window {
+            tx,
+            rx,
+            outstanding: 0,
+            error: None,
+        }
+    }
+
+    fn take(&mut self, (reply, _): (Reply, u64)) {
+        self.outstanding -= 1;
+        if let Err(e) = reply.result {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    /// Wait until at most `keep` replies are outstanding; the first error, if any.
+    fn settle(&mut self, shared: &Shared, keep: usize) -> Result<(), ClientError> {
+        while let Ok(r) = self.rx.try_recv() {
+            self.take(r);
+        }
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        while self.outstanding > keep {
+            // The role's end may go away with the client: poll its flag meanwhile.
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(r) => self.take(r),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if shared.closed.load(Ordering::Acquire) {
+                        return Err(ClientError::Closed);
+                    }
+                    if Instant::now() >= deadline {
+                        let why = format!("no answer to a store within {CALL_TIMEOUT:?}");
+                        return Err(ClientError::Unavailable(why));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(ClientError::Closed),
+            }
+        }
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Transaction {
@@ -340,6 +403,25 @@ impl Sender {
             }
             _ => false,
         }
+    }
+
+    /// Make the call without waiting: its reply goes to `slot`.
+    fn submit(&self, op: Op, slot: mpsc::SyncSender<(Reply, u64)>) -> Result<(), ClientError> {
+        let id = {
+            let mut s = lock(&self.shared.state);
+            if s.closed {
+                return Err(ClientError::Closed);
+            }
+            s.next_id += 1;
+            let id = s.next_id;
+            s.pending.insert(id, slot);
+            id
+        };
+        if !self.post(id, op) {
+            lock(&self.shared.state).pending.remove(&id);
+            return Err(ClientError::Closed);
+        }
+        Ok(())
     }
 
     /// Make the call and wait for its reply; also returns how many notices preceded it.
@@ -561,6 +643,7 @@ impl Client {
                 ttid,
                 sender: self.sender.clone(),
                 open: true,
+                stores: Mutex::new(Window::new()),
             }),
             o => Err(unexpected("tpc_begin", o)),
         }
@@ -589,7 +672,24 @@ impl Client {
             data,
             data_serial: None,
         };
-        self.done("store", op)
+        self.submit_store(txn, op)
+    }
+
+    /// Send a store without waiting for its reply (the role answers it at once, unless it
+    /// holds replies back because too many bytes are in flight): a commit of many objects
+    /// costs one thread hand-off per object, not a round trip. An earlier store's error
+    /// comes out here, or at the vote.
+    fn submit_store(&self, txn: &Transaction, op: Op) -> Result<(), ClientError> {
+        let mut w = lock(&txn.stores);
+        w.settle(&self.shared, STORE_WINDOW - 1)?;
+        self.sender.submit(op, w.tx.clone())?;
+        w.outstanding += 1;
+        Ok(())
+    }
+
+    /// Wait for every store of `txn` to be answered; the first error, if any.
+    fn settle_stores(&self, txn: &Transaction) -> Result<(), ClientError> {
+        lock(&txn.stores).settle(&self.shared, 0)
     }
 
     /// readCurrent: commit only if `serial` is still `oid`'s current revision.
@@ -618,6 +718,7 @@ impl Client {
         mut resolver: impl FnMut(&Conflict) -> Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
         loop {
+            self.settle_stores(txn)?;
             let op = Op::Vote {
                 txn: txn.txn,
                 user: meta.user.clone(),
@@ -645,6 +746,8 @@ impl Client {
 
     /// Commit a voted transaction; returns its TID once it is durable.
     pub fn tpc_finish(&self, mut txn: Transaction) -> Result<Tid, ClientError> {
+        // A store after the vote fails the transaction: finishing it must not succeed.
+        self.settle_stores(&txn)?;
         txn.open = false;
         match self.sender.call(Op::Finish { txn: txn.txn })? {
             Outcome::Tid(Some(tid)) => Ok(tid),
@@ -844,7 +947,7 @@ impl Client {
             data: None,
             data_serial: Some(data_serial),
         };
-        self.done("store_backpointer", op)
+        self.submit_store(txn, op)
     }
 
     /// Store a record copied from another storage (`restore`, in a transaction begun
@@ -1057,6 +1160,9 @@ mod tests {
                     data,
                     data_serial,
                 } => match self.txns.get_mut(&txn) {
+                    Some(_) if data.as_deref() == Some(b"refused") => {
+                        Err(ClientError::Invalid("refused store".into()))
+                    }
                     Some(_) => {
                         // A backpointer: the data it points to, as a storage answers it.
                         let data = match data_serial {
@@ -1197,6 +1303,48 @@ mod tests {
 
     /// Threads commit at once through one client; everything reads back, and load_before /
     /// load_serial see the older revisions.
+    #[test]
+    fn stores_are_pipelined_and_a_failed_one_fails_the_vote() {
+        let (c, _) = fake();
+        let n = STORE_WINDOW as u64 * 3;
+        let txn = c.tpc_begin(None).unwrap();
+        for i in 0..n {
+            c.store(&txn, Oid(i + 1), Tid::ZERO, Some(vec![i as u8]))
+                .unwrap();
+        }
+        let meta = TransactionMeta::default();
+        c.tpc_vote(&txn, &meta, |_| None).unwrap();
+        let tid = c.tpc_finish(txn).unwrap();
+        for i in 0..n {
+            let l = c.load(Oid(i + 1)).unwrap();
+            assert_eq!((l.data, l.serial), (Some(vec![i as u8]), tid));
+        }
+
+        // A refused store in the middle: later stores may or may not see its error, the
+        // vote must, and so must a finish attempted without a vote.
+        let txn = c.tpc_begin(None).unwrap();
+        let mut seen = false;
+        for i in 0..n {
+            let data = if i == 10 {
+                b"refused".to_vec()
+            } else {
+                vec![1]
+            };
+            if let Err(e) = c.store(&txn, Oid(i + 1), tid, Some(data)) {
+                assert_eq!(e, ClientError::Invalid("refused store".into()));
+                seen = true;
+            }
+        }
+        assert!(seen, "a window's worth of stores later, the error is out");
+        let e = c.tpc_vote(&txn, &meta, |_| None).unwrap_err();
+        assert_eq!(e, ClientError::Invalid("refused store".into()));
+        assert_eq!(
+            c.tpc_finish(txn).unwrap_err(),
+            ClientError::Invalid("refused store".into())
+        );
+        assert_eq!(c.load(Oid(11)).unwrap().serial, tid, "nothing committed");
+    }
+
     #[test]
     fn threads_share_one_client() {
         let (client, _) = fake();
